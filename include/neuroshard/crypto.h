@@ -1,0 +1,135 @@
+/*
+ * crypto.h: identity and signatures (SPEC S1).
+ *
+ * BIP39 mnemonics (English list generated at build time from Debian's python3-mnemonic), the
+ * wallet derivation seed -> token -> secp256k1 key -> node_id, RFC 6979 low-S ECDSA, signed
+ * records (the self-certifying unit everything published is made of), and the keystore that keeps
+ * the key at rest in the data directory.
+ */
+#ifndef NEUROSHARD_CRYPTO_H
+#define NEUROSHARD_CRYPTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "neuroshard/base.h"
+
+#define NS_SHA256_BYTES     32
+#define NS_NODE_ID_BYTES    32
+#define NS_PUBKEY_BYTES     33 /* compressed secp256k1 */
+#define NS_SECKEY_BYTES     32
+#define NS_SIG_BYTES        64 /* compact r || s, low-S */
+#define NS_BIP39_SEED_BYTES 64
+#define NS_NODE_ID_HEX_SIZE (2 * NS_NODE_ID_BYTES + 1)
+
+void ns_sha256(uint8_t out[NS_SHA256_BYTES], const void *buf, size_t len);
+
+/* ---- BIP39 -------------------------------------------------------------------------------- */
+
+#define NS_BIP39_WORDS       2048
+#define NS_MNEMONIC_SIZE_MAX 256 /* 24 words of at most 8 letters, spaces, NUL */
+
+/* The English word list, generated at build time; index 0..2047. */
+extern const char *const ns_bip39_english[NS_BIP39_WORDS];
+
+/* A new mnemonic of 12 or 24 words from the system's secure randomness. */
+NS_MUST_USE int ns_bip39_generate(unsigned words, char *out, size_t out_size);
+/* Mnemonic from entropy (16 or 32 bytes); used by generate and by the test vectors. */
+NS_MUST_USE int ns_bip39_from_entropy(const uint8_t *entropy, size_t len, char *out,
+                                      size_t out_size);
+/* Checks a mnemonic: word count (12, 15, 18, 21 or 24), every word in the list, checksum.
+ * NS_EWORD sets *bad_word_index (0-based) to the first unknown word; NS_ECHECKSUM when the words
+ * are valid but the checksum is not; NS_EINVAL for a wrong word count. bad_word_index may be NULL.
+ */
+NS_MUST_USE int ns_bip39_check(const char *mnemonic, int *bad_word_index);
+/* seed = PBKDF2-HMAC-SHA512(NFKD(mnemonic), "mnemonic" + NFKD(passphrase), 2048 rounds, 64 B).
+ * passphrase may be NULL (empty). Does not check the mnemonic; callers check first. */
+NS_MUST_USE int ns_bip39_seed(const char *mnemonic, const char *passphrase,
+                              uint8_t seed[NS_BIP39_SEED_BYTES]);
+
+/* ---- keys --------------------------------------------------------------------------------- */
+
+typedef struct ns_key {
+    uint8_t seckey[NS_SECKEY_BYTES];
+    uint8_t pubkey[NS_PUBKEY_BYTES];
+    uint8_t node_id[NS_NODE_ID_BYTES]; /* SHA256(pubkey) */
+} ns_key;
+
+/* S1: token = seed[:32]; private key = SHA256(token); pubkey compressed; node_id = SHA256(pub). */
+NS_MUST_USE int ns_key_from_seed(ns_key *key, const uint8_t seed[NS_BIP39_SEED_BYTES]);
+/* A key from a 32-byte secret key (what the keystore stores). NS_ECRYPTO if not a valid key. */
+NS_MUST_USE int ns_key_from_seckey(ns_key *key, const uint8_t seckey[NS_SECKEY_BYTES]);
+/* Overwrites the secret with zeros. */
+void ns_key_wipe(ns_key *key);
+
+/* RFC 6979 deterministic ECDSA over a 32-byte digest; the signature is low-S, compact. */
+NS_MUST_USE int ns_sign_digest(const ns_key *key, const uint8_t digest[NS_SHA256_BYTES],
+                               uint8_t sig[NS_SIG_BYTES]);
+/* NS_OK or NS_EBADSIG (high-S signatures are refused). NS_ECRYPTO for an unparsable pubkey. */
+NS_MUST_USE int ns_verify_digest(const uint8_t pubkey[NS_PUBKEY_BYTES],
+                                 const uint8_t digest[NS_SHA256_BYTES],
+                                 const uint8_t sig[NS_SIG_BYTES]);
+void ns_node_id_from_pubkey(uint8_t node_id[NS_NODE_ID_BYTES],
+                            const uint8_t pubkey[NS_PUBKEY_BYTES]);
+
+/* ---- signed records ----------------------------------------------------------------------- */
+
+/* A signed record on the wire is a SignedEnvelope (proto/record.proto) holding the exact
+ * serialized Record bytes, the author's public key and the signature over
+ *     SHA256(NS_RECORD_DOMAIN || record_bytes)
+ * Verification works on those exact bytes and never re-encodes the record. */
+#define NS_RECORD_DOMAIN         "neuroshard/record/v1"
+#define NS_RECORD_BYTES_MAX      (64 * 1024) /* an envelope larger than this is refused */
+#define NS_RECORD_BODY_BYTES_MAX (60 * 1024)
+#define NS_RECORD_SKEW_MS_MAX    (60 * 1000) /* how far in the future a timestamp may be */
+
+typedef enum {
+    NS_RECORD_NODE = 1,
+    NS_RECORD_LAYER_HOLDER = 2,
+    NS_RECORD_QUORUM = 3,
+    NS_RECORD_CHECKPOINT = 4,
+    NS_RECORD_INFERENCE_ENDPOINT = 5,
+    NS_RECORD_PROOF = 6,
+    NS_RECORD_LEDGER_ENTRY = 7,
+} ns_record_type;
+
+typedef struct ns_record {
+    uint32_t type;
+    uint8_t author[NS_NODE_ID_BYTES];
+    uint64_t sequence;
+    uint64_t timestamp_ms;
+    uint64_t expiry_ms;  /* absolute, ms since the Unix epoch; 0 = never */
+    const uint8_t *body; /* on verify: points into the caller's buffer */
+    size_t body_len;
+} ns_record;
+
+/* Encodes and signs a record as the author `key` (record->author is ignored and set from key).
+ * On success *out is a malloc'd envelope the caller frees. */
+NS_MUST_USE int ns_record_sign(const ns_key *key, const ns_record *record, uint8_t **out,
+                               size_t *out_len);
+/* Verifies an envelope at time now_ms. Distinct errors: NS_ETOOBIG (input over the limit),
+ * NS_EPARSE (not a canonical envelope or record), NS_EAUTHOR (the key is not the author's),
+ * NS_EBADSIG, NS_EEXPIRED, NS_EFUTURE. On success fills *record; record->body points into buf. */
+NS_MUST_USE int ns_record_verify(const uint8_t *buf, size_t len, uint64_t now_ms,
+                                 ns_record *record);
+
+/* ---- keystore ----------------------------------------------------------------------------- */
+
+/* The key file (data_dir/key, mode 0600) holds the secret key, in the clear or, when a passphrase
+ * is given, sealed with XChaCha20-Poly1305 under an Argon2id key. Its header holds the node id in
+ * the clear, so the id can be shown without the passphrase. */
+#define NS_KEYSTORE_FILE "key"
+
+/* Writes the key file; NS_EEXIST if one is there (never overwritten). passphrase NULL or "" means
+ * unencrypted. */
+NS_MUST_USE int ns_keystore_create(const char *path, const ns_key *key, const char *passphrase);
+/* Loads the key. NS_ENOENT: no file; NS_EPERM: the file is readable or writable by group or
+ * others; NS_EPASSPHRASE: wrong or missing passphrase for an encrypted file; NS_ECORRUPT: the file
+ * is not a key file. */
+NS_MUST_USE int ns_keystore_load(const char *path, const char *passphrase, ns_key *key);
+/* Reads what is in the clear: whether the file is encrypted and the node id. */
+NS_MUST_USE int ns_keystore_peek(const char *path, bool *encrypted,
+                                 uint8_t node_id[NS_NODE_ID_BYTES]);
+
+#endif

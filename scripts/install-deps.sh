@@ -1,0 +1,63 @@
+#!/bin/sh
+# install-deps.sh: install the Debian packages neuroshard builds, tests and runs with.
+#
+# Idempotent: it asks dpkg which packages are already present, names the missing ones, and
+# installs only those. Works as root or through sudo. Exits non-zero with a one-line reason when
+# it cannot install what is missing.
+set -eu
+
+PACKAGES="
+build-essential
+pkg-config
+clang-format
+curl
+libuv1-dev
+libsodium-dev
+libsecp256k1-dev
+libzstd-dev
+libsqlite3-dev
+sqlite3
+libopenblas-dev
+libcmocka-dev
+libprotobuf-c-dev
+protobuf-c-compiler
+libmicrohttpd-dev
+libjansson-dev
+libinih-dev
+libicu-dev
+libcurl4-openssl-dev
+libsystemd-dev
+python3-mnemonic
+"
+
+missing=""
+for p in $PACKAGES; do
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    case "$status" in
+    "install ok installed") ;;
+    *) missing="$missing $p" ;;
+    esac
+done
+
+if [ -z "$missing" ]; then
+    echo "install-deps: all packages present"
+    exit 0
+fi
+
+echo "install-deps: installing missing packages:$missing"
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=""
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO="sudo"
+else
+    echo "install-deps: not root and no sudo; install as root:$missing" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+# A fresh machine has empty package lists; refresh them once, quietly.
+if ! $SUDO apt-get install -y -q --no-install-recommends $missing >/dev/null 2>&1; then
+    $SUDO apt-get update -q >/dev/null
+    $SUDO apt-get install -y -q --no-install-recommends $missing >/dev/null
+fi
+echo "install-deps: done"
