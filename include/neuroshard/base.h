@@ -103,6 +103,11 @@ NS_MUST_USE int ns_default_data_dir(char *out, size_t out_size);
 /* Creates a directory and its parents with mode 0700 where missing. */
 NS_MUST_USE int ns_mkdir_p(const char *path);
 
+/* ---- terminal ---------------------------------------------------------------------------- */
+
+/* Prompts on /dev/tty and reads one line with echo off. NS_ENOENT without a terminal. */
+NS_MUST_USE int ns_tty_read_secret(const char *prompt, char *out, size_t out_size);
+
 /* ---- the seam ----------------------------------------------------------------------------- */
 
 typedef struct ns_peer ns_peer;   /* a remote node's address; defined by the network part */
@@ -116,8 +121,11 @@ typedef enum {
 typedef void (*ns_timer_fn)(void *arg, uint64_t now_ms);
 
 /* What the outside world offers a core. A core never reads a clock, draws randomness, sleeps or
- * touches a socket except through these. Timers are one-shot; a core re-arms what repeats.
- * timer() returns a nonzero id that timer_cancel() accepts until the timer fires. */
+ * touches a socket except through these. now_ms is milliseconds since the Unix epoch and never
+ * goes backwards within a run (the daemon anchors libuv's monotonic loop time to the wall clock
+ * once at start; netsim starts its virtual clock wherever the scenario says). Timers are one-shot
+ * and due at an absolute now_ms; a core re-arms what repeats. timer() returns a nonzero id that
+ * timer_cancel() accepts until the timer fires. */
 typedef struct ns_env {
     uint64_t (*now_ms)(void *ctx);
     uint64_t (*timer)(void *ctx, uint64_t at_ms, ns_timer_fn fn, void *arg);

@@ -28,8 +28,10 @@ typedef struct ns_neuro {
 
 NS_MUST_USE int ns_neuro_add(ns_neuro *out, ns_neuro a, ns_neuro b); /* NS_EOVERFLOW */
 NS_MUST_USE int ns_neuro_sub(ns_neuro *out, ns_neuro a, ns_neuro b); /* NS_EOVERFLOW */
-/* "12.345000000": always nine decimals, a leading '-' when negative. out_size >= 32. */
-void ns_neuro_format(char *out, size_t out_size, ns_neuro amount);
+/* "12.345000000": always nine decimals, a leading '-' when negative. The longest,
+ * "-9223372036.854775808", takes 22 bytes with its NUL. */
+#define NS_NEURO_FORMAT_SIZE 32
+void ns_neuro_format(char *out, size_t out_size, ns_neuro amount); /* out_size >= the size */
 
 typedef struct ns_ledger ns_ledger;
 
@@ -38,6 +40,11 @@ typedef struct ns_ledger ns_ledger;
  * application or a newer schema; in both cases the file is left byte-for-byte as it was. A new
  * file gets the schema and the GENESIS row (zero minted) in one transaction. */
 NS_MUST_USE int ns_ledger_open(const char *path, ns_ledger **out);
+/* The same with the creation time given: ns_ledger_open reads the wall clock and calls this. The
+ * genesis hash is SHA-256("neuroshard/genesis/v1"), the same on every node; now_ms is only
+ * recorded as when this file was made. NS_EINVAL when now_ms does not fit SQLite's signed 64-bit
+ * integers. */
+NS_MUST_USE int ns_ledger_open_at(const char *path, uint64_t now_ms, ns_ledger **out);
 void ns_ledger_close(ns_ledger *ledger); /* NULL is a no-op */
 
 /* Number of ledger entries applied (0 at genesis). */
@@ -50,7 +57,8 @@ NS_MUST_USE int ns_ledger_totals(ns_ledger *ledger, ns_neuro *minted, ns_neuro *
 /* The genesis row's creation time (ms since the epoch) and hash. */
 NS_MUST_USE int ns_ledger_genesis(ns_ledger *ledger, uint64_t *created_ms,
                                   uint8_t hash[NS_SHA256_BYTES]);
-/* SHA-256 over every account head in node-id order: equal on two nodes that saw equal entries. */
+/* SHA-256 over node_id || head_hash of every account in node-id order: equal on two nodes that
+ * saw equal entries. With no account yet it is SHA-256(genesis hash), equal on every node. */
 NS_MUST_USE int ns_ledger_state_hash(ns_ledger *ledger, uint8_t hash[NS_SHA256_BYTES]);
 /* Folds the WAL back into the database file (called on a timer and at shutdown). */
 NS_MUST_USE int ns_ledger_checkpoint(ns_ledger *ledger);

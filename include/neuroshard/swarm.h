@@ -21,7 +21,7 @@ typedef struct ns_arch {
     uint32_t layers;
     uint32_t hidden;
     uint32_t heads;        /* hidden / 64 */
-    uint32_t kv_heads;     /* heads / 3, lowered to a divisor of heads */
+    uint32_t kv_heads;     /* the largest divisor of heads that is <= max(1, heads / 3) */
     uint32_t intermediate; /* hidden * 8 / 3, rounded to a multiple of 64 */
     uint32_t vocab;
     uint32_t seq_len_max;
@@ -29,8 +29,10 @@ typedef struct ns_arch {
 } ns_arch;
 
 /* The architecture for a swarm whose nodes announce total_memory_mb in all. NS_EINVAL below the
- * smallest model's memory (NS_ARCH_MEMORY_MB_MIN). */
+ * smallest model's memory (NS_ARCH_MEMORY_MB_MIN), NS_ETOOBIG above NS_ARCH_MEMORY_MB_MAX (1 PiB,
+ * far beyond any real swarm; the caller clamps sums of untrusted announcements to it). */
 #define NS_ARCH_MEMORY_MB_MIN 256
+#define NS_ARCH_MEMORY_MB_MAX (1024ull * 1024 * 1024)
 NS_MUST_USE int ns_arch_for_memory(uint64_t total_memory_mb, ns_arch *out);
 /* Parameter count of one transformer block of this shape. */
 uint64_t ns_arch_layer_params(const ns_arch *arch);

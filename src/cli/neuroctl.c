@@ -1,0 +1,562 @@
+/*
+ * neuroctl.c: the command-line client of a neuroshard node.
+ *
+ * Wallet commands work on the data directory's key file directly (no daemon needed); the others
+ * talk to the node's local HTTP API, whose address and token the daemon leaves in the data
+ * directory (api.addr, api.token). Every failure prints one line to stderr and exits non-zero:
+ * 1 when the command failed, 2 when it was used wrongly.
+ */
+#include <ctype.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "neuroshard/crypto.h"
+#include "neuroshard/node.h"
+
+#define EXIT_FAILED         1
+#define EXIT_USAGE          2
+#define HTTP_BODY_BYTES_MAX (1024 * 1024)
+#define HTTP_TIMEOUT_S      10
+#define ARGS_MAX            32
+
+typedef struct ctl {
+    char data_dir[PATH_MAX];
+    const char *api; /* --api HOST:PORT, else DATA_DIR/api.addr */
+    int argc;        /* positional words and command flags, global options removed */
+    const char *argv[ARGS_MAX];
+} ctl;
+
+static const char usage_main[] =
+    "usage: neuroctl [--data-dir DIR] [--api HOST:PORT] COMMAND [options]\n"
+    "\n"
+    "commands:\n"
+    "  wallet new       create this node's wallet and show its mnemonic once\n"
+    "  wallet restore   recreate the wallet from a mnemonic read from stdin\n"
+    "  wallet show      show the wallet's node id and key file\n"
+    "  status           what the running node is doing\n"
+    "  reload           make the running node re-read its configuration\n"
+    "\n"
+    "DIR defaults to NEUROSHARD_DATA_DIR, else $XDG_DATA_HOME/neuroshard or\n"
+    "~/.local/share/neuroshard. 'neuroctl COMMAND --help' tells more.\n";
+
+static const char usage_wallet_new[] =
+    "usage: neuroctl wallet new [--words 12|24] [--encrypt]\n"
+    "\n"
+    "Creates a BIP39 mnemonic from secure randomness, derives the node's key from it and writes\n"
+    "the key file DATA_DIR/key (mode 0600). The mnemonic is shown once, here, and never stored:\n"
+    "write it down. An existing wallet is never overwritten.\n"
+    "  --words N    12 (default) or 24 words\n"
+    "  --encrypt    encrypt the key file with a passphrase (NEUROSHARD_PASSPHRASE, or a prompt);\n"
+    "               setting NEUROSHARD_PASSPHRASE alone also encrypts\n"
+    "NEUROSHARD_BIP39_PASSPHRASE, when set, is the optional BIP39 passphrase of the mnemonic.\n";
+
+static const char usage_wallet_restore[] =
+    "usage: neuroctl wallet restore [--encrypt] < mnemonic.txt\n"
+    "\n"
+    "Reads a BIP39 mnemonic (one line; a prompt on a terminal), checks every word and the\n"
+    "checksum, and writes the key file it derives. Options as for 'wallet new'.\n";
+
+static const char usage_wallet_show[] = "usage: neuroctl wallet show\n"
+                                        "\n"
+                                        "Shows the node id and key file; needs no passphrase.\n";
+
+static const char usage_status[] = "usage: neuroctl status [--json]\n"
+                                   "\n"
+                                   "Asks the running node for its state (GET /api/stats).\n";
+
+static const char usage_reload[] = "usage: neuroctl reload\n"
+                                   "\n"
+                                   "Makes the running node re-read its configuration, as SIGHUP "
+                                   "does (POST /api/reload, with the API token).\n";
+
+static int NS_PRINTF(2, 3) fail(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("neuroctl: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return code;
+}
+
+static bool has_flag(const ctl *c, const char *flag)
+{
+    for (int i = 0; i < c->argc; i++) {
+        if (strcmp(c->argv[i], flag) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Refuses any word after the command words that is not one of the allowed flags. */
+static int check_flags(const ctl *c, int first, const char *const *allowed, const char *command)
+{
+    for (int i = first; i < c->argc; i++) {
+        bool ok = false;
+        for (const char *const *a = allowed; *a != NULL; a++) {
+            if (strcmp(c->argv[i], *a) == 0)
+                ok = true;
+        }
+        if (strcmp(c->argv[i], "--words") == 0 && ok)
+            i++; /* its value is checked by the command */
+        else if (!ok)
+            return fail(EXIT_USAGE, "unknown option '%s' (see '%s --help')", c->argv[i], command);
+    }
+    return 0;
+}
+
+static int key_path(const ctl *c, char *out, size_t out_size)
+{
+    int n = snprintf(out, out_size, "%s/%s", c->data_dir, NS_KEYSTORE_FILE);
+    return (n < 0 || (size_t)n >= out_size) ? NS_EINVAL : NS_OK;
+}
+
+/* ---- wallet ------------------------------------------------------------------------------- */
+
+/* The keystore passphrase: NEUROSHARD_PASSPHRASE, else with --encrypt a prompt, asked twice. */
+static int keystore_passphrase(bool encrypt, char *out, size_t out_size)
+{
+    const char *env = getenv("NEUROSHARD_PASSPHRASE");
+    out[0] = '\0';
+    if (env != NULL) {
+        snprintf(out, out_size, "%s", env);
+        return 0;
+    }
+    if (!encrypt)
+        return 0;
+    char again[256];
+    if (ns_tty_read_secret("new passphrase for the key file: ", out, out_size) != NS_OK ||
+        ns_tty_read_secret("the same passphrase again: ", again, sizeof again) != NS_OK)
+        return fail(EXIT_FAILED, "--encrypt needs a terminal or NEUROSHARD_PASSPHRASE");
+    int same = strcmp(out, again) == 0;
+    sodium_memzero(again, sizeof again);
+    if (!same)
+        return fail(EXIT_FAILED, "the two passphrases differ; nothing was written");
+    if (out[0] == '\0')
+        return fail(EXIT_FAILED, "an empty passphrase does not encrypt; nothing was written");
+    return 0;
+}
+
+/* Derives the key from a checked mnemonic and writes the key file. */
+static int write_wallet(const ctl *c, const char *mnemonic, bool encrypt, ns_key *key)
+{
+    const char *bip39_pass = getenv("NEUROSHARD_BIP39_PASSPHRASE");
+    uint8_t seed[NS_BIP39_SEED_BYTES];
+    if (ns_bip39_seed(mnemonic, bip39_pass, seed) != NS_OK)
+        return fail(EXIT_FAILED, "cannot derive the seed (is the BIP39 passphrase valid UTF-8?)");
+    int rc = ns_key_from_seed(key, seed);
+    sodium_memzero(seed, sizeof seed);
+    if (rc != NS_OK)
+        return fail(EXIT_FAILED, "cannot derive a key from this mnemonic: %s", ns_strerror(rc));
+    char passphrase[256];
+    int frc = keystore_passphrase(encrypt, passphrase, sizeof passphrase);
+    if (frc != 0)
+        return frc;
+    if (ns_mkdir_p(c->data_dir) != NS_OK)
+        return fail(EXIT_FAILED, "cannot create data directory %s: %s", c->data_dir,
+                    strerror(errno));
+    char path[PATH_MAX];
+    if (key_path(c, path, sizeof path) != NS_OK)
+        return fail(EXIT_FAILED, "data directory path is too long");
+    rc = ns_keystore_create(path, key, passphrase[0] != '\0' ? passphrase : NULL);
+    sodium_memzero(passphrase, sizeof passphrase);
+    if (rc == NS_EEXIST)
+        return fail(EXIT_FAILED, "a wallet already exists at %s; it is never overwritten", path);
+    if (rc != NS_OK)
+        return fail(EXIT_FAILED, "cannot write key file %s: %s", path, ns_strerror(rc));
+    return 0;
+}
+
+static int refuse_existing_wallet(const ctl *c)
+{
+    char path[PATH_MAX];
+    if (key_path(c, path, sizeof path) != NS_OK)
+        return fail(EXIT_USAGE, "data directory path is too long");
+    if (access(path, F_OK) == 0)
+        return fail(EXIT_FAILED, "a wallet already exists at %s; it is never overwritten", path);
+    return 0;
+}
+
+static void print_node_id(const ns_key *key)
+{
+    char hex[NS_NODE_ID_HEX_SIZE];
+    ns_hex_encode(hex, sizeof hex, key->node_id, NS_NODE_ID_BYTES);
+    printf("node id: %s\n", hex);
+}
+
+static int cmd_wallet_new(const ctl *c)
+{
+    static const char *const allowed[] = {"--words", "--encrypt", NULL};
+    int rc = check_flags(c, 2, allowed, "neuroctl wallet new");
+    if (rc != 0)
+        return rc;
+    unsigned words = 12;
+    for (int i = 2; i < c->argc; i++) {
+        if (strcmp(c->argv[i], "--words") != 0)
+            continue;
+        const char *v = i + 1 < c->argc ? c->argv[i + 1] : "";
+        if (strcmp(v, "12") != 0 && strcmp(v, "24") != 0)
+            return fail(EXIT_USAGE, "--words must be 12 or 24");
+        words = (unsigned)atoi(v);
+    }
+    if ((rc = refuse_existing_wallet(c)) != 0)
+        return rc;
+    char mnemonic[NS_MNEMONIC_SIZE_MAX];
+    if (ns_bip39_generate(words, mnemonic, sizeof mnemonic) != NS_OK)
+        return fail(EXIT_FAILED, "cannot generate a mnemonic");
+    ns_key key;
+    rc = write_wallet(c, mnemonic, has_flag(c, "--encrypt"), &key);
+    if (rc == 0) {
+        printf("Your wallet's mnemonic. Write it down now: it is shown only this once, it is the\n"
+               "only way to restore this node's identity and balance, and anyone who has it owns "
+               "them.\n\n    %s\n\n",
+               mnemonic);
+        print_node_id(&key);
+        printf("key file: %s/%s\n", c->data_dir, NS_KEYSTORE_FILE);
+    }
+    sodium_memzero(mnemonic, sizeof mnemonic);
+    ns_key_wipe(&key);
+    return rc;
+}
+
+/* Lowercases and joins the words of a line with single spaces. */
+static void normalise_mnemonic(char *s)
+{
+    char *out = s;
+    bool space = false;
+    for (char *p = s; *p != '\0'; p++) {
+        if (isspace((unsigned char)*p)) {
+            space = out != s;
+            continue;
+        }
+        if (space)
+            *out++ = ' ';
+        space = false;
+        *out++ = (char)tolower((unsigned char)*p);
+    }
+    *out = '\0';
+}
+
+static int read_mnemonic(char *out, size_t out_size)
+{
+    if (isatty(STDIN_FILENO)) {
+        if (ns_tty_read_secret("mnemonic: ", out, out_size) != NS_OK)
+            return fail(EXIT_FAILED, "cannot read the mnemonic from the terminal");
+    } else if (fgets(out, (int)out_size, stdin) == NULL) {
+        return fail(EXIT_FAILED, "no mnemonic on stdin");
+    } else if (strchr(out, '\n') == NULL && !feof(stdin)) {
+        return fail(EXIT_FAILED, "the mnemonic line is too long");
+    }
+    normalise_mnemonic(out);
+    return 0;
+}
+
+static int explain_bad_mnemonic(const char *mnemonic, int rc, int bad)
+{
+    if (rc == NS_EWORD) {
+        const char *w = mnemonic;
+        for (int i = 0; i < bad && w != NULL; i++) {
+            w = strchr(w, ' ');
+            w = w != NULL ? w + 1 : NULL;
+        }
+        int len = w != NULL ? (int)strcspn(w, " ") : 0;
+        return fail(EXIT_FAILED, "word %d ('%.*s') is not in the BIP39 English list", bad + 1, len,
+                    w != NULL ? w : "");
+    }
+    if (rc == NS_ECHECKSUM)
+        return fail(EXIT_FAILED,
+                    "the mnemonic's checksum does not match: a word is wrong or out of order");
+    return fail(EXIT_FAILED, "a mnemonic has 12, 15, 18, 21 or 24 words");
+}
+
+static int cmd_wallet_restore(const ctl *c)
+{
+    static const char *const allowed[] = {"--encrypt", NULL};
+    int rc = check_flags(c, 2, allowed, "neuroctl wallet restore");
+    if (rc != 0 || (rc = refuse_existing_wallet(c)) != 0)
+        return rc;
+    char mnemonic[1024];
+    if ((rc = read_mnemonic(mnemonic, sizeof mnemonic)) != 0)
+        return rc;
+    int bad = -1;
+    int check = ns_bip39_check(mnemonic, &bad);
+    if (check != NS_OK) {
+        rc = explain_bad_mnemonic(mnemonic, check, bad);
+        sodium_memzero(mnemonic, sizeof mnemonic);
+        return rc;
+    }
+    ns_key key;
+    rc = write_wallet(c, mnemonic, has_flag(c, "--encrypt"), &key);
+    sodium_memzero(mnemonic, sizeof mnemonic);
+    if (rc == 0) {
+        printf("wallet restored\n");
+        print_node_id(&key);
+    }
+    ns_key_wipe(&key);
+    return rc;
+}
+
+static int cmd_wallet_show(const ctl *c)
+{
+    static const char *const allowed[] = {NULL};
+    int rc = check_flags(c, 2, allowed, "neuroctl wallet show");
+    if (rc != 0)
+        return rc;
+    char path[PATH_MAX];
+    if (key_path(c, path, sizeof path) != NS_OK)
+        return fail(EXIT_USAGE, "data directory path is too long");
+    bool encrypted;
+    uint8_t node_id[NS_NODE_ID_BYTES];
+    rc = ns_keystore_peek(path, &encrypted, node_id);
+    if (rc == NS_ENOENT)
+        return fail(EXIT_FAILED, "no wallet at %s: create one with 'neuroctl wallet new'", path);
+    if (rc != NS_OK)
+        return fail(EXIT_FAILED, "cannot read key file %s: %s", path, ns_strerror(rc));
+    char hex[NS_NODE_ID_HEX_SIZE];
+    ns_hex_encode(hex, sizeof hex, node_id, NS_NODE_ID_BYTES);
+    printf("node id:   %s\nkey file:  %s\nencrypted: %s\n", hex, path, encrypted ? "yes" : "no");
+    return 0;
+}
+
+/* ---- talking to the node ------------------------------------------------------------------ */
+
+typedef struct http_body {
+    char *buf;
+    size_t len;
+    bool too_big;
+} http_body;
+
+static size_t http_collect(char *data, size_t size, size_t nmemb, void *user)
+{
+    http_body *b = user;
+    size_t n = size * nmemb;
+    if (b->len + n > HTTP_BODY_BYTES_MAX) {
+        b->too_big = true;
+        return 0;
+    }
+    char *grown = realloc(b->buf, b->len + n + 1);
+    if (grown == NULL)
+        return 0;
+    memcpy(grown + b->len, data, n);
+    b->buf = grown;
+    b->len += n;
+    b->buf[b->len] = '\0';
+    return n;
+}
+
+static int read_data_file(const ctl *c, const char *name, char *out, size_t out_size)
+{
+    char path[PATH_MAX + 32];
+    int n = snprintf(path, sizeof path, "%s/%s", c->data_dir, name);
+    if (n < 0 || (size_t)n >= sizeof path)
+        return NS_EINVAL;
+    uint8_t *buf;
+    size_t len;
+    int rc = ns_file_read(path, out_size - 1, &buf, &len);
+    if (rc != NS_OK)
+        return rc;
+    memcpy(out, buf, len + 1);
+    free(buf);
+    out[strcspn(out, "\r\n")] = '\0';
+    return NS_OK;
+}
+
+/* Sends one request to the node; on success *status and *body (malloc'd, NUL-terminated). */
+static int http_call(const ctl *c, const char *method, const char *path, long *status, char **body)
+{
+    char addr[NS_HOST_SIZE + 16];
+    if (c->api != NULL)
+        snprintf(addr, sizeof addr, "%s", c->api);
+    else if (read_data_file(c, NS_API_ADDR_FILE, addr, sizeof addr) != NS_OK)
+        return fail(EXIT_FAILED, "no node is running on %s (no %s there)", c->data_dir,
+                    NS_API_ADDR_FILE);
+    char url[sizeof addr + 128];
+    snprintf(url, sizeof url, "http://%s%s", addr, path);
+    CURL *curl = curl_easy_init();
+    if (curl == NULL)
+        return fail(EXIT_FAILED, "cannot start libcurl");
+    http_body b = {0};
+    struct curl_slist *headers = NULL;
+    if (strcmp(method, "POST") == 0) {
+        char token[NS_API_TOKEN_HEX_SIZE + 1];
+        char header[NS_API_TOKEN_HEX_SIZE + 32];
+        if (read_data_file(c, NS_API_TOKEN_FILE, token, sizeof token) != NS_OK) {
+            curl_easy_cleanup(curl);
+            return fail(EXIT_FAILED, "cannot read the API token in %s", c->data_dir);
+        }
+        snprintf(header, sizeof header, "Authorization: Bearer %s", token);
+        headers = curl_slist_append(headers, header);
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDS, "");
+        sodium_memzero(header, sizeof header);
+        sodium_memzero(token, sizeof token);
+    }
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT, (long)HTTP_TIMEOUT_S);
+    curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, http_collect);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &b);
+    CURLcode cc = curl_easy_perform(curl);
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, status);
+    curl_slist_free_all(headers);
+    curl_easy_cleanup(curl);
+    if (cc != CURLE_OK) {
+        free(b.buf);
+        return fail(EXIT_FAILED, "no node answers at %s: %s (is neuroshardd running?)", addr,
+                    b.too_big ? "answer too large" : curl_easy_strerror(cc));
+    }
+    *body = b.buf != NULL ? b.buf : strdup("");
+    return 0;
+}
+
+static int api_error(long status, const char *body)
+{
+    json_t *j = json_loads(body, 0, NULL);
+    const char *msg = j != NULL ? json_string_value(json_object_get(j, "error")) : NULL;
+    int rc = fail(EXIT_FAILED, "the node answered %ld: %s", status, msg != NULL ? msg : body);
+    json_decref(j);
+    return rc;
+}
+
+static int cmd_status(const ctl *c)
+{
+    static const char *const allowed[] = {"--json", NULL};
+    int rc = check_flags(c, 1, allowed, "neuroctl status");
+    if (rc != 0)
+        return rc;
+    long status = 0;
+    char *body = NULL;
+    if ((rc = http_call(c, "GET", "/api/stats", &status, &body)) != 0)
+        return rc;
+    if (status != 200) {
+        rc = api_error(status, body);
+        free(body);
+        return rc;
+    }
+    json_t *j = json_loads(body, 0, NULL);
+    if (has_flag(c, "--json") || j == NULL) {
+        printf("%s\n", body);
+    } else {
+        printf("node id        %s\n", json_string_value(json_object_get(j, "node_id")));
+        printf("version        %s\n", json_string_value(json_object_get(j, "version")));
+        printf("state          %s\n", json_string_value(json_object_get(j, "state")));
+        printf("uptime         %llds\n",
+               (long long)json_integer_value(json_object_get(j, "uptime_s")));
+        printf("peers          %lld\n", (long long)json_integer_value(json_object_get(j, "peers")));
+        printf("balance        %s NEURO\n", json_string_value(json_object_get(j, "balance")));
+        printf("stake          %s NEURO\n", json_string_value(json_object_get(j, "stake")));
+        printf("ledger height  %lld\n",
+               (long long)json_integer_value(json_object_get(j, "ledger_height")));
+        printf("api            http://%s\n", json_string_value(json_object_get(j, "api")));
+    }
+    json_decref(j);
+    free(body);
+    return 0;
+}
+
+static int cmd_reload(const ctl *c)
+{
+    static const char *const allowed[] = {NULL};
+    int rc = check_flags(c, 1, allowed, "neuroctl reload");
+    if (rc != 0)
+        return rc;
+    long status = 0;
+    char *body = NULL;
+    if ((rc = http_call(c, "POST", "/api/reload", &status, &body)) != 0)
+        return rc;
+    rc = status == 200 ? 0 : api_error(status, body);
+    if (rc == 0)
+        printf("the node re-read its configuration\n");
+    free(body);
+    return rc;
+}
+
+/* ---- dispatch ----------------------------------------------------------------------------- */
+
+typedef struct command {
+    const char *word1, *word2;
+    int (*run)(const ctl *c);
+    const char *usage;
+} command;
+
+static const command commands[] = {
+    {"wallet", "new", cmd_wallet_new, usage_wallet_new},
+    {"wallet", "restore", cmd_wallet_restore, usage_wallet_restore},
+    {"wallet", "show", cmd_wallet_show, usage_wallet_show},
+    {"status", NULL, cmd_status, usage_status},
+    {"reload", NULL, cmd_reload, usage_reload},
+};
+
+static int parse_global(ctl *c, int argc, char *argv[], bool *help)
+{
+    const char *dir = getenv("NEUROSHARD_DATA_DIR");
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            *help = true;
+        } else if (strcmp(a, "--data-dir") == 0 || strcmp(a, "--api") == 0) {
+            if (i + 1 >= argc)
+                return fail(EXIT_USAGE, "%s needs a value", a);
+            if (strcmp(a, "--api") == 0)
+                c->api = argv[++i];
+            else
+                dir = argv[++i];
+        } else if (c->argc == ARGS_MAX) {
+            return fail(EXIT_USAGE, "too many arguments");
+        } else {
+            c->argv[c->argc++] = a;
+        }
+    }
+    if (dir != NULL && dir[0] != '\0') {
+        if (strlen(dir) >= sizeof c->data_dir)
+            return fail(EXIT_USAGE, "--data-dir is too long");
+        strcpy(c->data_dir, dir);
+    } else if (ns_default_data_dir(c->data_dir, sizeof c->data_dir) != NS_OK) {
+        return fail(EXIT_USAGE, "no data directory: set --data-dir or HOME");
+    }
+    return 0;
+}
+
+int main(int argc, char *argv[])
+{
+    static ctl c;
+    bool help = false;
+    int rc = parse_global(&c, argc, argv, &help);
+    if (rc != 0)
+        return rc;
+    if (c.argc == 0) {
+        fputs(usage_main, help ? stdout : stderr);
+        return help ? 0 : EXIT_USAGE;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        const command *cmd = &commands[i];
+        if (strcmp(cmd->word1, c.argv[0]) != 0)
+            continue;
+        if (cmd->word2 != NULL && (c.argc < 2 || strcmp(cmd->word2, c.argv[1]) != 0))
+            continue;
+        if (help) {
+            fputs(cmd->usage, stdout);
+            return 0;
+        }
+        if (sodium_init() < 0 || curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+            return fail(EXIT_FAILED, "cannot initialise libsodium or libcurl");
+        rc = cmd->run(&c);
+        curl_global_cleanup();
+        return rc;
+    }
+    if (help) {
+        fputs(usage_main, stdout);
+        return 0;
+    }
+    return fail(EXIT_USAGE, "unknown command '%s%s%s' (see 'neuroctl --help')", c.argv[0],
+                c.argc > 1 ? " " : "", c.argc > 1 ? c.argv[1] : "");
+}

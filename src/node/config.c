@@ -1,0 +1,357 @@
+/*
+ * config.c: the daemon's configuration from defaults, an INI file, the environment and flags.
+ *
+ * One setter (config_set) knows every key; the INI file ([node] section), the NEUROSHARD_*
+ * variables and the --flags all go through it, so the three sources cannot disagree on what a key
+ * means or how it is checked. Precedence rises in that order. Every error names its source: the
+ * file and line, the variable, or the flag. The INI file is read with libinih.
+ */
+#include <errno.h>
+#include <ini.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "neuroshard/node.h"
+
+#define CONFIG_FLAGS_MAX 64
+#define WHY_SIZE         256 /* what is wrong with one value, without its source */
+
+typedef struct setting {
+    const char *key;  /* INI key */
+    const char *flag; /* command-line flag */
+    const char *env;  /* environment variable */
+} setting;
+
+static const setting settings[] = {
+    {"data_dir", "--data-dir", "NEUROSHARD_DATA_DIR"},
+    {"config", "--config", "NEUROSHARD_CONFIG"},
+    {"api_listen", "--api-listen", "NEUROSHARD_API_LISTEN"},
+    {"listen", "--listen", "NEUROSHARD_LISTEN"},
+    {"log_level", "--log-level", "NEUROSHARD_LOG_LEVEL"},
+    {"memory_mb", "--memory-mb", "NEUROSHARD_MEMORY_MB"},
+};
+#define SETTINGS_COUNT (sizeof settings / sizeof settings[0])
+
+static const char usage[] =
+    "usage: neuroshardd [options]\n"
+    "\n"
+    "Runs a neuroshard node: it keeps the wallet's identity, the NEURO ledger and the local API.\n"
+    "\n"
+    "options (each also NEUROSHARD_<NAME> in the environment, or <name> in the INI file's "
+    "[node]):\n"
+    "  --data-dir DIR       where the key, ledger and API token live\n"
+    "                       (default $XDG_DATA_HOME/neuroshard or ~/.local/share/neuroshard)\n"
+    "  --config FILE        INI file to read (default DATA_DIR/neuroshard.ini when present)\n"
+    "  --api-listen H:P     local HTTP API address (default 127.0.0.1:8421; port 0 = any free)\n"
+    "  --listen H:P         peer port, UDP and TCP (default 0.0.0.0:8420)\n"
+    "  --log-level L        error, warn, info or debug (default info)\n"
+    "  --memory-mb N        memory offered to the swarm (default half of physical memory)\n"
+    "  --help               this text\n"
+    "  --version            the version\n"
+    "\n"
+    "The key file may be encrypted; its passphrase comes from NEUROSHARD_PASSPHRASE or a prompt.\n"
+    "Signals: SIGINT/SIGTERM stop cleanly, SIGHUP reloads the configuration.\n";
+
+const char *ns_config_usage(void)
+{
+    return usage;
+}
+
+int ns_addr_parse(const char *text, ns_addr_text *out)
+{
+    const char *colon = strrchr(text, ':');
+    if (colon == NULL || colon == text || colon[1] == '\0')
+        return NS_EINVAL;
+    const char *host = text;
+    size_t host_len = (size_t)(colon - text);
+    if (host[0] == '[') {
+        if (host_len < 3 || host[host_len - 1] != ']')
+            return NS_EINVAL;
+        host++;
+        host_len -= 2;
+    }
+    if (host_len >= NS_HOST_SIZE)
+        return NS_EINVAL;
+    char h[NS_HOST_SIZE];
+    memcpy(h, host, host_len);
+    h[host_len] = '\0';
+    if (strcmp(h, "localhost") == 0)
+        strcpy(h, "127.0.0.1");
+    unsigned char tmp[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, h, tmp) != 1 && inet_pton(AF_INET6, h, tmp) != 1)
+        return NS_EINVAL;
+    char *end;
+    errno = 0;
+    unsigned long port = strtoul(colon + 1, &end, 10);
+    if (errno != 0 || *end != '\0' || port > 65535 || colon[1] == '-' || colon[1] == '+')
+        return NS_EINVAL;
+    strcpy(out->host, h);
+    out->port = (uint16_t)port;
+    return NS_OK;
+}
+
+void ns_addr_format(char *out, size_t out_size, const ns_addr_text *addr)
+{
+    bool v6 = strchr(addr->host, ':') != NULL;
+    snprintf(out, out_size, v6 ? "[%s]:%u" : "%s:%u", addr->host, (unsigned)addr->port);
+}
+
+static int parse_u64(const char *text, uint64_t *out)
+{
+    if (text[0] < '0' || text[0] > '9')
+        return NS_EINVAL;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno != 0 || *end != '\0')
+        return NS_EINVAL;
+    *out = v;
+    return NS_OK;
+}
+
+static int copy_path(char *dst, size_t dst_size, const char *value)
+{
+    size_t n = strlen(value);
+    if (n == 0 || n >= dst_size)
+        return NS_EINVAL;
+    memcpy(dst, value, n + 1);
+    return NS_OK;
+}
+
+/* Sets one key; on a bad value writes "what is wrong" (without the source) into why. */
+static int config_set(ns_config *cfg, const char *key, const char *value, char *why,
+                      size_t why_size)
+{
+    int rc = NS_EINVAL;
+    if (strcmp(key, "data_dir") == 0) {
+        rc = copy_path(cfg->data_dir, sizeof cfg->data_dir, value);
+        snprintf(why, why_size, "data_dir must be a non-empty path");
+    } else if (strcmp(key, "config") == 0) {
+        rc = copy_path(cfg->config_path, sizeof cfg->config_path, value);
+        snprintf(why, why_size, "config must be a non-empty path");
+    } else if (strcmp(key, "api_listen") == 0) {
+        rc = ns_addr_parse(value, &cfg->api_listen);
+        snprintf(why, why_size, "api_listen '%s' is not HOST:PORT", value);
+    } else if (strcmp(key, "listen") == 0) {
+        rc = ns_addr_parse(value, &cfg->listen);
+        snprintf(why, why_size, "listen '%s' is not HOST:PORT", value);
+    } else if (strcmp(key, "log_level") == 0) {
+        rc = ns_log_parse_level(value, &cfg->log_level);
+        snprintf(why, why_size, "log_level '%s' is not error, warn, info or debug", value);
+    } else if (strcmp(key, "memory_mb") == 0) {
+        rc = parse_u64(value, &cfg->memory_mb);
+        snprintf(why, why_size, "memory_mb '%s' is not a whole number", value);
+    } else {
+        snprintf(why, why_size, "unknown setting '%s'", key);
+    }
+    return rc;
+}
+
+typedef struct ini_state {
+    ns_config *cfg;
+    char why[WHY_SIZE];
+} ini_state;
+
+static int config_ini_line(void *user, const char *section, const char *name, const char *value)
+{
+    ini_state *st = user;
+    if (strcmp(section, "node") != 0) {
+        snprintf(st->why, sizeof st->why, "unknown section [%s] (settings go in [node])", section);
+        return 0;
+    }
+    if (strcmp(name, "config") == 0) {
+        snprintf(st->why, sizeof st->why, "'config' cannot be set inside a config file");
+        return 0;
+    }
+    return config_set(st->cfg, name, value, st->why, sizeof st->why) == NS_OK;
+}
+
+static int load_ini(ns_config *cfg, const char *path, bool must_exist, char err[NS_ERR_TEXT_SIZE])
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        if (!must_exist && errno == ENOENT)
+            return NS_OK;
+        snprintf(err, NS_ERR_TEXT_SIZE, "%s: cannot read config file: %s", path, strerror(errno));
+        return NS_EINVAL;
+    }
+    ini_state st = {.cfg = cfg, .why = "syntax error"};
+    int line = ini_parse_file(f, config_ini_line, &st);
+    fclose(f);
+    if (line != 0) {
+        snprintf(err, NS_ERR_TEXT_SIZE, "%s:%d: %s", path, line, st.why);
+        return NS_EINVAL;
+    }
+    if (strlen(path) >= sizeof cfg->config_path)
+        return NS_EINVAL;
+    strcpy(cfg->config_path, path);
+    return NS_OK;
+}
+
+static const setting *setting_for_flag(const char *flag)
+{
+    for (size_t i = 0; i < SETTINGS_COUNT; i++) {
+        if (strcmp(settings[i].flag, flag) == 0)
+            return &settings[i];
+    }
+    return NULL;
+}
+
+static const char *env_lookup(char *const envp[], const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; envp != NULL && envp[i] != NULL; i++) {
+        if (strncmp(envp[i], name, n) == 0 && envp[i][n] == '=')
+            return envp[i] + n + 1;
+    }
+    return NULL;
+}
+
+typedef struct flag_value {
+    const setting *setting;
+    const char *value;
+} flag_value;
+
+/* Collects --flag VALUE and --flag=VALUE pairs; unknown flags and stray words are errors. */
+static int scan_flags(int argc, char *const argv[], flag_value *out, size_t *count, bool *help,
+                      bool *version, char err[NS_ERR_TEXT_SIZE])
+{
+    *count = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+            *help = true;
+            continue;
+        }
+        if (strcmp(arg, "--version") == 0) {
+            *version = true;
+            continue;
+        }
+        char name[64];
+        const char *eq = strchr(arg, '=');
+        size_t name_len = eq != NULL ? (size_t)(eq - arg) : strlen(arg);
+        const setting *s = NULL;
+        if (name_len < sizeof name) {
+            memcpy(name, arg, name_len);
+            name[name_len] = '\0';
+            s = setting_for_flag(name);
+        }
+        if (s == NULL) {
+            snprintf(err, NS_ERR_TEXT_SIZE, "unknown option '%s' (see --help)", arg);
+            return NS_EINVAL;
+        }
+        const char *value = eq != NULL ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (value == NULL) {
+            snprintf(err, NS_ERR_TEXT_SIZE, "option %s needs a value", s->flag);
+            return NS_EINVAL;
+        }
+        if (*count == CONFIG_FLAGS_MAX) {
+            snprintf(err, NS_ERR_TEXT_SIZE, "too many options");
+            return NS_EINVAL;
+        }
+        out[(*count)++] = (flag_value){s, value};
+    }
+    return NS_OK;
+}
+
+static void config_defaults(ns_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    strcpy(cfg->api_listen.host, "127.0.0.1");
+    cfg->api_listen.port = NS_API_PORT_DEFAULT;
+    strcpy(cfg->listen.host, "0.0.0.0");
+    cfg->listen.port = NS_PEER_PORT_DEFAULT;
+    cfg->log_level = NS_LOG_INFO;
+}
+
+/* Where the INI file is: --config, NEUROSHARD_CONFIG, else DATA_DIR/neuroshard.ini if present. */
+static int find_config_path(ns_config *probe, const flag_value *flags, size_t flag_count,
+                            char *const envp[], bool *explicit_path, char err[NS_ERR_TEXT_SIZE])
+{
+    char why[WHY_SIZE];
+    const char *env_dir = env_lookup(envp, "NEUROSHARD_DATA_DIR");
+    const char *env_cfg = env_lookup(envp, "NEUROSHARD_CONFIG");
+    if (env_dir != NULL && config_set(probe, "data_dir", env_dir, why, sizeof why) != NS_OK) {
+        snprintf(err, NS_ERR_TEXT_SIZE, "NEUROSHARD_DATA_DIR: %s", why);
+        return NS_EINVAL;
+    }
+    if (env_cfg != NULL && config_set(probe, "config", env_cfg, why, sizeof why) != NS_OK) {
+        snprintf(err, NS_ERR_TEXT_SIZE, "NEUROSHARD_CONFIG: %s", why);
+        return NS_EINVAL;
+    }
+    for (size_t i = 0; i < flag_count; i++) {
+        const char *key = flags[i].setting->key;
+        if (strcmp(key, "data_dir") != 0 && strcmp(key, "config") != 0)
+            continue;
+        if (config_set(probe, key, flags[i].value, why, sizeof why) != NS_OK) {
+            snprintf(err, NS_ERR_TEXT_SIZE, "%s: %s", flags[i].setting->flag, why);
+            return NS_EINVAL;
+        }
+    }
+    *explicit_path = probe->config_path[0] != '\0';
+    if (!*explicit_path) {
+        if (probe->data_dir[0] == '\0' &&
+            ns_default_data_dir(probe->data_dir, sizeof probe->data_dir) != NS_OK) {
+            snprintf(err, NS_ERR_TEXT_SIZE, "no data directory: set --data-dir or HOME");
+            return NS_EINVAL;
+        }
+        int n = snprintf(probe->config_path, sizeof probe->config_path, "%s/%s", probe->data_dir,
+                         NS_CONFIG_FILE);
+        if (n < 0 || (size_t)n >= sizeof probe->config_path) {
+            snprintf(err, NS_ERR_TEXT_SIZE, "data directory path is too long");
+            return NS_EINVAL;
+        }
+    }
+    return NS_OK;
+}
+
+int ns_config_load(ns_config *cfg, int argc, char *const argv[], char *const envp[], bool *help,
+                   bool *version, char err[NS_ERR_TEXT_SIZE])
+{
+    flag_value flags[CONFIG_FLAGS_MAX];
+    size_t flag_count;
+    *help = false;
+    *version = false;
+    err[0] = '\0';
+    int rc = scan_flags(argc, argv, flags, &flag_count, help, version, err);
+    if (rc != NS_OK || *help || *version)
+        return rc;
+
+    ns_config probe;
+    config_defaults(&probe);
+    bool explicit_path;
+    rc = find_config_path(&probe, flags, flag_count, envp, &explicit_path, err);
+    if (rc != NS_OK)
+        return rc;
+
+    config_defaults(cfg);
+    rc = load_ini(cfg, probe.config_path, explicit_path, err);
+    if (rc != NS_OK)
+        return rc;
+
+    char why[WHY_SIZE];
+    for (size_t i = 0; i < SETTINGS_COUNT; i++) {
+        const char *value = env_lookup(envp, settings[i].env);
+        if (value == NULL || strcmp(settings[i].key, "config") == 0)
+            continue;
+        if (config_set(cfg, settings[i].key, value, why, sizeof why) != NS_OK) {
+            snprintf(err, NS_ERR_TEXT_SIZE, "%s: %s", settings[i].env, why);
+            return NS_EINVAL;
+        }
+    }
+    for (size_t i = 0; i < flag_count; i++) {
+        if (strcmp(flags[i].setting->key, "config") == 0)
+            continue;
+        if (config_set(cfg, flags[i].setting->key, flags[i].value, why, sizeof why) != NS_OK) {
+            snprintf(err, NS_ERR_TEXT_SIZE, "%s: %s", flags[i].setting->flag, why);
+            return NS_EINVAL;
+        }
+    }
+    if (cfg->data_dir[0] == '\0' && ns_default_data_dir(cfg->data_dir, sizeof cfg->data_dir) != 0) {
+        snprintf(err, NS_ERR_TEXT_SIZE, "no data directory: set --data-dir or HOME");
+        return NS_EINVAL;
+    }
+    return NS_OK;
+}

@@ -1,0 +1,592 @@
+/*
+ * daemon.c: neuroshardd's life: start in checked steps, serve, stop cleanly.
+ *
+ * Start is a sequence of steps, each of which either succeeds or stops the daemon with one line
+ * saying what is wrong and what to do, before anything on disk is changed: configuration, data
+ * directory, the one-instance lock, the wallet's key, the ledger, the API socket. Only then are
+ * the API token and address written and the loop run. The loop thread owns all node state; the
+ * HTTP thread only hands requests over (api.c). Timed work goes through the chores core and env.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "neuroshard/crypto.h"
+#include "neuroshard/ledger.h"
+#include "neuroshard/swarm.h"
+#include "node_internal.h"
+
+#define EXIT_REFUSED 1
+#define EXIT_USAGE   2
+#define MIB          (1024ull * 1024ull)
+
+typedef struct node {
+    ns_config cfg;
+    int argc;
+    char **argv;
+    uv_loop_t loop;
+    ns_uv_env uvenv;
+    ns_chores chores;
+    ns_key key;
+    char node_id_hex[NS_NODE_ID_HEX_SIZE];
+    ns_ledger *ledger;
+    ns_api *api;
+    ns_addr_text api_bound;
+    char api_addr_path[PATH_MAX];
+    int lock_fd;
+    uv_signal_t sig_int, sig_term, sig_hup;
+    uint64_t started_ms;
+    uint64_t memory_mb;
+    bool stopping;
+} node;
+
+static void NS_PRINTF(1, 2) refuse(const char *fmt, ...)
+{
+    char line[NS_ERR_TEXT_SIZE + 128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "neuroshardd: %s\n", line);
+}
+
+static int path_in(char *out, size_t out_size, const char *dir, const char *name)
+{
+    int n = snprintf(out, out_size, "%s/%s", dir, name);
+    return (n < 0 || (size_t)n >= out_size) ? NS_EINVAL : NS_OK;
+}
+
+/* ---- start steps -------------------------------------------------------------------------- */
+
+static int check_data_dir(const node *n)
+{
+    const char *dir = n->cfg.data_dir;
+    struct stat st;
+    if (stat(dir, &st) != 0) {
+        refuse("data directory %s does not exist: create a wallet first with "
+               "'neuroctl wallet new --data-dir %s'",
+               dir, dir);
+        return NS_ENOENT;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        refuse("data directory %s is not a directory", dir);
+        return NS_EINVAL;
+    }
+    if (access(dir, W_OK | X_OK) != 0) {
+        refuse("data directory %s is not writable: %s", dir, strerror(errno));
+        return NS_EPERM;
+    }
+    return NS_OK;
+}
+
+/* One instance per data directory: an flock, which the kernel drops when a process dies, even
+ * by kill -9, so a crash never leaves the lock stuck. */
+static int take_lock(node *n)
+{
+    char path[PATH_MAX];
+    if (path_in(path, sizeof path, n->cfg.data_dir, NS_LOCK_FILE) != NS_OK)
+        return NS_EINVAL;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        refuse("cannot open lock file %s: %s", path, strerror(errno));
+        return NS_EIO;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        char pid[32] = "";
+        ssize_t r = pread(fd, pid, sizeof pid - 1, 0);
+        pid[r > 0 ? r : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        refuse("another neuroshardd (pid %s) is already running on %s", pid[0] ? pid : "?",
+               n->cfg.data_dir);
+        close(fd);
+        return NS_ELOCKED;
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len) {
+        refuse("cannot write lock file %s: %s", path, strerror(errno));
+        close(fd);
+        return NS_EIO;
+    }
+    n->lock_fd = fd;
+    return NS_OK;
+}
+
+static int load_key(node *n)
+{
+    char path[PATH_MAX], err[NS_ERR_TEXT_SIZE];
+    if (path_in(path, sizeof path, n->cfg.data_dir, NS_KEYSTORE_FILE) != NS_OK)
+        return NS_EINVAL;
+    int rc = ns_keystore_unlock(path, &n->key, err);
+    if (rc == NS_ENOENT) {
+        refuse("no wallet in %s: create one with 'neuroctl wallet new --data-dir %s'",
+               n->cfg.data_dir, n->cfg.data_dir);
+        return rc;
+    }
+    if (rc != NS_OK) {
+        refuse("%s", err);
+        return rc;
+    }
+    ns_hex_encode(n->node_id_hex, sizeof n->node_id_hex, n->key.node_id, NS_NODE_ID_BYTES);
+    return NS_OK;
+}
+
+static int open_ledger(node *n)
+{
+    char path[PATH_MAX];
+    if (path_in(path, sizeof path, n->cfg.data_dir, NS_LEDGER_FILE) != NS_OK)
+        return NS_EINVAL;
+    int rc = ns_ledger_open(path, &n->ledger);
+    switch (rc) {
+    case NS_OK:
+        return NS_OK;
+    case NS_ECORRUPT:
+        refuse("ledger %s is corrupt; it was left untouched: restore it from a backup or move it "
+               "away to start a new one",
+               path);
+        return rc;
+    case NS_EFOREIGN:
+        refuse("ledger %s belongs to another program or a newer neuroshard; it was left untouched",
+               path);
+        return rc;
+    default:
+        refuse("cannot open ledger %s: %s", path, ns_strerror(rc));
+        return rc;
+    }
+}
+
+/* The API token: 32 random bytes in hex in DATA/api.token (0600), kept across restarts. */
+static int api_token(node *n, char token[NS_API_TOKEN_HEX_SIZE])
+{
+    char path[PATH_MAX];
+    if (path_in(path, sizeof path, n->cfg.data_dir, NS_API_TOKEN_FILE) != NS_OK)
+        return NS_EINVAL;
+    uint8_t *buf;
+    size_t len;
+    struct stat st;
+    if (ns_file_read(path, 256, &buf, &len) == NS_OK) {
+        uint8_t raw[32];
+        bool ok = len >= 64 && (len == 64 || buf[64] == '\n');
+        if (ok) {
+            buf[64] = '\0';
+            ok = ns_hex_decode(raw, sizeof raw, (char *)buf) == NS_OK && stat(path, &st) == 0 &&
+                 (st.st_mode & 077) == 0;
+        }
+        if (ok)
+            memcpy(token, buf, NS_API_TOKEN_HEX_SIZE);
+        free(buf);
+        if (ok)
+            return NS_OK;
+    }
+    uint8_t raw[32];
+    randombytes_buf(raw, sizeof raw);
+    ns_hex_encode(token, NS_API_TOKEN_HEX_SIZE, raw, sizeof raw);
+    char line[NS_API_TOKEN_HEX_SIZE + 1];
+    snprintf(line, sizeof line, "%s\n", token);
+    int rc = ns_file_write_atomic(path, line, strlen(line), 0600);
+    if (rc != NS_OK)
+        refuse("cannot write API token %s: %s", path, ns_strerror(rc));
+    return rc;
+}
+
+static void api_handler(void *arg, ns_api_request *req);
+
+static int start_api(node *n)
+{
+    char addr[NS_HOST_SIZE + 16];
+    ns_addr_format(addr, sizeof addr, &n->cfg.api_listen);
+    int fd;
+    int rc = ns_listen_tcp(&n->cfg.api_listen, &fd, &n->api_bound);
+    if (rc != NS_OK) {
+        refuse("cannot listen for the API on %s: %s", addr,
+               rc == NS_EADDRINUSE ? "address already in use (is another node running?)"
+                                   : ns_strerror(rc));
+        return rc;
+    }
+    char token[NS_API_TOKEN_HEX_SIZE];
+    rc = api_token(n, token);
+    if (rc != NS_OK) {
+        close(fd);
+        return rc;
+    }
+    rc = ns_api_start(&n->api, &n->loop, fd, token, api_handler, n);
+    sodium_memzero(token, sizeof token);
+    if (rc != NS_OK) {
+        refuse("cannot start the HTTP API on %s", addr);
+        return rc;
+    }
+    ns_addr_format(addr, sizeof addr, &n->api_bound);
+    char line[sizeof addr + 1];
+    snprintf(line, sizeof line, "%s\n", addr);
+    if (path_in(n->api_addr_path, sizeof n->api_addr_path, n->cfg.data_dir, NS_API_ADDR_FILE) !=
+            NS_OK ||
+        ns_file_write_atomic(n->api_addr_path, line, strlen(line), 0644) != NS_OK) {
+        refuse("cannot write %s", n->api_addr_path);
+        return NS_EIO;
+    }
+    return NS_OK;
+}
+
+static uint64_t physical_memory_mb(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES);
+    long page = sysconf(_SC_PAGE_SIZE);
+    if (pages <= 0 || page <= 0)
+        return NS_ARCH_MEMORY_MB_MIN;
+    return (uint64_t)pages * (uint64_t)page / MIB;
+}
+
+/* ---- the API's answers -------------------------------------------------------------------- */
+
+static void reply_json(ns_api_request *req, int status, json_t *body)
+{
+    if (body == NULL) {
+        ns_api_error(req, 500, "internal error building the answer");
+        return;
+    }
+    free(req->response);
+    req->response = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    NS_ASSERT(req->response != NULL);
+    req->response_len = strlen(req->response);
+    req->status = status;
+    req->content_type = "application/json";
+}
+
+typedef struct node_stats {
+    uint64_t uptime_s;
+    uint64_t height;
+    ns_neuro balance, stake, minted, burned;
+} node_stats;
+
+static int collect_stats(node *n, node_stats *s)
+{
+    s->uptime_s = (ns_env_now(&n->uvenv.env) - n->started_ms) / 1000;
+    int rc = ns_ledger_height(n->ledger, &s->height);
+    if (rc == NS_OK)
+        rc = ns_ledger_balance(n->ledger, n->key.node_id, &s->balance, &s->stake);
+    if (rc == NS_OK)
+        rc = ns_ledger_totals(n->ledger, &s->minted, &s->burned);
+    return rc;
+}
+
+static void answer_stats(node *n, ns_api_request *req)
+{
+    node_stats s;
+    if (collect_stats(n, &s) != NS_OK) {
+        ns_api_error(req, 500, "ledger query failed");
+        return;
+    }
+    char balance[32], stake[32], api[NS_HOST_SIZE + 16], listen[NS_HOST_SIZE + 16];
+    ns_neuro_format(balance, sizeof balance, s.balance);
+    ns_neuro_format(stake, sizeof stake, s.stake);
+    ns_addr_format(api, sizeof api, &n->api_bound);
+    ns_addr_format(listen, sizeof listen, &n->cfg.listen);
+    reply_json(req, 200,
+               json_pack("{s:s, s:s, s:I, s:i, s:s, s:s, s:I, s:s, s:s, s:s, s:I}", "node_id",
+                         n->node_id_hex, "version", NS_VERSION, "uptime_s", (json_int_t)s.uptime_s,
+                         "peers", 0, "balance", balance, "stake", stake, "ledger_height",
+                         (json_int_t)s.height, "state", n->stopping ? "stopping" : "running", "api",
+                         api, "listen", listen, "memory_mb", (json_int_t)n->memory_mb));
+}
+
+static void answer_model_info(node *n, ns_api_request *req)
+{
+    ns_arch a;
+    if (ns_arch_for_memory(n->memory_mb, &a) != NS_OK) {
+        ns_api_error(req, 503, "this node offers too little memory for any model");
+        return;
+    }
+    reply_json(req, 200,
+               json_pack("{s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:I}", "memory_mb",
+                         (json_int_t)n->memory_mb, "layers", (int)a.layers, "hidden", (int)a.hidden,
+                         "heads", (int)a.heads, "kv_heads", (int)a.kv_heads, "intermediate",
+                         (int)a.intermediate, "vocab", (int)a.vocab, "seq_len_max",
+                         (int)a.seq_len_max, "params", (json_int_t)a.params));
+}
+
+static void answer_metrics(node *n, ns_api_request *req)
+{
+    node_stats s;
+    if (collect_stats(n, &s) != NS_OK) {
+        ns_api_error(req, 500, "ledger query failed");
+        return;
+    }
+    char *text = NULL;
+    int len = asprintf(
+        &text,
+        "# HELP neuroshard_build_info Version of this node.\n"
+        "# TYPE neuroshard_build_info gauge\n"
+        "neuroshard_build_info{version=\"%s\",node_id=\"%s\"} 1\n"
+        "# HELP neuroshard_uptime_seconds Seconds since the node started.\n"
+        "# TYPE neuroshard_uptime_seconds gauge\n"
+        "neuroshard_uptime_seconds %llu\n"
+        "# HELP neuroshard_peers Peers currently known.\n"
+        "# TYPE neuroshard_peers gauge\n"
+        "neuroshard_peers 0\n"
+        "# HELP neuroshard_ledger_height Ledger entries applied.\n"
+        "# TYPE neuroshard_ledger_height gauge\n"
+        "neuroshard_ledger_height %llu\n"
+        "# HELP neuroshard_balance_nano This node's balance in nano-NEURO.\n"
+        "# TYPE neuroshard_balance_nano gauge\n"
+        "neuroshard_balance_nano %lld\n"
+        "# HELP neuroshard_minted_nano NEURO minted over the whole ledger, in nano-NEURO.\n"
+        "# TYPE neuroshard_minted_nano gauge\n"
+        "neuroshard_minted_nano %lld\n"
+        "# HELP neuroshard_api_requests_total API requests answered, by status class.\n"
+        "# TYPE neuroshard_api_requests_total counter\n"
+        "neuroshard_api_requests_total{class=\"2xx\"} %llu\n"
+        "neuroshard_api_requests_total{class=\"4xx\"} %llu\n"
+        "neuroshard_api_requests_total{class=\"5xx\"} %llu\n",
+        NS_VERSION, n->node_id_hex, (unsigned long long)s.uptime_s, (unsigned long long)s.height,
+        (long long)s.balance.nano, (long long)s.minted.nano,
+        (unsigned long long)ns_api_requests(n->api, 2),
+        (unsigned long long)ns_api_requests(n->api, 4),
+        (unsigned long long)ns_api_requests(n->api, 5));
+    if (len < 0) {
+        ns_api_error(req, 500, "out of memory");
+        return;
+    }
+    free(req->response);
+    req->response = text;
+    req->response_len = (size_t)len;
+    req->status = 200;
+    req->content_type = "text/plain; version=0.0.4";
+}
+
+static void node_reload(node *n);
+
+typedef struct route {
+    const char *method;
+    const char *path;
+    void (*answer)(node *n, ns_api_request *req);
+} route;
+
+static void answer_healthz(node *n, ns_api_request *req)
+{
+    reply_json(req, n->stopping ? 503 : 200, json_pack("{s:s}", "status", "ok"));
+}
+
+static void answer_reload(node *n, ns_api_request *req)
+{
+    node_reload(n);
+    reply_json(req, 200, json_pack("{s:b}", "reloaded", 1));
+}
+
+static const route routes[] = {
+    {"GET", "/api/stats", answer_stats},    {"GET", "/api/model_info", answer_model_info},
+    {"GET", "/metrics", answer_metrics},    {"GET", "/healthz", answer_healthz},
+    {"POST", "/api/reload", answer_reload},
+};
+
+static void api_handler(void *arg, ns_api_request *req)
+{
+    node *n = arg;
+    bool path_known = false;
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        if (strcmp(routes[i].path, req->path) != 0)
+            continue;
+        path_known = true;
+        if (strcmp(routes[i].method, req->method) == 0) {
+            routes[i].answer(n, req);
+            return;
+        }
+    }
+    if (path_known)
+        ns_api_error(req, 405, "method not allowed on this path");
+    else
+        ns_api_error(req, 404, "no such endpoint");
+}
+
+/* ---- running ------------------------------------------------------------------------------ */
+
+static void chore_run(void *arg, ns_chore chore, uint64_t now_ms)
+{
+    node *n = arg;
+    switch (chore) {
+    case NS_CHORE_WATCHDOG:
+        sd_notify(0, "WATCHDOG=1");
+        return;
+    case NS_CHORE_STATUS: {
+        node_stats s;
+        if (collect_stats(n, &s) == NS_OK)
+            sd_notifyf(0, "STATUS=node %.16s… ledger height %llu, up %llus", n->node_id_hex,
+                       (unsigned long long)s.height, (unsigned long long)s.uptime_s);
+        NS_LOG_D("node", "status uptime_ms=%llu", (unsigned long long)(now_ms - n->started_ms));
+        return;
+    }
+    case NS_CHORE_LEDGER_SYNC:
+        if (ns_ledger_checkpoint(n->ledger) != NS_OK)
+            NS_LOG_W("ledger", "wal checkpoint failed");
+        return;
+    case NS_CHORE_COUNT_:
+        break;
+    }
+    NS_ASSERT(false);
+}
+
+static void node_reload(node *n)
+{
+    ns_config fresh;
+    bool help, version;
+    char err[NS_ERR_TEXT_SIZE];
+    extern char **environ;
+    if (ns_config_load(&fresh, n->argc, n->argv, environ, &help, &version, err) != NS_OK) {
+        NS_LOG_E("config", "reload refused, keeping the running configuration: %s", err);
+        return;
+    }
+    ns_log_set_level(fresh.log_level);
+    n->cfg.log_level = fresh.log_level;
+    if (memcmp(&fresh.api_listen, &n->cfg.api_listen, sizeof fresh.api_listen) != 0 ||
+        memcmp(&fresh.listen, &n->cfg.listen, sizeof fresh.listen) != 0 ||
+        strcmp(fresh.data_dir, n->cfg.data_dir) != 0 || fresh.memory_mb != n->cfg.memory_mb)
+        NS_LOG_W("config", "reloaded; changes to addresses, data_dir or memory_mb need a restart");
+    else
+        NS_LOG_I("config", "reloaded log_level=%d", (int)fresh.log_level);
+}
+
+static void signal_close_noop(uv_handle_t *h)
+{
+    (void)h;
+}
+
+static void node_stop(node *n, const char *why)
+{
+    if (n->stopping)
+        return;
+    n->stopping = true;
+    NS_LOG_I("node", "stopping reason=%s", why);
+    sd_notify(0, "STOPPING=1");
+    ns_chores_stop(&n->chores);
+    ns_api_stop(n->api);
+    n->api = NULL;
+    uv_close((uv_handle_t *)&n->sig_int, signal_close_noop);
+    uv_close((uv_handle_t *)&n->sig_term, signal_close_noop);
+    uv_close((uv_handle_t *)&n->sig_hup, signal_close_noop);
+    ns_uv_env_close(&n->uvenv);
+}
+
+static void signal_callback(uv_signal_t *handle, int signum)
+{
+    node *n = handle->data;
+    if (signum == SIGHUP)
+        node_reload(n);
+    else
+        node_stop(n, signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+static void watch_signals(node *n)
+{
+    uv_signal_t *handles[] = {&n->sig_int, &n->sig_term, &n->sig_hup};
+    int nums[] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        NS_ASSERT(uv_signal_init(&n->loop, handles[i]) == 0);
+        handles[i]->data = n;
+        NS_ASSERT(uv_signal_start(handles[i], signal_callback, nums[i]) == 0);
+    }
+}
+
+static void start_chores(node *n)
+{
+    ns_chores_init(&n->chores, &n->uvenv.env, chore_run, n);
+    uint64_t watchdog_us = 0;
+    if (sd_watchdog_enabled(0, &watchdog_us) > 0 && watchdog_us >= 2000)
+        ns_chores_set_interval(&n->chores, NS_CHORE_WATCHDOG, watchdog_us / 2000);
+    ns_chores_set_interval(&n->chores, NS_CHORE_STATUS, NS_CHORE_STATUS_MS);
+    ns_chores_set_interval(&n->chores, NS_CHORE_LEDGER_SYNC, NS_CHORE_LEDGER_SYNC_MS);
+    ns_chores_start(&n->chores);
+}
+
+static int node_start(node *n)
+{
+    int rc = check_data_dir(n);
+    if (rc == NS_OK)
+        rc = take_lock(n);
+    if (rc == NS_OK)
+        rc = load_key(n);
+    if (rc == NS_OK)
+        rc = open_ledger(n);
+    if (rc == NS_OK)
+        rc = start_api(n);
+    if (rc != NS_OK)
+        return rc;
+    n->memory_mb = n->cfg.memory_mb != 0 ? n->cfg.memory_mb : physical_memory_mb() / 2;
+    n->started_ms = ns_env_now(&n->uvenv.env);
+    watch_signals(n);
+    start_chores(n);
+    char api[NS_HOST_SIZE + 16];
+    ns_addr_format(api, sizeof api, &n->api_bound);
+    NS_LOG_I("node", "started node_id=%s api=http://%s data_dir=%s version=%s", n->node_id_hex, api,
+             n->cfg.data_dir, NS_VERSION);
+    sd_notifyf(0, "READY=1\nSTATUS=node %.16s… serving the API on %s\nMAINPID=%ld", n->node_id_hex,
+               api, (long)getpid());
+    return NS_OK;
+}
+
+static void node_release(node *n)
+{
+    if (n->api != NULL) {
+        ns_api_stop(n->api);
+        n->api = NULL;
+    }
+    uv_run(&n->loop, UV_RUN_DEFAULT); /* runs the close callbacks of everything stopped */
+    if (n->ledger != NULL) {
+        if (ns_ledger_checkpoint(n->ledger) != NS_OK)
+            NS_LOG_W("ledger", "final wal checkpoint failed");
+        ns_ledger_close(n->ledger);
+    }
+    if (n->api_addr_path[0] != '\0')
+        unlink(n->api_addr_path);
+    ns_key_wipe(&n->key);
+    if (n->lock_fd >= 0)
+        close(n->lock_fd);
+    NS_ASSERT(uv_loop_close(&n->loop) == 0);
+}
+
+int ns_daemon_main(int argc, char *argv[], char *envp[])
+{
+    static node n; /* one daemon a process; static keeps the large struct off the stack */
+    memset(&n, 0, sizeof n);
+    n.lock_fd = -1;
+    n.argc = argc;
+    n.argv = argv;
+    bool help, version;
+    char err[NS_ERR_TEXT_SIZE];
+    if (ns_config_load(&n.cfg, argc, argv, envp, &help, &version, err) != NS_OK) {
+        refuse("%s", err);
+        return EXIT_USAGE;
+    }
+    if (help) {
+        fputs(ns_config_usage(), stdout);
+        return 0;
+    }
+    if (version) {
+        printf("neuroshardd %s\n", NS_VERSION);
+        return 0;
+    }
+    ns_log_set_level(n.cfg.log_level);
+    if (sodium_init() < 0) {
+        refuse("libsodium failed to initialise");
+        return EXIT_REFUSED;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    NS_ASSERT(uv_loop_init(&n.loop) == 0);
+    ns_uv_env_init(&n.uvenv, &n.loop);
+    if (node_start(&n) != NS_OK) {
+        node_release(&n);
+        return EXIT_REFUSED;
+    }
+    uv_run(&n.loop, UV_RUN_DEFAULT);
+    node_release(&n);
+    NS_LOG_I("node", "stopped");
+    return 0;
+}
