@@ -28,6 +28,8 @@ libicu-dev
 libcurl4-openssl-dev
 libsystemd-dev
 python3-mnemonic
+clang
+libclang-rt-14-dev
 "
 
 missing=""

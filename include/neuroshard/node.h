@@ -23,7 +23,7 @@
 #define NS_API_PORT_DEFAULT   8421
 #define NS_PEER_PORT_DEFAULT  8420
 #define NS_HOST_SIZE          64
-#define NS_ERR_TEXT_SIZE      512
+#define NS_ERR_TEXT_SIZE      (PATH_MAX + 512) /* a path and what is wrong with it */
 
 typedef struct ns_addr_text {
     char host[NS_HOST_SIZE]; /* numeric IPv4 or IPv6 (without brackets) */

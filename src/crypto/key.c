@@ -18,6 +18,8 @@
 
 #include "neuroshard/crypto.h"
 
+#define WALLET_TOKEN_BYTES 32 /* S1: token = BIP39 seed[:32] */
+
 static pthread_once_t context_once = PTHREAD_ONCE_INIT;
 static secp256k1_context *context;
 
@@ -70,7 +72,7 @@ int ns_key_from_seed(ns_key *key, const uint8_t seed[NS_BIP39_SEED_BYTES])
     NS_ASSERT(seed != NULL);
     static_assert(NS_SHA256_BYTES == NS_SECKEY_BYTES, "the secret key is a SHA-256 digest");
     uint8_t seckey[NS_SECKEY_BYTES];
-    ns_sha256(seckey, seed, 32); /* token = seed[:32] */
+    ns_sha256(seckey, seed, WALLET_TOKEN_BYTES);
     int rc = ns_key_from_seckey(key, seckey);
     sodium_memzero(seckey, sizeof seckey);
     return rc;

@@ -152,7 +152,8 @@ int ns_keystore_create(const char *path, const ns_key *key, const char *passphra
 /* Reads the whole file into kf->image; with check_mode, refuses a file others may read. */
 static int keyfile_read(const char *path, bool check_mode, keyfile *kf)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    /* O_NONBLOCK: a FIFO put in the key file's place must not hang the load (refused below). */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0)
         return errno == ENOENT ? NS_ENOENT : (errno == EACCES ? NS_EPERM : NS_EIO);
     struct stat st;

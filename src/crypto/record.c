@@ -22,7 +22,6 @@
 
 static_assert(NS_RECORD_BODY_BYTES_MAX + 256 <= NS_RECORD_BYTES_MAX,
               "a record with the largest body and every header field fits an envelope");
-static_assert(sizeof NS_RECORD_DOMAIN - 1 == 20, "the domain string is part of the protocol");
 
 /* SHA256(NS_RECORD_DOMAIN || record), the digest a record's signature covers. */
 static void record_digest(uint8_t digest[NS_SHA256_BYTES], const uint8_t *record, size_t len)

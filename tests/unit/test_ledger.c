@@ -615,6 +615,7 @@ static void test_neuro_format_has_nine_decimals(void **state)
 
 int main(void)
 {
+    ns_log_set_level(NS_LOG_WARN); /* every fixture creates a ledger; keep the output to results */
     const struct CMUnitTest tests[] = {
         LEDGER_TEST(test_ledger_new_file_has_genesis_with_nothing_minted),
         LEDGER_TEST(test_ledger_reopen_keeps_the_same_genesis),
