@@ -167,12 +167,15 @@ int main(void)
         fprintf(stderr, "bench_records: %u operations failed\n", st.failures);
         return 1;
     }
-    printf("bench records_sign_per_s=%.0f raw_sign_per_s=%.0f ratio=%.2f\n", records_sign_per_s,
-           raw_sign_per_s, records_sign_per_s / raw_sign_per_s);
-    printf("bench records_verify_per_s=%.0f raw_verify_per_s=%.0f ratio=%.2f\n",
+    printf("bench records_sign_per_s=%.0f raw_sign_per_s=%.0f ratio=%.2f goal=0.9\n",
+           records_sign_per_s, raw_sign_per_s, records_sign_per_s / raw_sign_per_s);
+    /* The baseline a verifier of wire bytes really has: parse key and signature, then verify. */
+    printf("bench records_verify_per_s=%.0f raw_verify_per_s=%.0f ratio=%.2f goal=0.9\n",
            records_verify_per_s, raw_verify_per_s, records_verify_per_s / raw_verify_per_s);
-    fprintf(stderr, "bench_records: secp256k1_ecdsa_verify alone (pubkey parsed once) %.0f/s\n",
-            raw_verify_parsed_per_s);
+    /* The stricter one: secp256k1_ecdsa_verify alone, the key parsed once beforehand. */
+    printf("bench records_verify_per_s=%.0f raw_verify_preparsed_per_s=%.0f ratio=%.2f\n",
+           records_verify_per_s, raw_verify_parsed_per_s,
+           records_verify_per_s / raw_verify_parsed_per_s);
     free(st.envelope);
     secp256k1_context_destroy(st.ctx);
     return 0;

@@ -95,6 +95,9 @@ NS_MUST_USE int ns_hex_decode(uint8_t *out, size_t out_len, const char *hex);
  * file in the same directory, fsync, rename, fsync of the directory. mode is the new file's mode
  * (e.g. 0600), set before any byte is written. */
 NS_MUST_USE int ns_file_write_atomic(const char *path, const void *buf, size_t len, unsigned mode);
+/* The same, but never replaces an existing file: NS_EEXIST if path exists, even when another
+ * process creates it while this one writes (the new file is linked into place, not renamed). */
+NS_MUST_USE int ns_file_create_atomic(const char *path, const void *buf, size_t len, unsigned mode);
 /* Reads a whole file of at most max_len bytes into a malloc'd buffer (NUL-terminated, the NUL
  * not counted in *out_len). NS_ETOOBIG beyond max_len. The caller frees *out. */
 NS_MUST_USE int ns_file_read(const char *path, size_t max_len, uint8_t **out, size_t *out_len);

@@ -69,10 +69,11 @@ static int write_all(int fd, const uint8_t *p, size_t len)
     return NS_OK;
 }
 
-int ns_file_write_atomic(const char *path, const void *buf, size_t len, unsigned mode)
+/* Writes and fsyncs a temporary file beside path; on success its name is in tmp. */
+static int write_temp(const char *path, const void *buf, size_t len, unsigned mode, char *tmp,
+                      size_t tmp_size)
 {
-    char tmp[PATH_MAX];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
+    if (snprintf(tmp, tmp_size, "%s.tmp.%ld", path, (long)getpid()) >= (int)tmp_size)
         return NS_EINVAL;
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, (mode_t)mode);
     if (fd < 0)
@@ -84,12 +85,35 @@ int ns_file_write_atomic(const char *path, const void *buf, size_t len, unsigned
         rc = NS_EIO;
     if (close(fd) != 0 && rc == NS_OK)
         rc = NS_EIO;
-    if (rc == NS_OK && rename(tmp, path) != 0)
+    if (rc != NS_OK)
+        unlink(tmp);
+    return rc;
+}
+
+int ns_file_write_atomic(const char *path, const void *buf, size_t len, unsigned mode)
+{
+    char tmp[PATH_MAX];
+    int rc = write_temp(path, buf, len, mode, tmp, sizeof tmp);
+    if (rc != NS_OK)
+        return rc;
+    if (rename(tmp, path) != 0) {
         rc = errno_to_ns(errno);
-    if (rc != NS_OK) {
         unlink(tmp);
         return rc;
     }
+    return fsync_parent_dir(path);
+}
+
+int ns_file_create_atomic(const char *path, const void *buf, size_t len, unsigned mode)
+{
+    char tmp[PATH_MAX];
+    int rc = write_temp(path, buf, len, mode, tmp, sizeof tmp);
+    if (rc != NS_OK)
+        return rc;
+    rc = link(tmp, path) == 0 ? NS_OK : errno_to_ns(errno); /* link never replaces */
+    unlink(tmp);
+    if (rc != NS_OK)
+        return rc;
     return fsync_parent_dir(path);
 }
 

@@ -140,11 +140,9 @@ int ns_keystore_create(const char *path, const ns_key *key, const char *passphra
         len = KEYFILE_SEALED_BYTES;
         rc = seal(image, key, passphrase, pass_len);
     }
-    /* Checked once more: the Argon2 call took long enough for another writer to appear. */
-    if (rc == NS_OK && lstat(path, &st) == 0)
-        rc = NS_EEXIST;
+    /* The early check spares the Argon2 work; this write is what guarantees no overwrite. */
     if (rc == NS_OK)
-        rc = ns_file_write_atomic(path, image, len, 0600);
+        rc = ns_file_create_atomic(path, image, len, 0600);
     sodium_memzero(image, sizeof image);
     return rc;
 }

@@ -78,6 +78,26 @@ static void test_atomic_write_sets_mode_and_replaces_whole_file(void **state)
     ns_test_rmtree(dir);
 }
 
+static void test_create_atomic_never_replaces(void **state)
+{
+    (void)state;
+    char dir[256];
+    ns_test_tempdir(dir, sizeof dir);
+    char path[300];
+    snprintf(path, sizeof path, "%s/f", dir);
+    assert_int_equal(ns_file_create_atomic(path, "one", 3, 0600), NS_OK);
+    assert_int_equal(ns_file_create_atomic(path, "two", 3, 0600), NS_EEXIST);
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(ns_file_read(path, 100, &buf, &len), NS_OK);
+    assert_memory_equal(buf, "one", 3);
+    free(buf);
+    char tmp[320];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    assert_int_equal(access(tmp, F_OK), -1); /* no temporary file left behind */
+    ns_test_rmtree(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -85,6 +105,7 @@ int main(void)
         cmocka_unit_test(test_hex_round_trips_and_refuses_bad_digits),
         cmocka_unit_test(test_log_level_parses_known_words_only),
         cmocka_unit_test(test_atomic_write_sets_mode_and_replaces_whole_file),
+        cmocka_unit_test(test_create_atomic_never_replaces),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
