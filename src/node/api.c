@@ -45,17 +45,25 @@ struct ns_api {
     atomic_uint_fast64_t count_2xx, count_4xx, count_5xx;
 };
 
-void ns_api_error(ns_api_request *req, int status, const char *message)
+void ns_api_reply_json(ns_api_request *req, int status, json_t *body)
 {
-    json_t *o = json_pack("{s:s}", "error", message);
-    NS_ASSERT(o != NULL);
+    char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (text == NULL) {
+        status = 500;
+        text = strdup("{\"error\":\"internal error building the answer\"}");
+        NS_ASSERT(text != NULL);
+    }
     free(req->response);
-    req->response = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    NS_ASSERT(req->response != NULL);
-    req->response_len = strlen(req->response);
+    req->response = text;
+    req->response_len = strlen(text);
     req->status = status;
     req->content_type = "application/json";
+}
+
+void ns_api_error(ns_api_request *req, int status, const char *message)
+{
+    ns_api_reply_json(req, status, json_pack("{s:s}", "error", message));
 }
 
 uint64_t ns_api_requests(const ns_api *api, int status_class)

@@ -247,21 +247,6 @@ static uint64_t physical_memory_mb(void)
 
 /* ---- the API's answers -------------------------------------------------------------------- */
 
-static void reply_json(ns_api_request *req, int status, json_t *body)
-{
-    if (body == NULL) {
-        ns_api_error(req, 500, "internal error building the answer");
-        return;
-    }
-    free(req->response);
-    req->response = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    NS_ASSERT(req->response != NULL);
-    req->response_len = strlen(req->response);
-    req->status = status;
-    req->content_type = "application/json";
-}
-
 typedef struct node_stats {
     uint64_t uptime_s;
     uint64_t height;
@@ -291,12 +276,13 @@ static void answer_stats(node *n, ns_api_request *req)
     ns_neuro_format(stake, sizeof stake, s.stake);
     ns_addr_format(api, sizeof api, &n->api_bound);
     ns_addr_format(listen, sizeof listen, &n->cfg.listen);
-    reply_json(req, 200,
-               json_pack("{s:s, s:s, s:I, s:i, s:s, s:s, s:I, s:s, s:s, s:s, s:I}", "node_id",
-                         n->node_id_hex, "version", NS_VERSION, "uptime_s", (json_int_t)s.uptime_s,
-                         "peers", 0, "balance", balance, "stake", stake, "ledger_height",
-                         (json_int_t)s.height, "state", n->stopping ? "stopping" : "running", "api",
-                         api, "listen", listen, "memory_mb", (json_int_t)n->memory_mb));
+    ns_api_reply_json(req, 200,
+                      json_pack("{s:s, s:s, s:I, s:i, s:s, s:s, s:I, s:s, s:s, s:s, s:I}",
+                                "node_id", n->node_id_hex, "version", NS_VERSION, "uptime_s",
+                                (json_int_t)s.uptime_s, "peers", 0, "balance", balance, "stake",
+                                stake, "ledger_height", (json_int_t)s.height, "state",
+                                n->stopping ? "stopping" : "running", "api", api, "listen", listen,
+                                "memory_mb", (json_int_t)n->memory_mb));
 }
 
 static void answer_model_info(node *n, ns_api_request *req)
@@ -306,12 +292,12 @@ static void answer_model_info(node *n, ns_api_request *req)
         ns_api_error(req, 503, "this node offers too little memory for any model");
         return;
     }
-    reply_json(req, 200,
-               json_pack("{s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:I}", "memory_mb",
-                         (json_int_t)n->memory_mb, "layers", (int)a.layers, "hidden", (int)a.hidden,
-                         "heads", (int)a.heads, "kv_heads", (int)a.kv_heads, "intermediate",
-                         (int)a.intermediate, "vocab", (int)a.vocab, "seq_len_max",
-                         (int)a.seq_len_max, "params", (json_int_t)a.params));
+    ns_api_reply_json(req, 200,
+                      json_pack("{s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:I}", "memory_mb",
+                                (json_int_t)n->memory_mb, "layers", (int)a.layers, "hidden",
+                                (int)a.hidden, "heads", (int)a.heads, "kv_heads", (int)a.kv_heads,
+                                "intermediate", (int)a.intermediate, "vocab", (int)a.vocab,
+                                "seq_len_max", (int)a.seq_len_max, "params", (json_int_t)a.params));
 }
 
 static void answer_metrics(node *n, ns_api_request *req)
@@ -373,13 +359,13 @@ typedef struct route {
 
 static void answer_healthz(node *n, ns_api_request *req)
 {
-    reply_json(req, n->stopping ? 503 : 200, json_pack("{s:s}", "status", "ok"));
+    ns_api_reply_json(req, n->stopping ? 503 : 200, json_pack("{s:s}", "status", "ok"));
 }
 
 static void answer_reload(node *n, ns_api_request *req)
 {
     node_reload(n);
-    reply_json(req, 200, json_pack("{s:b}", "reloaded", 1));
+    ns_api_reply_json(req, 200, json_pack("{s:b}", "reloaded", 1));
 }
 
 static const route routes[] = {

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <jansson.h>
 #include <uv.h>
 
 #include "neuroshard/base.h"
@@ -72,6 +73,9 @@ NS_MUST_USE int ns_api_start(ns_api **out, uv_loop_t *loop, int listen_fd, const
 void ns_api_stop(ns_api *api);
 uint64_t ns_api_requests(const ns_api *api, int status_class); /* 2, 4 or 5: 2xx, 4xx, 5xx */
 
+/* Fills a request's response with body (a reference taken over) as compact JSON; a NULL body or
+ * one that cannot be encoded becomes a 500. */
+void ns_api_reply_json(ns_api_request *req, int status, json_t *body);
 /* Fills a request's response with a JSON error body {"error": "..."}. */
 void ns_api_error(ns_api_request *req, int status, const char *message);
 
