@@ -54,9 +54,11 @@ LDLIBS   := $(PKG_LIBS) -lm
 PROTOS    := $(wildcard proto/*.proto)
 GEN_C     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS)) $(BUILD)/gen/bip39_english.c
 GEN_H     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.h,$(PROTOS))
-LIB_SRC   := $(wildcard src/base/*.c src/crypto/*.c src/ledger/*.c src/swarm/*.c)
+LIB_SRC   := $(wildcard src/base/*.c src/crypto/*.c src/wire/*.c src/link/*.c src/dht/*.c \
+             src/ledger/*.c src/swarm/*.c)
 NODE_SRC  := $(filter-out src/node/main.c,$(wildcard src/node/*.c))
 CLI_SRC   := $(wildcard src/cli/*.c)
+NETSIM_SRC := $(wildcard netsim/*.c)
 TEST_SUPPORT_SRC := $(wildcard tests/unit/support/*.c)
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 BENCH_SRC := $(wildcard bench/bench_*.c)
@@ -69,6 +71,7 @@ LIB       := $(BUILD)/libneuroshard.a
 NODE_LIB  := $(BUILD)/libneuroshard-node.a
 DAEMON    := $(BUILD)/neuroshardd
 CTL       := $(BUILD)/neuroctl
+NETSIM    := $(if $(NETSIM_SRC),$(BUILD)/netsim)
 UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
@@ -77,7 +80,7 @@ BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 .SECONDARY:
 .DELETE_ON_ERROR:
 
-all: $(DAEMON) $(CTL) $(UNIT_BIN) $(BENCH_BIN)
+all: $(DAEMON) $(CTL) $(NETSIM) $(UNIT_BIN) $(BENCH_BIN)
 
 # ---- generated code -----------------------------------------------------------------------
 
@@ -118,6 +121,10 @@ $(CTL): $(call obj,$(CLI_SRC)) $(LIB)
 	@echo "  LINK    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/netsim: $(call obj,$(NETSIM_SRC)) $(LIB)
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(call obj,$(TEST_SUPPORT_SRC)) $(NODE_LIB) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
@@ -149,11 +156,11 @@ check: unit integration
 unit: $(UNIT_BIN)
 	@scripts/run-unit.sh $(UNIT_BIN)
 
-integration: $(DAEMON) $(CTL)
+integration: $(DAEMON) $(CTL) $(NETSIM)
 	@scripts/run-integration.sh $(BUILD)
 
 bench: deps
-	@$(MAKE) --no-print-directory $(BENCH_BIN)
+	@$(MAKE) --no-print-directory $(BENCH_BIN) $(DAEMON) $(CTL) $(NETSIM)
 	@scripts/bench.sh $(BUILD)
 
 fuzz: deps
@@ -166,7 +173,7 @@ install: $(DAEMON) $(CTL)
 	chmod 0644 $(DESTDIR)$(UNITDIR)/neuroshard.service
 	install -m 0644 systemd/neuroshard.sysusers $(DESTDIR)$(SYSUSERSDIR)/neuroshard.conf
 
-FORMAT_FILES = $(shell find src include tests bench -name '*.[ch]' 2>/dev/null)
+FORMAT_FILES = $(shell find src include tests bench netsim -name '*.[ch]' 2>/dev/null)
 
 format:
 	clang-format -i $(FORMAT_FILES)

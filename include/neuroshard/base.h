@@ -10,6 +10,7 @@
 #define NEUROSHARD_BASE_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -113,8 +114,30 @@ NS_MUST_USE int ns_tty_read_secret(const char *prompt, char *out, size_t out_siz
 
 /* ---- the seam ----------------------------------------------------------------------------- */
 
-typedef struct ns_peer ns_peer;   /* a remote node's address; defined by the network part */
-typedef struct ns_frame ns_frame; /* one framed message; defined by the wire part */
+/* A transport address: IPv4 (ip[0..3], family 4) or IPv6 (family 6), port in host order. */
+typedef struct ns_addr {
+    uint8_t family; /* 4 or 6 */
+    uint8_t ip[16];
+    uint16_t port;
+} ns_addr;
+
+#define NS_ID_BYTES 32 /* node ids and DHT keys: 256 bits */
+
+/* A remote node: where it is and, once known, who it is. */
+typedef struct ns_peer {
+    ns_addr addr;
+    uint8_t node_id[NS_ID_BYTES];
+    bool has_node_id;
+} ns_peer;
+
+/* "1.2.3.4:5" or "[::1]:5"; out_size >= NS_ADDR_TEXT_SIZE. */
+#define NS_ADDR_TEXT_SIZE 56
+void ns_addr_to_text(char *out, size_t out_size, const ns_addr *addr);
+/* Parses numeric "IPv4:PORT" or "[IPv6]:PORT". */
+NS_MUST_USE int ns_addr_from_text(const char *text, ns_addr *out);
+bool ns_addr_equal(const ns_addr *a, const ns_addr *b);
+
+typedef struct ns_frame ns_frame; /* one framed message; defined in wire.h */
 
 typedef enum {
     NS_CHANNEL_DATAGRAM = 0, /* UDP: DHT RPCs */

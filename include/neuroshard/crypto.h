@@ -93,6 +93,7 @@ void ns_node_id_from_pubkey(uint8_t node_id[NS_NODE_ID_BYTES],
 #define NS_RECORD_DOMAIN         "neuroshard/record/v1"
 #define NS_RECORD_BYTES_MAX      (64 * 1024) /* an envelope larger than this is refused */
 #define NS_RECORD_BODY_BYTES_MAX (60 * 1024)
+#define NS_RECORD_TOPIC_BYTES_MAX 64
 #define NS_RECORD_SKEW_MS_MAX    (60 * 1000) /* how far in the future a timestamp may be */
 
 typedef enum {
@@ -111,9 +112,16 @@ typedef struct ns_record {
     uint64_t sequence;
     uint64_t timestamp_ms;
     uint64_t expiry_ms;  /* absolute, ms since the Unix epoch; 0 = never */
+    uint8_t topic[NS_RECORD_TOPIC_BYTES_MAX]; /* what it is about; empty for a node record */
+    size_t topic_len;
     const uint8_t *body; /* on verify: points into the caller's buffer */
     size_t body_len;
 } ns_record;
+
+/* The DHT key a record is stored under: its author's node id when the topic is empty (a node's
+ * own record), else SHA256("neuroshard/topic/v1" || type as 4 bytes big-endian || topic), so all
+ * holders of one layer, say, meet under one key. */
+void ns_record_key(const ns_record *record, uint8_t key[NS_SHA256_BYTES]);
 
 /* Encodes and signs a record as the author `key` (record->author is ignored and set from key).
  * On success *out is a malloc'd envelope the caller frees. */

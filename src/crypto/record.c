@@ -33,6 +33,23 @@ static void record_digest(uint8_t digest[NS_SHA256_BYTES], const uint8_t *record
     crypto_hash_sha256_final(&st, digest);
 }
 
+void ns_record_key(const ns_record *record, uint8_t key[NS_SHA256_BYTES])
+{
+    if (record->topic_len == 0) {
+        memcpy(key, record->author, NS_NODE_ID_BYTES);
+        return;
+    }
+    static const char domain[] = "neuroshard/topic/v1";
+    uint8_t type_be[4] = {(uint8_t)(record->type >> 24), (uint8_t)(record->type >> 16),
+                          (uint8_t)(record->type >> 8), (uint8_t)record->type};
+    crypto_hash_sha256_state st;
+    crypto_hash_sha256_init(&st);
+    crypto_hash_sha256_update(&st, (const uint8_t *)domain, sizeof domain - 1);
+    crypto_hash_sha256_update(&st, type_be, sizeof type_be);
+    crypto_hash_sha256_update(&st, record->topic, record->topic_len);
+    crypto_hash_sha256_final(&st, key);
+}
+
 int ns_record_sign(const ns_key *key, const ns_record *record, uint8_t **out, size_t *out_len)
 {
     NS_ASSERT(key != NULL);
@@ -40,7 +57,7 @@ int ns_record_sign(const ns_key *key, const ns_record *record, uint8_t **out, si
     NS_ASSERT(out != NULL);
     NS_ASSERT(out_len != NULL);
     NS_ASSERT(record->body != NULL || record->body_len == 0);
-    if (record->body_len > NS_RECORD_BODY_BYTES_MAX)
+    if (record->body_len > NS_RECORD_BODY_BYTES_MAX || record->topic_len > NS_RECORD_TOPIC_BYTES_MAX)
         return NS_ETOOBIG;
     Neuroshard__Record rec = NEUROSHARD__RECORD__INIT;
     rec.type = record->type;
@@ -49,6 +66,8 @@ int ns_record_sign(const ns_key *key, const ns_record *record, uint8_t **out, si
     rec.sequence = record->sequence;
     rec.timestamp_ms = record->timestamp_ms;
     rec.expiry_ms = record->expiry_ms;
+    rec.topic.data = (uint8_t *)record->topic;
+    rec.topic.len = record->topic_len;
     rec.body.data = (uint8_t *)record->body;
     rec.body.len = record->body_len;
     size_t rec_len = neuroshard__record__get_packed_size(&rec);
@@ -150,13 +169,16 @@ static int record_parse(const uint8_t *rec_bytes, size_t rec_len, ns_record *out
     if (r == NULL)
         return NS_EPARSE;
     bool ok = r->author.len == NS_NODE_ID_BYTES && r->body.len <= NS_RECORD_BODY_BYTES_MAX &&
-              packs_to(&r->base, rec_bytes, rec_len);
+              r->topic.len <= NS_RECORD_TOPIC_BYTES_MAX && packs_to(&r->base, rec_bytes, rec_len);
     if (ok) {
         out->type = r->type;
         memcpy(out->author, r->author.data, NS_NODE_ID_BYTES);
         out->sequence = r->sequence;
         out->timestamp_ms = r->timestamp_ms;
         out->expiry_ms = r->expiry_ms;
+        out->topic_len = r->topic.len;
+        if (r->topic.len > 0)
+            memcpy(out->topic, r->topic.data, r->topic.len);
         out->body_len = r->body.len;
         out->body = rec_bytes + tail_field_offset(rec_len, r->body.len);
         NS_ASSERT(r->body.len == 0 || memcmp(out->body, r->body.data, r->body.len) == 0);

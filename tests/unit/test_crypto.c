@@ -639,6 +639,44 @@ static void test_record_refuses_every_single_byte_change(void **state)
     free(env);
 }
 
+static void test_record_topic_round_trips_and_names_the_dht_key(void **state)
+{
+    (void)state;
+    ns_key key;
+    key_from_byte(&key, 1);
+    ns_record rec = record_template();
+    uint8_t *env;
+    size_t env_len;
+    sign_record(&key, &rec, &env, &env_len);
+    ns_record got;
+    assert_int_equal(ns_record_verify(env, env_len, NOW_MS, &got), NS_OK);
+    uint8_t node_key[NS_SHA256_BYTES];
+    ns_record_key(&got, node_key); /* no topic: keyed by the author's node id */
+    free(env);
+    memcpy(rec.topic, "layer/7", 7);
+    rec.topic_len = 7;
+    sign_record(&key, &rec, &env, &env_len);
+    assert_int_equal(ns_record_verify(env, env_len, NOW_MS, &got), NS_OK);
+    assert_int_equal(got.topic_len, 7);
+    assert_memory_equal(got.topic, "layer/7", 7);
+    assert_memory_equal(node_key, key.node_id, NS_NODE_ID_BYTES);
+    uint8_t topic_key[NS_SHA256_BYTES], want[NS_SHA256_BYTES];
+    ns_record_key(&got, topic_key);
+    uint8_t buf[64];
+    size_t n = strlen("neuroshard/topic/v1");
+    memcpy(buf, "neuroshard/topic/v1", n);
+    buf[n] = (uint8_t)(got.type >> 24);
+    buf[n + 1] = (uint8_t)(got.type >> 16);
+    buf[n + 2] = (uint8_t)(got.type >> 8);
+    buf[n + 3] = (uint8_t)got.type;
+    memcpy(buf + n + 4, "layer/7", 7);
+    ns_sha256(want, buf, n + 11);
+    assert_memory_equal(topic_key, want, sizeof want);
+    free(env);
+    rec.topic_len = NS_RECORD_TOPIC_BYTES_MAX + 1;
+    assert_int_equal(ns_record_sign(&key, &rec, &env, &env_len), NS_ETOOBIG);
+}
+
 static void test_record_refuses_truncations(void **state)
 {
     (void)state;
@@ -1056,6 +1094,7 @@ int main(void)
         cmocka_unit_test(test_record_without_body_or_expiry_round_trips),
         cmocka_unit_test(test_record_largest_body_round_trips),
         cmocka_unit_test(test_record_refuses_every_single_byte_change),
+        cmocka_unit_test(test_record_topic_round_trips_and_names_the_dht_key),
         cmocka_unit_test(test_record_refuses_truncations),
         cmocka_unit_test(test_record_refuses_other_key_as_author),
         cmocka_unit_test(test_record_refuses_signature_over_other_record),

@@ -1,0 +1,75 @@
+/*
+ * wire.h: the frame, the unit every message between nodes travels in.
+ *
+ * A frame is a typed header (a protobuf-c FrameHeader, proto/wire.proto: the frame type, the
+ * type-specific message bytes, and the shape of an optional tensor) followed by the raw tensor
+ * bytes. Encoding writes the payload once into the caller's buffer (the link encrypts that buffer
+ * in place); decoding returns views into the received buffer, so a tensor is never copied on the
+ * way in. On a link the frame is the plaintext of one encrypted record; on the datagram channel a
+ * frame's body is the whole UDP packet (DHT) and no tensor rides along.
+ *
+ *   encoded frame = u32 header_len (big-endian) | FrameHeader (header_len bytes) | payload
+ */
+#ifndef NEUROSHARD_WIRE_H
+#define NEUROSHARD_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "neuroshard/base.h"
+
+#define NS_TENSOR_DIMS_MAX 6
+#define NS_FRAME_HEADER_BYTES_MAX (64 * 1024)
+#define NS_FRAME_PAYLOAD_BYTES_MAX (64u * 1024 * 1024)
+#define NS_FRAME_BYTES_MAX (4 + NS_FRAME_HEADER_BYTES_MAX + NS_FRAME_PAYLOAD_BYTES_MAX)
+
+typedef enum {
+    NS_DTYPE_NONE = 0,
+    NS_DTYPE_F32 = 1,
+    NS_DTYPE_F16 = 2,
+    NS_DTYPE_BF16 = 3,
+    NS_DTYPE_I8 = 4,
+    NS_DTYPE_U8 = 5,
+    NS_DTYPE_I32 = 6,
+    NS_DTYPE_COUNT_ = 7
+} ns_dtype;
+
+/* Bytes per element; 0 for NS_DTYPE_NONE or an unknown value. */
+size_t ns_dtype_size(uint32_t dtype);
+
+/* A view of a tensor: dtype, shape and the bytes, owned by someone else. */
+typedef struct ns_tensor {
+    uint32_t dtype; /* ns_dtype; NS_DTYPE_NONE when the frame carries no tensor */
+    uint32_t ndim;
+    uint32_t shape[NS_TENSOR_DIMS_MAX];
+    const uint8_t *data;
+    size_t bytes; /* product of shape times ns_dtype_size(dtype) */
+} ns_tensor;
+
+typedef enum {
+    NS_FRAME_DHT = 1,       /* a DHT packet (datagram channel) */
+    NS_FRAME_PING = 2,      /* link keep-alive; body: 8-byte nonce */
+    NS_FRAME_PONG = 3,      /* answer to PING with the same body */
+    NS_FRAME_CLOSE = 4,     /* the sender closes the link; body: optional reason text */
+    NS_FRAME_CONNECT_BACK = 5, /* "try to connect to me at this address" (reachability check) */
+    NS_FRAME_APP = 64,      /* first type for later parts (pipeline, sync, ...) */
+} ns_frame_type;
+
+struct ns_frame {
+    uint32_t type;       /* ns_frame_type */
+    const uint8_t *body; /* type-specific message bytes */
+    size_t body_len;
+    ns_tensor tensor; /* tensor.dtype == NS_DTYPE_NONE: none */
+};
+
+/* Size ns_frame_encode will write; NS_ETOOBIG / NS_EINVAL for a frame that is over a limit or
+ * whose tensor bytes do not match its shape. */
+NS_MUST_USE int ns_frame_encoded_len(const ns_frame *f, size_t *len);
+/* Writes the frame into out (out_len >= ns_frame_encoded_len); *written gets the size. */
+NS_MUST_USE int ns_frame_encode(const ns_frame *f, uint8_t *out, size_t out_len, size_t *written);
+/* Parses a frame; body and tensor.data point into buf. NS_EPARSE for anything malformed (lengths
+ * that do not add up, a shape that does not match the payload, unknown dtype, non-canonical
+ * header), NS_ETOOBIG over the limits. Never reads outside buf[0..len). */
+NS_MUST_USE int ns_frame_decode(const uint8_t *buf, size_t len, ns_frame *f);
+
+#endif
