@@ -90,11 +90,11 @@ void ns_node_id_from_pubkey(uint8_t node_id[NS_NODE_ID_BYTES],
  * serialized Record bytes, the author's public key and the signature over
  *     SHA256(NS_RECORD_DOMAIN || record_bytes)
  * Verification works on those exact bytes and never re-encodes the record. */
-#define NS_RECORD_DOMAIN         "neuroshard/record/v1"
-#define NS_RECORD_BYTES_MAX      (64 * 1024) /* an envelope larger than this is refused */
-#define NS_RECORD_BODY_BYTES_MAX (60 * 1024)
+#define NS_RECORD_DOMAIN          "neuroshard/record/v1"
+#define NS_RECORD_BYTES_MAX       (64 * 1024) /* an envelope larger than this is refused */
+#define NS_RECORD_BODY_BYTES_MAX  (60 * 1024)
 #define NS_RECORD_TOPIC_BYTES_MAX 64
-#define NS_RECORD_SKEW_MS_MAX    (60 * 1000) /* how far in the future a timestamp may be */
+#define NS_RECORD_SKEW_MS_MAX     (60 * 1000) /* how far in the future a timestamp may be */
 
 typedef enum {
     NS_RECORD_NODE = 1,
@@ -111,7 +111,7 @@ typedef struct ns_record {
     uint8_t author[NS_NODE_ID_BYTES];
     uint64_t sequence;
     uint64_t timestamp_ms;
-    uint64_t expiry_ms;  /* absolute, ms since the Unix epoch; 0 = never */
+    uint64_t expiry_ms;                       /* absolute, ms since the Unix epoch; 0 = never */
     uint8_t topic[NS_RECORD_TOPIC_BYTES_MAX]; /* what it is about; empty for a node record */
     size_t topic_len;
     const uint8_t *body; /* on verify: points into the caller's buffer */

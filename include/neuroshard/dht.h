@@ -35,22 +35,22 @@
 #ifndef NS_DHT_K
 #define NS_DHT_K 20
 #endif
-#define NS_DHT_ALPHA 3
-#define NS_DHT_ID_BITS 256
-#define NS_DHT_PACKET_BYTES_MAX 1400 /* fits one unfragmented UDP datagram on the Internet */
-#define NS_DHT_RPC_TIMEOUT_MS 2000
-#define NS_DHT_LOOKUP_TIMEOUT_MS 15000
-#define NS_DHT_LOOKUPS_MAX 64      /* lookups in flight at once */
+#define NS_DHT_ALPHA              3
+#define NS_DHT_ID_BITS            256
+#define NS_DHT_PACKET_BYTES_MAX   1400 /* fits one unfragmented UDP datagram on the Internet */
+#define NS_DHT_RPC_TIMEOUT_MS     2000
+#define NS_DHT_LOOKUP_TIMEOUT_MS  15000
+#define NS_DHT_LOOKUPS_MAX        64 /* lookups in flight at once */
 #define NS_DHT_VALUES_PER_KEY_MAX 64
-#define NS_DHT_STORED_VALUES_MAX 65536
-#define NS_DHT_VALUE_BYTES_MAX 1024 /* a record must fit a packet with room to spare */
-#define NS_DHT_REFRESH_MS (15 * 60 * 1000)    /* refresh a bucket not looked up for this long */
-#define NS_DHT_REPUBLISH_MS (30 * 60 * 1000)  /* authors republish their records this often */
-#define NS_DHT_TOKEN_ROTATE_MS (5 * 60 * 1000)
-#define NS_DHT_RATE_PER_S 50    /* requests a second one source address may send us */
-#define NS_DHT_RATE_BURST 100
-#define NS_DHT_RATE_SOURCES_MAX 4096
-#define NS_DHT_CONTACT_FAILS_MAX 3 /* unanswered requests in a row before a contact is dropped */
+#define NS_DHT_STORED_VALUES_MAX  65536
+#define NS_DHT_VALUE_BYTES_MAX    1024 /* a record must fit a packet with room to spare */
+#define NS_DHT_REFRESH_MS         (15 * 60 * 1000) /* refresh a bucket not looked up for this long */
+#define NS_DHT_REPUBLISH_MS       (30 * 60 * 1000) /* authors republish their records this often */
+#define NS_DHT_TOKEN_ROTATE_MS    (5 * 60 * 1000)
+#define NS_DHT_RATE_PER_S         50 /* requests a second one source address may send us */
+#define NS_DHT_RATE_BURST         100
+#define NS_DHT_RATE_SOURCES_MAX   4096
+#define NS_DHT_CONTACT_FAILS_MAX  3 /* unanswered requests in a row before a contact is dropped */
 
 typedef struct ns_dht ns_dht;
 
@@ -147,7 +147,7 @@ typedef struct ns_dht_stats {
     uint64_t records_bad_signature, records_future, records_expired, records_oversize;
     uint64_t identity_rejected; /* a node record that did not prove the claimed id */
     uint64_t store_bad_token;
-    uint64_t records_stored;    /* values held now */
+    uint64_t records_stored; /* values held now */
     uint64_t lookups_started, lookups_succeeded, lookups_failed;
 } ns_dht_stats;
 void ns_dht_get_stats(const ns_dht *dht, ns_dht_stats *out);

@@ -38,15 +38,15 @@
 #include "neuroshard/crypto.h"
 #include "neuroshard/wire.h"
 
-#define NS_LINK_VERSION 1
-#define NS_LINK_HANDSHAKE_BYTES_MAX 4096 /* one handshake message */
+#define NS_LINK_VERSION              1
+#define NS_LINK_HANDSHAKE_BYTES_MAX  4096 /* one handshake message */
 #define NS_LINK_HANDSHAKE_TIMEOUT_MS 10000
-#define NS_LINK_KEEPALIVE_MS 15000   /* PING after this long without sending */
-#define NS_LINK_IDLE_TIMEOUT_MS 60000 /* close after this long without receiving */
-#define NS_LINK_REKEY_FRAMES (1u << 20)
-#define NS_LINK_REKEY_BYTES (1ull << 30)
-#define NS_LINK_OUTBOUND_BYTES_MAX (32u * 1024 * 1024) /* written but not yet on the wire */
-#define NS_LINK_RECORD_OVERHEAD 20 /* length prefix and tag */
+#define NS_LINK_KEEPALIVE_MS         15000 /* PING after this long without sending */
+#define NS_LINK_IDLE_TIMEOUT_MS      60000 /* close after this long without receiving */
+#define NS_LINK_REKEY_FRAMES         (1u << 20)
+#define NS_LINK_REKEY_BYTES          (1ull << 30)
+#define NS_LINK_OUTBOUND_BYTES_MAX   (32u * 1024 * 1024) /* written but not yet on the wire */
+#define NS_LINK_RECORD_OVERHEAD      20                  /* length prefix and tag */
 
 /* Who this node is, for every link it makes. The node record is this node's signed
  * NS_RECORD_NODE record whose NodeInfo names link_static_public. */
@@ -120,7 +120,7 @@ void ns_link_get_stats(const ns_link *link, ns_link_stats *out);
 /* ---- node records (the identity a link and the DHT both rely on) --------------------------- */
 
 #define NS_NODE_ADDRESSES_MAX 4
-#define NS_NODE_VERSION_SIZE 32
+#define NS_NODE_VERSION_SIZE  32
 
 typedef struct ns_node_info {
     uint8_t network_id[32];
@@ -138,8 +138,8 @@ NS_MUST_USE int ns_node_record_make(const ns_key *key, const ns_node_info *info,
                                     size_t *out_len);
 /* Verifies a node record and decodes its body: NS_EPARSE when it is not a node record (wrong
  * type, a topic, a malformed body), else the errors of ns_record_verify. rec may be NULL. */
-NS_MUST_USE int ns_node_record_open(const uint8_t *buf, size_t len, uint64_t now_ms,
-                                    ns_record *rec, ns_node_info *info);
+NS_MUST_USE int ns_node_record_open(const uint8_t *buf, size_t len, uint64_t now_ms, ns_record *rec,
+                                    ns_node_info *info);
 
 /* The network id of a named network: SHA256("neuroshard/network/v1" || name). */
 void ns_network_id(uint8_t out[32], const char *name);

@@ -18,10 +18,10 @@
 
 #include "neuroshard/base.h"
 
-#define NS_TENSOR_DIMS_MAX 6
-#define NS_FRAME_HEADER_BYTES_MAX (64 * 1024)
+#define NS_TENSOR_DIMS_MAX         6
+#define NS_FRAME_HEADER_BYTES_MAX  (64 * 1024)
 #define NS_FRAME_PAYLOAD_BYTES_MAX (64u * 1024 * 1024)
-#define NS_FRAME_BYTES_MAX (4 + NS_FRAME_HEADER_BYTES_MAX + NS_FRAME_PAYLOAD_BYTES_MAX)
+#define NS_FRAME_BYTES_MAX         (4 + NS_FRAME_HEADER_BYTES_MAX + NS_FRAME_PAYLOAD_BYTES_MAX)
 
 typedef enum {
     NS_DTYPE_NONE = 0,
@@ -47,12 +47,12 @@ typedef struct ns_tensor {
 } ns_tensor;
 
 typedef enum {
-    NS_FRAME_DHT = 1,       /* a DHT packet (datagram channel) */
-    NS_FRAME_PING = 2,      /* link keep-alive; body: 8-byte nonce */
-    NS_FRAME_PONG = 3,      /* answer to PING with the same body */
-    NS_FRAME_CLOSE = 4,     /* the sender closes the link; body: optional reason text */
+    NS_FRAME_DHT = 1,          /* a DHT packet (datagram channel) */
+    NS_FRAME_PING = 2,         /* link keep-alive; body: 8-byte nonce */
+    NS_FRAME_PONG = 3,         /* answer to PING with the same body */
+    NS_FRAME_CLOSE = 4,        /* the sender closes the link; body: optional reason text */
     NS_FRAME_CONNECT_BACK = 5, /* "try to connect to me at this address" (reachability check) */
-    NS_FRAME_APP = 64,      /* first type for later parts (pipeline, sync, ...) */
+    NS_FRAME_APP = 64,         /* first type for later parts (pipeline, sync, ...) */
 } ns_frame_type;
 
 struct ns_frame {

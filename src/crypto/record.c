@@ -57,7 +57,8 @@ int ns_record_sign(const ns_key *key, const ns_record *record, uint8_t **out, si
     NS_ASSERT(out != NULL);
     NS_ASSERT(out_len != NULL);
     NS_ASSERT(record->body != NULL || record->body_len == 0);
-    if (record->body_len > NS_RECORD_BODY_BYTES_MAX || record->topic_len > NS_RECORD_TOPIC_BYTES_MAX)
+    if (record->body_len > NS_RECORD_BODY_BYTES_MAX ||
+        record->topic_len > NS_RECORD_TOPIC_BYTES_MAX)
         return NS_ETOOBIG;
     Neuroshard__Record rec = NEUROSHARD__RECORD__INIT;
     rec.type = record->type;
