@@ -2,6 +2,7 @@
 #
 #   make            build neuroshardd, neuroctl, the tests and the benchmarks into $(BUILD)/
 #   make run        install missing packages, build, create a wallet if none, start a node
+#                   (ARGS="--bootstrap HOST:PORT ..." passes flags to neuroshardd)
 #   make test       install missing packages, then every test, twice: a normal build and one under
 #                   AddressSanitizer + UBSan (build-asan/)
 #   make bench      benchmarks; rewrites docs/benchmarks.md
@@ -45,7 +46,8 @@ OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
             -fno-sanitize-recover=undefined
 endif
 CPPFLAGS := -Iinclude -Itests/unit -I$(BUILD)/gen -DNS_BUILD_DIR='"$(BUILD)"'
-CFLAGS   := $(CSTD) $(OPT) $(WARN) $(PKG_CFLAGS) -MMD -MP
+EXTRA_CFLAGS ?=
+CFLAGS   := $(CSTD) $(OPT) $(WARN) $(PKG_CFLAGS) $(EXTRA_CFLAGS) -MMD -MP
 LDFLAGS  := $(filter -fsanitize%,$(OPT)) -pthread
 LDLIBS   := $(PKG_LIBS) -lm
 
@@ -142,7 +144,7 @@ deps:
 
 run: deps
 	@$(MAKE) --no-print-directory $(DAEMON) $(CTL)
-	@scripts/run-node.sh $(BUILD)
+	@scripts/run-node.sh $(BUILD) $(ARGS)
 
 test: deps
 	@$(MAKE) --no-print-directory format-check

@@ -6,7 +6,9 @@
 set -eu
 seconds=${1:-20}
 bd=build-fuzz
-make --no-print-directory BUILD=$bd CC=clang SAN=1 $bd/libneuroshard.a $bd/libneuroshard-node.a
+# fuzzer-no-link: the library is instrumented for coverage too, so the fuzzer sees inside it.
+make --no-print-directory BUILD=$bd CC=clang SAN=1 EXTRA_CFLAGS=-fsanitize=fuzzer-no-link \
+    $bd/libneuroshard.a $bd/libneuroshard-node.a
 mkdir -p $bd/fuzz $bd/crashes
 libs=$(pkg-config --libs libuv libsodium libsecp256k1 sqlite3 libprotobuf-c libmicrohttpd jansson \
     inih libsystemd icu-uc libcurl)

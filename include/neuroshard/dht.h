@@ -4,23 +4,28 @@
  * 256-bit ids (node ids; record keys from ns_record_key), k-buckets of NS_DHT_K contacts with
  * least-recently-seen eviction that pings the oldest contact before replacing it, iterative
  * lookups with NS_DHT_ALPHA requests in flight and per-request timeouts, and four RPCs over the
- * datagram channel: PING, FIND_NODE, FIND_VALUE, STORE (proto/dht.proto, docs/protocol.md).
+ * datagram channel: PING, FIND_NODE, FIND_VALUE, STORE (proto/dht.proto, docs/protocol-dht.md).
  *
  * Trust: a contact enters the routing table only after it answered us and proved its id with its
  * signed node record (verified once, then remembered with the contact); requests carry random
- * 64-bit transaction ids, so an off-path host cannot inject answers. Values are signed records:
- * each is verified before it is stored or served, keyed by ns_record_key, at most one per author
- * per key (the highest sequence wins), dropped at expiry, and republished by their author. A
- * record with a bad signature, from the future or over the size limit is dropped and counted.
+ * 64-bit transaction ids and answers must come from the address asked, so an off-path host
+ * cannot inject answers. A node record is public, so it proves that the id belongs to a real key
+ * of this network, not that the answering host holds that key: an id already in the table keeps
+ * the address it answers at, one address holds one id, and links check keys in their handshake.
+ * Values are signed records: each is verified before it is stored or served, keyed by
+ * ns_record_key, at most one per author per key (the highest sequence wins), dropped at expiry,
+ * and republished by their author. A record with a bad signature, from the future or over the
+ * size limit is dropped and counted.
  * STORE needs a token that the storing node handed to the requester's address in an earlier
  * answer (HMAC of the address under a secret rotated every NS_DHT_TOKEN_ROTATE_MS, the previous
  * secret still accepted, as in BitTorrent's BEP 5), so nobody stores from a spoofed address.
- * Each source address has a token bucket of requests; a flood from one address is dropped and
- * counted without slowing answers to others.
+ * Each source IP (IPv6: each /64) has a token bucket of requests; a flood from one source is
+ * dropped and counted without slowing answers to others. netsim must give each node its own IP.
  *
  * The core never touches a socket or a clock: packets go out through env->send on
  * NS_CHANNEL_DATAGRAM (the frame's body is the packet, type NS_FRAME_DHT) and come in through
- * ns_dht_on_datagram; all timing is env timers.
+ * ns_dht_on_datagram; all timing is one env timer at a time. env->send must not call back into
+ * the core. A lookup callback may start new lookups but must not free the core.
  */
 #ifndef NEUROSHARD_DHT_H
 #define NEUROSHARD_DHT_H
@@ -57,8 +62,10 @@ typedef struct ns_dht ns_dht;
 typedef struct ns_dht_config {
     const ns_key *key;
     uint8_t network_id[32];
-    /* This node's signed node record (link.h ns_node_record_make), sent to prove our id. The
-     * core copies it; ns_dht_set_self_record replaces it (on republish or address change). */
+    /* This node's signed node record (link.h ns_node_record_make), sent to prove our id: at most
+     * 512 bytes, of config.network_id, authored by key, not expired (ns_dht_new and
+     * ns_dht_set_self_record refuse it with NS_EINVAL otherwise). The core copies it. The owner
+     * replaces it before it expires and when its addresses change (ns_dht_observed_addr). */
     const uint8_t *self_record;
     size_t self_record_len;
     /* How records are verified: NULL means ns_record_verify. netsim passes a memoising wrapper
@@ -134,7 +141,9 @@ size_t ns_dht_local_values(const ns_dht *dht, const uint8_t key[NS_ID_BYTES],
                            const uint8_t **records, size_t *lens, size_t max);
 
 /* The routing table as bytes to keep on disk, and back: loaded contacts are pinged, not
- * trusted; a malformed buffer is refused whole with NS_EPARSE. */
+ * trusted; a malformed buffer is refused whole with NS_EPARSE (NS_EFOREIGN: another format
+ * version or network). The saved form is versioned binary, docs/protocol-dht.md. *out is
+ * malloc'd; the caller frees it. */
 NS_MUST_USE int ns_dht_save(const ns_dht *dht, uint8_t **out, size_t *out_len);
 NS_MUST_USE int ns_dht_load(ns_dht *dht, const uint8_t *buf, size_t len);
 
@@ -145,6 +154,8 @@ typedef struct ns_dht_stats {
     uint64_t dropped_rate_limited; /* over a source's rate */
     uint64_t dropped_unexpected;   /* answer to nothing we asked */
     uint64_t records_bad_signature, records_future, records_expired, records_oversize;
+    uint64_t records_malformed; /* a value that does not parse as a signed record */
+    uint64_t records_wrong_key; /* a valid record offered under a key that is not its own */
     uint64_t identity_rejected; /* a node record that did not prove the claimed id */
     uint64_t store_bad_token;
     uint64_t records_stored; /* values held now */

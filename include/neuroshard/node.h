@@ -25,6 +25,10 @@
 #define NS_HOST_SIZE          64
 #define NS_ERR_TEXT_SIZE      (PATH_MAX + 512) /* a path and what is wrong with it */
 
+#define NS_BOOTSTRAP_MAX       16
+#define NS_BOOTSTRAP_TEXT_SIZE 262 /* a DNS name, a colon and a port */
+#define NS_NETWORK_NAME_SIZE   64
+
 typedef struct ns_addr_text {
     char host[NS_HOST_SIZE]; /* numeric IPv4 or IPv6 (without brackets) */
     uint16_t port;           /* 0 = any free port */
@@ -37,6 +41,10 @@ typedef struct ns_config {
     ns_addr_text listen;        /* peer port (UDP + TCP); default 0.0.0.0:8420 */
     ns_log_level log_level;
     uint64_t memory_mb; /* memory this node offers the swarm; 0 = half of physical memory */
+    char network[NS_NETWORK_NAME_SIZE];                       /* which swarm to join */
+    char bootstrap[NS_BOOTSTRAP_MAX][NS_BOOTSTRAP_TEXT_SIZE]; /* "host:port" seeds */
+    size_t bootstrap_count;
+    bool lan_discovery; /* find peers on the local network by UDP multicast */
 } ns_config;
 
 /* Parses "HOST:PORT" ("127.0.0.1:8421", "[::1]:8421", "localhost:0"). */

@@ -51,8 +51,9 @@ typedef enum {
     NS_FRAME_PING = 2,         /* link keep-alive; body: 8-byte nonce */
     NS_FRAME_PONG = 3,         /* answer to PING with the same body */
     NS_FRAME_CLOSE = 4,        /* the sender closes the link; body: optional reason text */
-    NS_FRAME_CONNECT_BACK = 5, /* "try to connect to me at this address" (reachability check) */
-    NS_FRAME_APP = 64,         /* first type for later parts (pipeline, sync, ...) */
+    NS_FRAME_CONNECT_BACK = 5, /* "dial me back at my address, this port"; body: nonce(8) port(2) */
+    NS_FRAME_CONNECT_BACK_RESULT = 6, /* body: nonce(8) status(1): 0 reached, 1 not reached */
+    NS_FRAME_APP = 64,                /* first type for later parts (pipeline, sync, ...) */
 } ns_frame_type;
 
 struct ns_frame {

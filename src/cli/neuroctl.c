@@ -42,6 +42,8 @@ static const char usage_main[] =
     "  wallet restore   recreate the wallet from a mnemonic read from stdin\n"
     "  wallet show      show the wallet's node id and key file\n"
     "  status           what the running node is doing\n"
+    "  peers            the peers in the node's routing table\n"
+    "  doctor           what works and what does not in joining the swarm, in plain words\n"
     "  reload           make the running node re-read its configuration\n"
     "\n"
     "DIR defaults to NEUROSHARD_DATA_DIR, else $XDG_DATA_HOME/neuroshard or\n"
@@ -71,6 +73,18 @@ static const char usage_wallet_show[] = "usage: neuroctl wallet show\n"
 static const char usage_status[] = "usage: neuroctl status [--json]\n"
                                    "\n"
                                    "Asks the running node for its state (GET /api/stats).\n";
+
+static const char usage_peers[] = "usage: neuroctl peers [--json]\n"
+                                  "\n"
+                                  "Lists the peers the running node knows (GET /api/peers).\n";
+
+static const char usage_doctor[] =
+    "usage: neuroctl doctor [--json]\n"
+    "\n"
+    "Says in plain words what works and what does not: the listening port, each bootstrap\n"
+    "seed (does it answer? another network?), how many peers answer, whether peers can reach\n"
+    "this node (a peer dials it back), and the clock skew against peers. Exits 1 when something\n"
+    "needs attention.\n";
 
 static const char usage_reload[] = "usage: neuroctl reload\n"
                                    "\n"
@@ -463,6 +477,167 @@ static int cmd_status(const ctl *c)
     return 0;
 }
 
+/* GETs path and parses the JSON answer; on failure prints why and returns non-zero. */
+static int get_json(const ctl *c, const char *path, json_t **out, char **raw)
+{
+    long status = 0;
+    char *body = NULL;
+    int rc = http_call(c, "GET", path, &status, &body);
+    if (rc != 0)
+        return rc;
+    if (status != 200) {
+        rc = api_error(status, body);
+        free(body);
+        return rc;
+    }
+    *out = json_loads(body, 0, NULL);
+    if (*out == NULL) {
+        free(body);
+        return fail(EXIT_FAILED, "the node's answer is not JSON");
+    }
+    *raw = body;
+    return 0;
+}
+
+static int cmd_peers(const ctl *c)
+{
+    static const char *const allowed[] = {"--json", NULL};
+    int rc = check_flags(c, 1, allowed, "neuroctl peers");
+    json_t *j = NULL;
+    char *raw = NULL;
+    if (rc != 0 || (rc = get_json(c, "/api/peers", &j, &raw)) != 0)
+        return rc;
+    if (has_flag(c, "--json")) {
+        printf("%s\n", raw);
+    } else {
+        json_t *peers = json_object_get(j, "peers");
+        printf("%zu peers\n", json_array_size(peers));
+        if (json_array_size(peers) > 0)
+            printf("%-64s  %-22s  %9s  %5s  %s\n", "node id", "address", "seen ago", "fails",
+                   "link");
+        size_t i;
+        json_t *p;
+        json_array_foreach(peers, i, p)
+        {
+            printf("%-64s  %-22s  %8llds  %5lld  %s\n",
+                   json_string_value(json_object_get(p, "node_id")),
+                   json_string_value(json_object_get(p, "addr")),
+                   (long long)json_integer_value(json_object_get(p, "last_seen_ms_ago")) / 1000,
+                   (long long)json_integer_value(json_object_get(p, "fails")),
+                   json_is_true(json_object_get(p, "link")) ? "yes" : "-");
+        }
+    }
+    json_decref(j);
+    free(raw);
+    return 0;
+}
+
+static int doctor_line(bool ok, const char *what, const char *fmt, ...) NS_PRINTF(3, 4);
+
+static int doctor_line(bool ok, const char *what, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    printf("%-4s %-11s ", ok ? "ok" : "FAIL", what);
+    vprintf(fmt, ap);
+    putchar('\n');
+    va_end(ap);
+    return ok ? 0 : 1;
+}
+
+static int doctor_seeds(json_t *seeds, bool lan)
+{
+    int bad = 0;
+    size_t i;
+    json_t *s;
+    if (json_array_size(seeds) == 0)
+        doctor_line(true, "bootstrap", "no seeds configured: %s",
+                    lan ? "joining through the local network or starting a new swarm"
+                        : "this node starts a new swarm (genesis) unless others bootstrap from it");
+    json_array_foreach(seeds, i, s)
+    {
+        const char *seed = json_string_value(json_object_get(s, "seed"));
+        const char *err = json_string_value(json_object_get(s, "resolve_error"));
+        const char *id = json_string_value(json_object_get(s, "node_id"));
+        if (err != NULL)
+            bad |= doctor_line(false, "bootstrap", "%s: the name does not resolve (%s)", seed, err);
+        else if (json_is_true(json_object_get(s, "answered")))
+            doctor_line(true, "bootstrap", "%s answers (node %.16s…)", seed, id);
+        else if (json_is_true(json_object_get(s, "refused")))
+            bad |= doctor_line(false, "bootstrap",
+                               "%s answers but was refused: another network (--network) or an "
+                               "identity that does not check out",
+                               seed);
+        else
+            bad |= doctor_line(false, "bootstrap",
+                               "%s does not answer (%lld pings): is it running, and is UDP to its "
+                               "port open?",
+                               seed, (long long)json_integer_value(json_object_get(s, "pings")));
+    }
+    return bad;
+}
+
+static int cmd_doctor(const ctl *c)
+{
+    static const char *const allowed[] = {"--json", NULL};
+    int rc = check_flags(c, 1, allowed, "neuroctl doctor");
+    json_t *j = NULL;
+    char *raw = NULL;
+    if (rc != 0 || (rc = get_json(c, "/api/doctor", &j, &raw)) != 0)
+        return rc;
+    if (has_flag(c, "--json")) {
+        printf("%s\n", raw);
+        json_decref(j);
+        free(raw);
+        return 0;
+    }
+    int bad = 0;
+    json_t *listen = json_object_get(j, "listening");
+    doctor_line(true, "listening", "UDP and TCP on %s",
+                json_string_value(json_object_get(listen, "addr")));
+    bool lan = json_is_true(json_object_get(j, "lan_discovery"));
+    bad |= doctor_seeds(json_object_get(j, "bootstrap"), lan);
+    doctor_line(true, "lan", "%s", lan ? "discovery on (UDP multicast)" : "discovery off");
+    json_t *peers = json_object_get(j, "peers");
+    long long count = (long long)json_integer_value(json_object_get(peers, "count"));
+    long long recent = (long long)json_integer_value(json_object_get(peers, "answered_last_10min"));
+    bad |= doctor_line(count > 0, "peers",
+                       "%lld in the routing table, %lld answered in the last 10 "
+                       "minutes",
+                       count, recent);
+    json_t *reach = json_object_get(j, "reachable");
+    const char *status = json_string_value(json_object_get(reach, "status"));
+    const char *seen = json_string_value(json_object_get(j, "observed_addr"));
+    if (status != NULL && strcmp(status, "yes") == 0)
+        doctor_line(true, "reachable",
+                    "a peer connected back to this node %llds ago (peers see "
+                    "it at %s)",
+                    (long long)json_integer_value(json_object_get(reach, "age_s")),
+                    seen != NULL ? seen : "?");
+    else if (status != NULL && strcmp(status, "no") == 0)
+        bad |= doctor_line(false, "reachable",
+                           "a peer could not connect back to %s: forward the TCP and UDP port on "
+                           "your router, or peers can only be reached by you",
+                           seen != NULL ? seen : "this node");
+    else
+        doctor_line(true, "reachable",
+                    "not checked yet (needs one peer; checked every 10 minutes)");
+    json_t *clock = json_object_get(j, "clock");
+    long long skew = (long long)json_integer_value(json_object_get(clock, "median_skew_ms"));
+    long long n = (long long)json_integer_value(json_object_get(clock, "peers"));
+    if (n == 0)
+        doctor_line(true, "clock", "no peers to compare with yet");
+    else
+        bad |= doctor_line(llabs(skew) < 30000, "clock",
+                           "median skew against %lld peers %+lld ms%s", n, skew,
+                           llabs(skew) < 30000 ? ""
+                                               : ": set the clock right (NTP), or records "
+                                                 "look expired or from the future");
+    json_decref(j);
+    free(raw);
+    return bad != 0 ? EXIT_FAILED : 0;
+}
+
 static int cmd_reload(const ctl *c)
 {
     static const char *const allowed[] = {NULL};
@@ -494,6 +669,8 @@ static const command commands[] = {
     {"wallet", "show", cmd_wallet_show, usage_wallet_show},
     {"status", NULL, cmd_status, usage_status},
     {"reload", NULL, cmd_reload, usage_reload},
+    {"peers", NULL, cmd_peers, usage_peers},
+    {"doctor", NULL, cmd_doctor, usage_doctor},
 };
 
 static int parse_global(ctl *c, int argc, char *argv[], bool *help)

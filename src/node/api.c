@@ -21,9 +21,9 @@
 typedef struct api_call api_call;
 
 struct api_call {
+    ns_api_request req; /* first: ns_api_complete finds the call from its request */
     ns_api *api;
     struct MHD_Connection *conn;
-    ns_api_request req;
     char *path;
     uint8_t *body;
     size_t body_len;
@@ -31,6 +31,9 @@ struct api_call {
     bool started;  /* the final handler call happened */
     bool answered; /* req.status and req.response are set */
     api_call *next;
+    api_call *deferred_next, *deferred_prev; /* on the loop thread's list of deferred calls */
+    char arg_buf[NS_API_ARG_BYTES_MAX];      /* the query arguments' text */
+    size_t arg_buf_used;
 };
 
 struct ns_api {
@@ -42,6 +45,7 @@ struct ns_api {
     pthread_mutex_t lock; /* guards queue and closing */
     api_call *queue_head, *queue_tail;
     bool closing;
+    api_call *deferred; /* answered later by ns_api_complete; only the loop thread touches it */
     atomic_uint_fast64_t count_2xx, count_4xx, count_5xx;
 };
 
@@ -112,6 +116,38 @@ static bool token_ok(ns_api *api, struct MHD_Connection *conn)
     const char *given = auth + sizeof prefix - 1;
     size_t n = strlen(api->token);
     return strlen(given) == n && sodium_memcmp(given, api->token, n) == 0;
+}
+
+static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+    (void)kind;
+    api_call *call = cls;
+    ns_api_request *req = &call->req;
+    size_t klen = strlen(key) + 1, vlen = (value != NULL ? strlen(value) : 0) + 1;
+    if (req->arg_count == NS_API_ARGS_MAX ||
+        call->arg_buf_used + klen + vlen > sizeof call->arg_buf) {
+        req->args_truncated = true;
+        return MHD_NO;
+    }
+    char *k = call->arg_buf + call->arg_buf_used;
+    memcpy(k, key, klen);
+    char *v = k + klen;
+    memcpy(v, value != NULL ? value : "", vlen);
+    call->arg_buf_used += klen + vlen;
+    req->arg_keys[req->arg_count] = k;
+    req->arg_values[req->arg_count] = v;
+    req->arg_count++;
+    return MHD_YES;
+}
+
+const char *ns_api_arg(const ns_api_request *req, const char *key)
+{
+    for (size_t i = 0; i < req->arg_count; i++) {
+        if (strcmp(req->arg_keys[i], key) == 0)
+            return req->arg_values[i];
+    }
+    return NULL;
 }
 
 /* Hands a call to the loop thread, or answers 503 when the API is closing. */
@@ -191,6 +227,12 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
     }
     call->req.body = call->body;
     call->req.body_len = call->body_len;
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_arg, call);
+    if (call->req.args_truncated) {
+        ns_api_error(&call->req, 414, "too many or too long query arguments");
+        call->answered = true;
+        return send_answer(call);
+    }
     return enqueue_call(call);
 }
 
@@ -219,6 +261,14 @@ static api_call *take_queue(ns_api *api)
     return head;
 }
 
+static void answer_call(api_call *call)
+{
+    if (call->req.response == NULL)
+        ns_api_error(&call->req, 500, "no answer");
+    call->answered = true;
+    MHD_resume_connection(call->conn);
+}
+
 static void wakeup_callback(uv_async_t *handle)
 {
     ns_api *api = handle->data;
@@ -227,12 +277,30 @@ static void wakeup_callback(uv_async_t *handle)
         call->next = NULL;
         call->req.status = 500;
         api->handler(api->handler_arg, &call->req);
-        if (call->req.response == NULL)
-            ns_api_error(&call->req, 500, "no answer");
-        call->answered = true;
-        MHD_resume_connection(call->conn);
+        if (call->req.deferred) {
+            call->deferred_next = api->deferred;
+            if (api->deferred != NULL)
+                api->deferred->deferred_prev = call;
+            api->deferred = call;
+        } else {
+            answer_call(call);
+        }
         call = next;
     }
+}
+
+void ns_api_complete(ns_api *api, ns_api_request *req)
+{
+    api_call *call = (api_call *)req; /* req is the first member */
+    NS_ASSERT(req->deferred);
+    if (call->deferred_prev != NULL)
+        call->deferred_prev->deferred_next = call->deferred_next;
+    else
+        api->deferred = call->deferred_next;
+    if (call->deferred_next != NULL)
+        call->deferred_next->deferred_prev = call->deferred_prev;
+    req->deferred = false;
+    answer_call(call);
 }
 
 static void wakeup_closed(uv_handle_t *handle)
@@ -280,9 +348,12 @@ void ns_api_stop(ns_api *api)
     for (api_call *call = take_queue(api); call != NULL;) {
         api_call *next = call->next;
         ns_api_error(&call->req, 503, "the node is shutting down");
-        call->answered = true;
-        MHD_resume_connection(call->conn);
+        answer_call(call);
         call = next;
+    }
+    while (api->deferred != NULL) {
+        ns_api_error(&api->deferred->req, 503, "the node is shutting down");
+        ns_api_complete(api, &api->deferred->req);
     }
     MHD_stop_daemon(api->mhd); /* closes the listening socket too */
     uv_close((uv_handle_t *)&api->wakeup, wakeup_closed);

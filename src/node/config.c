@@ -31,6 +31,9 @@ static const setting settings[] = {
     {"listen", "--listen", "NEUROSHARD_LISTEN"},
     {"log_level", "--log-level", "NEUROSHARD_LOG_LEVEL"},
     {"memory_mb", "--memory-mb", "NEUROSHARD_MEMORY_MB"},
+    {"network", "--network", "NEUROSHARD_NETWORK"},
+    {"bootstrap", "--bootstrap", "NEUROSHARD_BOOTSTRAP"},
+    {"lan_discovery", "--lan-discovery", "NEUROSHARD_LAN_DISCOVERY"},
 };
 #define SETTINGS_COUNT (sizeof settings / sizeof settings[0])
 
@@ -48,6 +51,10 @@ static const char usage[] =
     "  --listen H:P         peer port, UDP and TCP (default 0.0.0.0:8420)\n"
     "  --log-level L        error, warn, info or debug (default info)\n"
     "  --memory-mb N        memory offered to the swarm (default half of physical memory)\n"
+    "  --bootstrap H:P,...  seed nodes to join through (repeatable; host names allowed);\n"
+    "                       none: start a new swarm or find one on the local network\n"
+    "  --lan-discovery B    on (default) or off: find peers on the LAN by UDP multicast\n"
+    "  --network NAME       which swarm (default neuroshard-genesis)\n"
     "  --help               this text\n"
     "  --version            the version\n"
     "\n"
@@ -111,6 +118,70 @@ static int parse_u64(const char *text, uint64_t *out)
     return NS_OK;
 }
 
+static int parse_bool(const char *text, bool *out)
+{
+    static const char *const yes[] = {"on", "yes", "true", "1"};
+    static const char *const no[] = {"off", "no", "false", "0"};
+    for (size_t i = 0; i < 4; i++) {
+        if (strcmp(text, yes[i]) == 0 || strcmp(text, no[i]) == 0) {
+            *out = strcmp(text, yes[i]) == 0;
+            return NS_OK;
+        }
+    }
+    return NS_EINVAL;
+}
+
+/* One "host:port" seed: a non-empty host (a name or an address, resolved when used) and a
+ * numeric port. */
+static int check_seed(const char *seed, size_t len)
+{
+    if (len == 0 || len >= NS_BOOTSTRAP_TEXT_SIZE)
+        return NS_EINVAL;
+    const char *colon = memrchr(seed, ':', len);
+    if (colon == NULL || colon == seed || colon == seed + len - 1)
+        return NS_EINVAL;
+    unsigned long port = 0;
+    for (const char *p = colon + 1; p < seed + len; p++) {
+        if (*p < '0' || *p > '9' || (port = port * 10 + (unsigned long)(*p - '0')) > 65535)
+            return NS_EINVAL;
+    }
+    return port > 0 ? NS_OK : NS_EINVAL;
+}
+
+/* Adds seeds from a comma-separated list; "" or "none" clears the list. */
+static int add_bootstrap(ns_config *cfg, const char *value, char *why, size_t why_size)
+{
+    if (value[0] == '\0' || strcmp(value, "none") == 0) {
+        cfg->bootstrap_count = 0;
+        return NS_OK;
+    }
+    for (const char *p = value; *p != '\0';) {
+        size_t len = strcspn(p, ",");
+        while (len > 0 && (*p == ' ' || *p == '\t')) {
+            p++;
+            len--;
+        }
+        size_t trimmed = len;
+        while (trimmed > 0 && (p[trimmed - 1] == ' ' || p[trimmed - 1] == '\t'))
+            trimmed--;
+        if (check_seed(p, trimmed) != NS_OK) {
+            snprintf(why, why_size, "bootstrap '%.*s' is not HOST:PORT", (int)trimmed, p);
+            return NS_EINVAL;
+        }
+        if (cfg->bootstrap_count == NS_BOOTSTRAP_MAX) {
+            snprintf(why, why_size, "more than %d bootstrap seeds", NS_BOOTSTRAP_MAX);
+            return NS_EINVAL;
+        }
+        memcpy(cfg->bootstrap[cfg->bootstrap_count], p, trimmed);
+        cfg->bootstrap[cfg->bootstrap_count][trimmed] = '\0';
+        cfg->bootstrap_count++;
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    return NS_OK;
+}
+
 static int copy_path(char *dst, size_t dst_size, const char *value)
 {
     size_t n = strlen(value);
@@ -140,6 +211,18 @@ static int config_set(ns_config *cfg, const char *key, const char *value, char *
     } else if (strcmp(key, "log_level") == 0) {
         rc = ns_log_parse_level(value, &cfg->log_level);
         snprintf(why, why_size, "log_level '%s' is not error, warn, info or debug", value);
+    } else if (strcmp(key, "network") == 0) {
+        size_t n = strlen(value);
+        rc = n > 0 && n < sizeof cfg->network ? NS_OK : NS_EINVAL;
+        if (rc == NS_OK)
+            memcpy(cfg->network, value, n + 1);
+        snprintf(why, why_size, "network must be a name of 1 to %zu bytes",
+                 sizeof cfg->network - 1);
+    } else if (strcmp(key, "bootstrap") == 0) {
+        rc = add_bootstrap(cfg, value, why, why_size);
+    } else if (strcmp(key, "lan_discovery") == 0) {
+        rc = parse_bool(value, &cfg->lan_discovery);
+        snprintf(why, why_size, "lan_discovery '%s' is not on or off", value);
     } else if (strcmp(key, "memory_mb") == 0) {
         rc = parse_u64(value, &cfg->memory_mb);
         snprintf(why, why_size, "memory_mb '%s' is not a whole number", value);
@@ -264,6 +347,8 @@ static void config_defaults(ns_config *cfg)
     strcpy(cfg->listen.host, "0.0.0.0");
     cfg->listen.port = NS_PEER_PORT_DEFAULT;
     cfg->log_level = NS_LOG_INFO;
+    cfg->lan_discovery = true;
+    strcpy(cfg->network, "neuroshard-genesis");
 }
 
 /* Where the INI file is: --config, NEUROSHARD_CONFIG, else DATA_DIR/neuroshard.ini if present. */
@@ -336,14 +421,21 @@ int ns_config_load(ns_config *cfg, int argc, char *const argv[], char *const env
         const char *value = env_lookup(envp, settings[i].env);
         if (value == NULL || strcmp(settings[i].key, "config") == 0)
             continue;
+        if (strcmp(settings[i].key, "bootstrap") == 0)
+            cfg->bootstrap_count = 0; /* a list from a stronger source replaces, not extends */
         if (config_set(cfg, settings[i].key, value, why, sizeof why) != NS_OK) {
             snprintf(err, NS_ERR_TEXT_SIZE, "%s: %s", settings[i].env, why);
             return NS_EINVAL;
         }
     }
+    bool flag_seeds_seen = false;
     for (size_t i = 0; i < flag_count; i++) {
         if (strcmp(flags[i].setting->key, "config") == 0)
             continue;
+        if (strcmp(flags[i].setting->key, "bootstrap") == 0 && !flag_seeds_seen) {
+            cfg->bootstrap_count = 0; /* --bootstrap flags replace the file's and env's list */
+            flag_seeds_seen = true;
+        }
         if (config_set(cfg, flags[i].setting->key, flags[i].value, why, sizeof why) != NS_OK) {
             snprintf(err, NS_ERR_TEXT_SIZE, "%s: %s", flags[i].setting->flag, why);
             return NS_EINVAL;

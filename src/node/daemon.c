@@ -21,6 +21,8 @@
 #include <unistd.h>
 
 #include "neuroshard/crypto.h"
+#include "neuroshard/dht.h"
+#include "neuroshard/link.h"
 #include "neuroshard/ledger.h"
 #include "neuroshard/swarm.h"
 #include "node_internal.h"
@@ -40,6 +42,8 @@ typedef struct node {
     char node_id_hex[NS_NODE_ID_HEX_SIZE];
     ns_ledger *ledger;
     ns_api *api;
+    ns_net *net;
+    struct dht_op *dht_ops; /* API requests waiting on a DHT lookup */
     ns_addr_text api_bound;
     char api_addr_path[PATH_MAX];
     int lock_fd;
@@ -236,6 +240,15 @@ static int start_api(node *n)
     return NS_OK;
 }
 
+static int start_net(node *n)
+{
+    char err[NS_ERR_TEXT_SIZE];
+    int rc = ns_net_start(&n->net, &n->loop, &n->uvenv, &n->cfg, &n->key, n->memory_mb, err);
+    if (rc != NS_OK)
+        refuse("%s", err);
+    return rc;
+}
+
 static uint64_t physical_memory_mb(void)
 {
     long pages = sysconf(_SC_PHYS_PAGES);
@@ -271,18 +284,19 @@ static void answer_stats(node *n, ns_api_request *req)
         ns_api_error(req, 500, "ledger query failed");
         return;
     }
-    char balance[32], stake[32], api[NS_HOST_SIZE + 16], listen[NS_HOST_SIZE + 16];
+    char balance[32], stake[32], api[NS_HOST_SIZE + 16], listen[NS_ADDR_TEXT_SIZE];
     ns_neuro_format(balance, sizeof balance, s.balance);
     ns_neuro_format(stake, sizeof stake, s.stake);
     ns_addr_format(api, sizeof api, &n->api_bound);
-    ns_addr_format(listen, sizeof listen, &n->cfg.listen);
+    ns_addr_to_text(listen, sizeof listen, ns_net_bound(n->net));
     ns_api_reply_json(req, 200,
-                      json_pack("{s:s, s:s, s:I, s:i, s:s, s:s, s:I, s:s, s:s, s:s, s:I}",
+                      json_pack("{s:s, s:s, s:I, s:I, s:s, s:s, s:I, s:s, s:s, s:s, s:I}",
                                 "node_id", n->node_id_hex, "version", NS_VERSION, "uptime_s",
-                                (json_int_t)s.uptime_s, "peers", 0, "balance", balance, "stake",
-                                stake, "ledger_height", (json_int_t)s.height, "state",
-                                n->stopping ? "stopping" : "running", "api", api, "listen", listen,
-                                "memory_mb", (json_int_t)n->memory_mb));
+                                (json_int_t)s.uptime_s, "peers",
+                                (json_int_t)ns_dht_contact_count(ns_net_dht(n->net)), "balance",
+                                balance, "stake", stake, "ledger_height", (json_int_t)s.height,
+                                "state", n->stopping ? "stopping" : "running", "api", api, "listen",
+                                listen, "memory_mb", (json_int_t)n->memory_mb));
 }
 
 static void answer_model_info(node *n, ns_api_request *req)
@@ -318,7 +332,7 @@ static void answer_metrics(node *n, ns_api_request *req)
         "neuroshard_uptime_seconds %llu\n"
         "# HELP neuroshard_peers Peers currently known.\n"
         "# TYPE neuroshard_peers gauge\n"
-        "neuroshard_peers 0\n"
+        "neuroshard_peers %zu\n"
         "# HELP neuroshard_ledger_height Ledger entries applied.\n"
         "# TYPE neuroshard_ledger_height gauge\n"
         "neuroshard_ledger_height %llu\n"
@@ -333,20 +347,248 @@ static void answer_metrics(node *n, ns_api_request *req)
         "neuroshard_api_requests_total{class=\"2xx\"} %llu\n"
         "neuroshard_api_requests_total{class=\"4xx\"} %llu\n"
         "neuroshard_api_requests_total{class=\"5xx\"} %llu\n",
-        NS_VERSION, n->node_id_hex, (unsigned long long)s.uptime_s, (unsigned long long)s.height,
+        NS_VERSION, n->node_id_hex, (unsigned long long)s.uptime_s,
+        ns_dht_contact_count(ns_net_dht(n->net)), (unsigned long long)s.height,
         (long long)s.balance.nano, (long long)s.minted.nano,
         (unsigned long long)ns_api_requests(n->api, 2),
         (unsigned long long)ns_api_requests(n->api, 4),
         (unsigned long long)ns_api_requests(n->api, 5));
-    if (len < 0) {
+    char *net_text = NULL;
+    int net_len = -1;
+    if (len >= 0)
+        ns_net_metrics(n->net, &net_text, &net_len);
+    char *all = NULL;
+    int all_len = net_len >= 0 ? asprintf(&all, "%s%s", text, net_text) : -1;
+    free(text);
+    free(net_text);
+    if (all_len < 0) {
         ns_api_error(req, 500, "out of memory");
         return;
     }
     free(req->response);
-    req->response = text;
-    req->response_len = (size_t)len;
+    req->response = all;
+    req->response_len = (size_t)all_len;
     req->status = 200;
     req->content_type = "text/plain; version=0.0.4";
+}
+
+static void answer_peers(node *n, ns_api_request *req)
+{
+    json_t *peers = ns_net_peers_json(n->net);
+    ns_api_reply_json(req, 200,
+                      peers != NULL ? json_pack("{s:I, s:o}", "count",
+                                                (json_int_t)json_array_size(peers), "peers", peers)
+                                    : NULL);
+}
+
+static void answer_doctor(node *n, ns_api_request *req)
+{
+    ns_api_reply_json(req, 200, ns_net_doctor_json(n->net));
+}
+
+/* ---- DHT operations that wait on the network ---------------------------------------------- */
+
+typedef struct dht_op {
+    node *n;
+    ns_api_request *req;
+    struct dht_op *prev, *next;
+} dht_op;
+
+static dht_op *dht_op_new(node *n, ns_api_request *req)
+{
+    dht_op *op = calloc(1, sizeof *op);
+    if (op == NULL)
+        return NULL;
+    op->n = n;
+    op->req = req;
+    op->next = n->dht_ops;
+    if (op->next != NULL)
+        op->next->prev = op;
+    n->dht_ops = op;
+    req->deferred = true;
+    return op;
+}
+
+static void dht_op_finish(dht_op *op)
+{
+    node *n = op->n;
+    if (op->prev != NULL)
+        op->prev->next = op->next;
+    else
+        n->dht_ops = op->next;
+    if (op->next != NULL)
+        op->next->prev = op->prev;
+    ns_api_complete(n->api, op->req);
+    free(op);
+}
+
+static json_t *contacts_json(const ns_dht_result *r)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < r->contact_count; i++) {
+        char id[NS_NODE_ID_HEX_SIZE], where[NS_ADDR_TEXT_SIZE];
+        ns_hex_encode(id, sizeof id, r->contacts[i].node_id, NS_ID_BYTES);
+        ns_addr_to_text(where, sizeof where, &r->contacts[i].addr);
+        json_array_append_new(arr, json_pack("{s:s, s:s}", "node_id", id, "addr", where));
+    }
+    return arr;
+}
+
+static json_t *record_json(const uint8_t *buf, size_t len, uint64_t now_ms)
+{
+    ns_record rec;
+    if (ns_record_verify(buf, len, now_ms, &rec) != NS_OK)
+        return NULL; /* the DHT verified it; it may have expired since */
+    char author[NS_NODE_ID_HEX_SIZE], topic[2 * NS_RECORD_TOPIC_BYTES_MAX + 1];
+    ns_hex_encode(author, sizeof author, rec.author, NS_ID_BYTES);
+    ns_hex_encode(topic, sizeof topic, rec.topic, rec.topic_len);
+    char *hex = malloc(2 * len + 1);
+    if (hex == NULL)
+        return NULL;
+    ns_hex_encode(hex, 2 * len + 1, buf, len);
+    json_t *o = json_pack("{s:s, s:i, s:I, s:I, s:s, s:s}", "author", author, "type", (int)rec.type,
+                          "sequence", (json_int_t)rec.sequence, "expiry_ms",
+                          (json_int_t)rec.expiry_ms, "topic_hex", topic, "envelope_hex", hex);
+    free(hex);
+    ns_node_info info;
+    if (o != NULL && rec.type == NS_RECORD_NODE &&
+        ns_node_record_open(buf, len, now_ms, NULL, &info) == NS_OK) {
+        json_t *addrs = json_array();
+        for (size_t i = 0; i < info.address_count; i++) {
+            char where[NS_ADDR_TEXT_SIZE];
+            ns_addr_to_text(where, sizeof where, &info.addresses[i]);
+            json_array_append_new(addrs, json_string(where));
+        }
+        json_object_set_new(o, "addresses", addrs);
+        json_object_set_new(o, "version", json_string(info.version));
+    }
+    return o;
+}
+
+static void dht_get_done(void *arg, const ns_dht_result *r)
+{
+    dht_op *op = arg;
+    json_t *records = json_array();
+    uint64_t now = ns_env_now(&op->n->uvenv.env);
+    for (size_t i = 0; i < r->record_count; i++) {
+        json_t *o = record_json(r->records[i], r->record_lens[i], now);
+        if (o != NULL)
+            json_array_append_new(records, o);
+    }
+    ns_api_reply_json(op->req, json_array_size(records) > 0 ? 200 : 404,
+                      json_pack("{s:o, s:i, s:i, s:I}", "records", records, "hops", (int)r->hops,
+                                "queried", (int)r->queried, "elapsed_ms",
+                                (json_int_t)r->elapsed_ms));
+    dht_op_finish(op);
+}
+
+static void dht_lookup_done(void *arg, const ns_dht_result *r)
+{
+    dht_op *op = arg;
+    ns_api_reply_json(op->req, r->contact_count > 0 ? 200 : 404,
+                      json_pack("{s:o, s:i, s:i, s:I}", "contacts", contacts_json(r), "hops",
+                                (int)r->hops, "queried", (int)r->queried, "elapsed_ms",
+                                (json_int_t)r->elapsed_ms));
+    dht_op_finish(op);
+}
+
+static void dht_put_done(void *arg, const ns_dht_result *r)
+{
+    dht_op *op = arg;
+    ns_api_reply_json(
+        op->req, 200,
+        json_pack("{s:I, s:i}", "stored_on", (json_int_t)r->contact_count, "hops", (int)r->hops));
+    dht_op_finish(op);
+}
+
+static bool id_arg(ns_api_request *req, const char *name, uint8_t id[NS_ID_BYTES])
+{
+    const char *hex = ns_api_arg(req, name);
+    if (hex == NULL || ns_hex_decode(id, NS_ID_BYTES, hex) != NS_OK) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "query argument '%s' must be 64 hex digits", name);
+        ns_api_error(req, 400, msg);
+        return false;
+    }
+    return true;
+}
+
+/* Starts a lookup whose answer the callback sends; on a refusal answers at once. */
+static void start_dht_op(node *n, ns_api_request *req,
+                         int (*start)(ns_dht *, const uint8_t *, ns_dht_lookup_fn, void *),
+                         const uint8_t id[NS_ID_BYTES], ns_dht_lookup_fn done)
+{
+    dht_op *op = dht_op_new(n, req);
+    if (op == NULL) {
+        ns_api_error(req, 500, "out of memory");
+        return;
+    }
+    int rc = start(ns_net_dht(n->net), id, done, op);
+    if (rc != NS_OK) {
+        ns_api_error(req, 503, rc == NS_ELIMIT ? "too many lookups in flight" : ns_strerror(rc));
+        dht_op_finish(op);
+    }
+}
+
+static void answer_dht_record(node *n, ns_api_request *req)
+{
+    uint8_t key[NS_ID_BYTES];
+    if (id_arg(req, "key", key))
+        start_dht_op(n, req, ns_dht_get, key, dht_get_done);
+}
+
+static void answer_dht_lookup(node *n, ns_api_request *req)
+{
+    uint8_t target[NS_ID_BYTES];
+    if (id_arg(req, "target", target))
+        start_dht_op(n, req, ns_dht_find_node, target, dht_lookup_done);
+}
+
+/* POST /api/dht/put: the body is a signed record in hex. It is verified here first, so a bad
+ * record gets a clear 400 and never reaches the DHT. */
+static void answer_dht_put(node *n, ns_api_request *req)
+{
+    size_t hex_len = req->body_len;
+    while (hex_len > 0 && (req->body[hex_len - 1] == '\n' || req->body[hex_len - 1] == '\r'))
+        hex_len--;
+    if (hex_len == 0 || hex_len % 2 != 0 || hex_len / 2 > NS_DHT_VALUE_BYTES_MAX) {
+        ns_api_error(req, 400, "the body must be a signed record in hex, at most 1024 bytes");
+        return;
+    }
+    char *hex = strndup((const char *)req->body, hex_len);
+    uint8_t *rec = malloc(hex_len / 2);
+    int rc = hex != NULL && rec != NULL ? ns_hex_decode(rec, hex_len / 2, hex) : NS_ENOMEM;
+    free(hex);
+    ns_record parsed;
+    if (rc == NS_OK)
+        rc = ns_record_verify(rec, hex_len / 2, ns_env_now(&n->uvenv.env), &parsed);
+    if (rc != NS_OK) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "record refused: %s", ns_strerror(rc));
+        ns_api_error(req, 400, msg);
+        free(rec);
+        return;
+    }
+    dht_op *op = dht_op_new(n, req);
+    rc =
+        op != NULL ? ns_dht_put(ns_net_dht(n->net), rec, hex_len / 2, dht_put_done, op) : NS_ENOMEM;
+    free(rec);
+    if (rc != NS_OK && op != NULL) {
+        ns_api_error(req, 503, ns_strerror(rc));
+        dht_op_finish(op);
+    } else if (rc != NS_OK) {
+        ns_api_error(req, 500, "out of memory");
+    }
+}
+
+/* After the API answered every deferred request with 503, what is left of their DHT lookups. */
+static void free_dht_ops(node *n)
+{
+    while (n->dht_ops != NULL) {
+        dht_op *op = n->dht_ops;
+        n->dht_ops = op->next;
+        free(op);
+    }
 }
 
 static void node_reload(node *n);
@@ -369,9 +611,11 @@ static void answer_reload(node *n, ns_api_request *req)
 }
 
 static const route routes[] = {
-    {"GET", "/api/stats", answer_stats},    {"GET", "/api/model_info", answer_model_info},
-    {"GET", "/metrics", answer_metrics},    {"GET", "/healthz", answer_healthz},
-    {"POST", "/api/reload", answer_reload},
+    {"GET", "/api/stats", answer_stats},           {"GET", "/api/model_info", answer_model_info},
+    {"GET", "/metrics", answer_metrics},           {"GET", "/healthz", answer_healthz},
+    {"POST", "/api/reload", answer_reload},        {"GET", "/api/peers", answer_peers},
+    {"GET", "/api/doctor", answer_doctor},         {"GET", "/api/dht/record", answer_dht_record},
+    {"GET", "/api/dht/lookup", answer_dht_lookup}, {"POST", "/api/dht/put", answer_dht_put},
 };
 
 static void api_handler(void *arg, ns_api_request *req)
@@ -453,8 +697,10 @@ static void node_stop(node *n, const char *why)
     NS_LOG_I("node", "stopping reason=%s", why);
     sd_notify(0, "STOPPING=1");
     ns_chores_stop(&n->chores);
-    ns_api_stop(n->api);
+    ns_net_stop(n->net); /* first: no DHT callback comes after this */
+    ns_api_stop(n->api); /* answers requests still waiting on the DHT with 503 */
     n->api = NULL;
+    free_dht_ops(n);
     uv_close((uv_handle_t *)&n->sig_int, signal_close_noop);
     uv_close((uv_handle_t *)&n->sig_term, signal_close_noop);
     uv_close((uv_handle_t *)&n->sig_hup, signal_close_noop);
@@ -501,11 +747,13 @@ static int node_start(node *n)
         rc = load_key(n);
     if (rc == NS_OK)
         rc = open_ledger(n);
+    n->memory_mb = n->cfg.memory_mb != 0 ? n->cfg.memory_mb : physical_memory_mb() / 2;
+    if (rc == NS_OK)
+        rc = start_net(n);
     if (rc == NS_OK)
         rc = start_api(n);
     if (rc != NS_OK)
         return rc;
-    n->memory_mb = n->cfg.memory_mb != 0 ? n->cfg.memory_mb : physical_memory_mb() / 2;
     n->started_ms = ns_env_now(&n->uvenv.env);
     watch_signals(n);
     start_chores(n);
@@ -520,11 +768,16 @@ static int node_start(node *n)
 
 static void node_release(node *n)
 {
+    if (!n->stopping)
+        ns_net_stop(n->net); /* start failed half way */
     if (n->api != NULL) {
         ns_api_stop(n->api);
         n->api = NULL;
     }
+    free_dht_ops(n);
+    ns_uv_env_close(&n->uvenv);
     uv_run(&n->loop, UV_RUN_DEFAULT); /* runs the close callbacks of everything stopped */
+    ns_net_free(n->net);
     if (n->ledger != NULL) {
         if (ns_ledger_checkpoint(n->ledger) != NS_OK)
             NS_LOG_W("ledger", "final wal checkpoint failed");

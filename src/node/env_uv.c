@@ -91,11 +91,10 @@ static void uv_env_timer_cancel(void *ctx, uint64_t id)
 
 static int uv_env_send(void *ctx, const ns_peer *to, ns_channel ch, const ns_frame *f)
 {
-    (void)ctx;
-    (void)to;
-    (void)ch;
-    (void)f;
-    return NS_EINVAL; /* no transport is bound yet: links and the DHT come with the peer network */
+    ns_uv_env *uvenv = ctx;
+    if (uvenv->send == NULL)
+        return NS_EINVAL; /* the peer network is not up (yet, or any more) */
+    return uvenv->send(uvenv->send_arg, to, ch, f);
 }
 
 static void uv_env_random(void *ctx, void *buf, size_t n)

@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "neuroshard/base.h"
+#include "neuroshard/crypto.h"
 #include "neuroshard/node.h"
 
 /* ---- ns_env over libuv -------------------------------------------------------------------- */
@@ -22,9 +23,13 @@
 
 typedef struct ns_uv_timer ns_uv_timer;
 
+typedef int (*ns_uv_send_fn)(void *arg, const ns_peer *to, ns_channel ch, const ns_frame *f);
+
 typedef struct ns_uv_env {
     ns_env env;
     uv_loop_t *loop;
+    ns_uv_send_fn send; /* bound by the peer network (net.c); NULL: sending is refused */
+    void *send_arg;
     int64_t epoch_offset_ms; /* wall clock at start minus loop time at start */
     uint64_t next_timer_id;
     ns_uv_timer *timers; /* armed timers, a doubly linked list */
@@ -49,13 +54,22 @@ NS_MUST_USE int ns_listen_tcp(const ns_addr_text *addr, int *fd, ns_addr_text *b
 
 typedef struct ns_api ns_api;
 
+#define NS_API_ARGS_MAX      8
+#define NS_API_ARG_BYTES_MAX 1024
+
 /* One request as the loop thread sees it. The handler sets status, content_type and body (a
- * malloc'd buffer the API frees after sending). */
+ * malloc'd buffer the API frees after sending) — or sets deferred and answers later with
+ * ns_api_complete (for answers that wait on the network, such as a DHT lookup). */
 typedef struct ns_api_request {
     const char *method;
     const char *path;
     const uint8_t *body;
     size_t body_len;
+    const char *arg_keys[NS_API_ARGS_MAX]; /* the query string, decoded */
+    const char *arg_values[NS_API_ARGS_MAX];
+    size_t arg_count;
+    bool args_truncated;
+    bool deferred;
     int status;
     const char *content_type;
     char *response;
@@ -69,7 +83,11 @@ typedef void (*ns_api_handler)(void *arg, ns_api_request *req);
  * the loop thread. */
 NS_MUST_USE int ns_api_start(ns_api **out, uv_loop_t *loop, int listen_fd, const char *token,
                              ns_api_handler handler, void *arg);
-/* Answers what is still queued with 503, stops the HTTP thread, frees everything. */
+/* The value of a query argument, or NULL. */
+const char *ns_api_arg(const ns_api_request *req, const char *key);
+/* Sends the answer of a deferred request (loop thread only); req is not valid afterwards. */
+void ns_api_complete(ns_api *api, ns_api_request *req);
+/* Answers what is still queued or deferred with 503, stops the HTTP thread, frees everything. */
 void ns_api_stop(ns_api *api);
 uint64_t ns_api_requests(const ns_api *api, int status_class); /* 2, 4 or 5: 2xx, 4xx, 5xx */
 
@@ -78,5 +96,27 @@ uint64_t ns_api_requests(const ns_api *api, int status_class); /* 2, 4 or 5: 2xx
 void ns_api_reply_json(ns_api_request *req, int status, json_t *body);
 /* Fills a request's response with a JSON error body {"error": "..."}. */
 void ns_api_error(ns_api_request *req, int status, const char *message);
+
+/* ---- the peer network (net.c) ------------------------------------------------------------- */
+
+typedef struct ns_net ns_net;
+typedef struct ns_dht ns_dht;
+
+/* Binds UDP and TCP on cfg->listen (port 0: one free port for both), starts the DHT and the
+ * link listener, and begins bootstrapping from every source. On failure writes one line into
+ * err; *out may then be set and must be stopped and freed like a running one. */
+NS_MUST_USE int ns_net_start(ns_net **out, uv_loop_t *loop, ns_uv_env *uvenv, const ns_config *cfg,
+                             const ns_key *key, uint64_t memory_mb, char err[NS_ERR_TEXT_SIZE]);
+/* Saves the routing table, frees the DHT (no callback after), closes sockets and links. The
+ * loop must then run until their handles are closed, before ns_net_free. */
+void ns_net_stop(ns_net *net);
+void ns_net_free(ns_net *net);
+ns_dht *ns_net_dht(ns_net *net);
+const ns_addr *ns_net_bound(const ns_net *net);
+size_t ns_net_link_count(const ns_net *net);
+json_t *ns_net_peers_json(ns_net *net);
+json_t *ns_net_doctor_json(ns_net *net);
+/* Prometheus lines about the network; *text is malloc'd. */
+void ns_net_metrics(ns_net *net, char **text, int *len);
 
 #endif

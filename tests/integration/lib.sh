@@ -31,9 +31,9 @@ not_ok() {
 
 # check DESCRIPTION COMMAND...: passes when the command succeeds.
 check() {
-    desc=$1
+    _c_desc=$1
     shift
-    if "$@"; then ok "$desc"; else not_ok "$desc"; fi
+    if "$@"; then ok "$_c_desc"; else not_ok "$_c_desc"; fi
 }
 
 # contains HAYSTACK NEEDLE
@@ -57,25 +57,25 @@ new_wallet() {
 # start_node DIR [FLAGS...]: starts a daemon in the background on a free API port, waits until
 # it answers /healthz; sets NODE_PID and API. Its stderr goes to DIR.log.
 start_node() {
-    dir=$1
+    _sn_dir=$1
     shift
-    rm -f "$dir/api.addr"
-    "$NSD" --data-dir "$dir" --api-listen 127.0.0.1:0 "$@" 2>>"$dir.log" &
+    rm -f "$_sn_dir/api.addr"
+    "$NSD" --data-dir "$_sn_dir" --api-listen 127.0.0.1:0 "$@" 2>>"$_sn_dir.log" &
     NODE_PID=$!
     PIDS="$PIDS $NODE_PID"
-    i=0
-    while [ $i -lt 200 ]; do
-        if [ -s "$dir/api.addr" ]; then
-            API=$(cat "$dir/api.addr")
+    _sn_try=0
+    while [ $_sn_try -lt 200 ]; do
+        if [ -s "$_sn_dir/api.addr" ]; then
+            API=$(cat "$_sn_dir/api.addr")
             if curl -sf "http://$API/healthz" >/dev/null 2>&1; then return 0; fi
         fi
         if ! kill -0 "$NODE_PID" 2>/dev/null; then
             echo "    daemon exited early:" >&2
-            tail -5 "$dir.log" >&2
+            tail -5 "$_sn_dir.log" >&2
             return 1
         fi
         sleep 0.05
-        i=$((i + 1))
+        _sn_try=$((_sn_try + 1))
     done
     echo "    daemon did not become ready" >&2
     return 1
@@ -84,14 +84,14 @@ start_node() {
 # wait_exit PID SECONDS: waits for a child to end (killing it after SECONDS); sets EXIT_RC.
 # Not for $(...): a subshell cannot wait for its parent's children.
 wait_exit() {
-    pid=$1
-    n=$(($2 * 20))
-    while [ $n -gt 0 ] && kill -0 "$pid" 2>/dev/null && ! zombie "$pid"; do
+    _we_pid=$1
+    _we_n=$(($2 * 20))
+    while [ $_we_n -gt 0 ] && kill -0 "$_we_pid" 2>/dev/null && ! zombie "$_we_pid"; do
         sleep 0.05
-        n=$((n - 1))
+        _we_n=$((_we_n - 1))
     done
-    kill -9 "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
+    kill -9 "$_we_pid" 2>/dev/null
+    wait "$_we_pid" 2>/dev/null
     EXIT_RC=$?
 }
 
@@ -101,10 +101,10 @@ zombie() {
 
 # http METHOD PATH [CURL ARGS...]: prints "STATUS BODY".
 http() {
-    method=$1
-    path=$2
+    _h_method=$1
+    _h_path=$2
     shift 2
-    curl -s -o "$TMP_ROOT/body" -w '%{http_code}' -X "$method" "$@" "http://$API$path" >"$TMP_ROOT/code"
+    curl -s -o "$TMP_ROOT/body" -w '%{http_code}' -X "$_h_method" "$@" "http://$API$_h_path" >"$TMP_ROOT/code"
     echo "$(cat "$TMP_ROOT/code") $(cat "$TMP_ROOT/body")"
 }
 

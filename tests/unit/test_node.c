@@ -127,6 +127,42 @@ static void test_config_refuses_unknown_flag_and_bad_values(void **state)
     assert_true(c.help);
 }
 
+static void test_config_bootstrap_lists_replace_by_precedence(void **state)
+{
+    (void)state;
+    cfg_case c;
+    ns_test_tempdir(c.dir, sizeof c.dir);
+    snprintf(c.ini, sizeof c.ini, "%s/neuroshard.ini", c.dir);
+    write_text(c.ini, "[node]\nbootstrap = a.example:1, 10.0.0.1:2\nbootstrap = [::1]:3\n"
+                      "lan_discovery = off\nnetwork = testnet\n");
+    char *argv[] = {"neuroshardd", "--data-dir", c.dir, NULL};
+    char *envp[] = {NULL};
+    assert_int_equal(load(&c, 3, argv, envp), NS_OK);
+    assert_int_equal(c.cfg.bootstrap_count, 3);
+    assert_string_equal(c.cfg.bootstrap[0], "a.example:1");
+    assert_string_equal(c.cfg.bootstrap[1], "10.0.0.1:2");
+    assert_string_equal(c.cfg.bootstrap[2], "[::1]:3");
+    assert_false(c.cfg.lan_discovery);
+    assert_string_equal(c.cfg.network, "testnet");
+    char *envp2[] = {"NEUROSHARD_BOOTSTRAP=b.example:4", NULL};
+    assert_int_equal(load(&c, 3, argv, envp2), NS_OK);
+    assert_int_equal(c.cfg.bootstrap_count, 1);
+    assert_string_equal(c.cfg.bootstrap[0], "b.example:4");
+    char *argv2[] = {"neuroshardd", "--data-dir",      c.dir, "--bootstrap",
+                     "c:5",         "--bootstrap=d:6", NULL};
+    assert_int_equal(load(&c, 6, argv2, envp2), NS_OK);
+    assert_int_equal(c.cfg.bootstrap_count, 2);
+    assert_string_equal(c.cfg.bootstrap[1], "d:6");
+    char *argv3[] = {"neuroshardd", "--data-dir", c.dir, "--bootstrap", "nohost", NULL};
+    assert_int_equal(load(&c, 5, argv3, envp), NS_EINVAL);
+    assert_non_null(strstr(c.err, "bootstrap 'nohost'"));
+    char *argv4[] = {"neuroshardd", "--data-dir", c.dir, "--bootstrap", "h:0", NULL};
+    assert_int_equal(load(&c, 5, argv4, envp), NS_EINVAL);
+    char *argv5[] = {"neuroshardd", "--data-dir", c.dir, "--lan-discovery", "maybe", NULL};
+    assert_int_equal(load(&c, 5, argv5, envp), NS_EINVAL);
+    ns_test_rmtree(c.dir);
+}
+
 static void test_addr_parse_accepts_v4_v6_localhost_only(void **state)
 {
     (void)state;
@@ -285,6 +321,7 @@ int main(void)
         cmocka_unit_test(test_config_precedence_is_file_then_env_then_flags),
         cmocka_unit_test(test_config_error_names_file_and_line),
         cmocka_unit_test(test_config_refuses_unknown_flag_and_bad_values),
+        cmocka_unit_test(test_config_bootstrap_lists_replace_by_precedence),
         cmocka_unit_test(test_addr_parse_accepts_v4_v6_localhost_only),
         cmocka_unit_test(test_chores_run_on_schedule_and_stop),
         cmocka_unit_test(test_chores_skip_missed_slots_without_drift),
