@@ -4,7 +4,8 @@
  * 256-bit ids (node ids; record keys from ns_record_key), k-buckets of NS_DHT_K contacts with
  * least-recently-seen eviction that pings the oldest contact before replacing it, iterative
  * lookups with NS_DHT_ALPHA requests in flight and per-request timeouts, and four RPCs over the
- * datagram channel: PING, FIND_NODE, FIND_VALUE, STORE (proto/dht.proto, docs/protocol-dht.md).
+ * datagram channel: PING, FIND_NODE, FIND_VALUE, STORE (proto/dht.proto, docs/protocol.md (part
+ * 2)).
  *
  * Trust: a contact enters the routing table only after it answered us and proved its id with its
  * signed node record (verified once, then remembered with the contact); requests carry random
@@ -142,7 +143,7 @@ size_t ns_dht_local_values(const ns_dht *dht, const uint8_t key[NS_ID_BYTES],
 
 /* The routing table as bytes to keep on disk, and back: loaded contacts are pinged, not
  * trusted; a malformed buffer is refused whole with NS_EPARSE (NS_EFOREIGN: another format
- * version or network). The saved form is versioned binary, docs/protocol-dht.md. *out is
+ * version or network). The saved form is versioned binary, docs/protocol.md (part 2). *out is
  * malloc'd; the caller frees it. */
 NS_MUST_USE int ns_dht_save(const ns_dht *dht, uint8_t **out, size_t *out_len);
 NS_MUST_USE int ns_dht_load(ns_dht *dht, const uint8_t *buf, size_t len);

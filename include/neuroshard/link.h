@@ -6,8 +6,9 @@
  * a socket: the transport feeds it received bytes (ns_link_on_bytes) and carries away what it
  * writes (callbacks.write); timers (handshake timeout, keep-alive, idle) come from the env.
  *
- * Handshake (three messages, proto/link.proto, byte for byte in docs/protocol-link.md), each sent
- * in the clear as u16 length (big-endian) || protobuf message, at most NS_LINK_HANDSHAKE_BYTES_MAX:
+ * Handshake (three messages, proto/link.proto, byte for byte in docs/protocol.md (part 1)), each
+ * sent in the clear as u16 length (big-endian) || protobuf message, at most
+ * NS_LINK_HANDSHAKE_BYTES_MAX:
  *   1. I -> R  LinkHello      version, network id, ephemeral e_i
  *   2. R -> I  LinkHelloReply e_r, R's signed node record (binds its X25519 static key s_r to its
  *                             node id), R's ECDSA signature sig_r over

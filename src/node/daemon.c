@@ -45,6 +45,7 @@ typedef struct node {
     ns_net *net;
     struct dht_op *dht_ops; /* API requests waiting on a DHT lookup */
     ns_addr_text api_bound;
+    int api_fd; /* bound, not yet served */
     char api_addr_path[PATH_MAX];
     int lock_fd;
     uv_signal_t sig_int, sig_term, sig_hup;
@@ -204,24 +205,30 @@ static int api_token(node *n, char token[NS_API_TOKEN_HEX_SIZE])
 
 static void api_handler(void *arg, ns_api_request *req);
 
+/* Binds the API's socket; serving starts later (start_api), once nothing can fail any more
+ * before files are written. */
+static int bind_api(node *n)
+{
+    char addr[NS_HOST_SIZE + 16];
+    ns_addr_format(addr, sizeof addr, &n->cfg.api_listen);
+    int rc = ns_listen_tcp(&n->cfg.api_listen, &n->api_fd, &n->api_bound);
+    if (rc != NS_OK)
+        refuse("cannot listen for the API on %s: %s", addr,
+               rc == NS_EADDRINUSE ? "address already in use (is another node running?)"
+                                   : ns_strerror(rc));
+    return rc;
+}
+
 static int start_api(node *n)
 {
     char addr[NS_HOST_SIZE + 16];
     ns_addr_format(addr, sizeof addr, &n->cfg.api_listen);
-    int fd;
-    int rc = ns_listen_tcp(&n->cfg.api_listen, &fd, &n->api_bound);
-    if (rc != NS_OK) {
-        refuse("cannot listen for the API on %s: %s", addr,
-               rc == NS_EADDRINUSE ? "address already in use (is another node running?)"
-                                   : ns_strerror(rc));
-        return rc;
-    }
     char token[NS_API_TOKEN_HEX_SIZE];
-    rc = api_token(n, token);
-    if (rc != NS_OK) {
-        close(fd);
+    int rc = api_token(n, token);
+    if (rc != NS_OK)
         return rc;
-    }
+    int fd = n->api_fd;
+    n->api_fd = -1; /* the API owns it from here, even when it fails to start */
     rc = ns_api_start(&n->api, &n->loop, fd, token, api_handler, n);
     sodium_memzero(token, sizeof token);
     if (rc != NS_OK) {
@@ -697,8 +704,8 @@ static void node_stop(node *n, const char *why)
     NS_LOG_I("node", "stopping reason=%s", why);
     sd_notify(0, "STOPPING=1");
     ns_chores_stop(&n->chores);
-    ns_net_stop(n->net); /* first: no DHT callback comes after this */
-    ns_api_stop(n->api); /* answers requests still waiting on the DHT with 503 */
+    ns_net_stop(n->net, true); /* first: no DHT callback comes after this */
+    ns_api_stop(n->api);       /* answers requests still waiting on the DHT with 503 */
     n->api = NULL;
     free_dht_ops(n);
     uv_close((uv_handle_t *)&n->sig_int, signal_close_noop);
@@ -745,11 +752,14 @@ static int node_start(node *n)
         rc = take_lock(n);
     if (rc == NS_OK)
         rc = load_key(n);
-    if (rc == NS_OK)
-        rc = open_ledger(n);
+    /* Everything that can be refused is checked before the first file is written. */
     n->memory_mb = n->cfg.memory_mb != 0 ? n->cfg.memory_mb : physical_memory_mb() / 2;
     if (rc == NS_OK)
+        rc = bind_api(n);
+    if (rc == NS_OK)
         rc = start_net(n);
+    if (rc == NS_OK)
+        rc = open_ledger(n);
     if (rc == NS_OK)
         rc = start_api(n);
     if (rc != NS_OK)
@@ -759,8 +769,12 @@ static int node_start(node *n)
     start_chores(n);
     char api[NS_HOST_SIZE + 16];
     ns_addr_format(api, sizeof api, &n->api_bound);
-    NS_LOG_I("node", "started node_id=%s api=http://%s data_dir=%s version=%s", n->node_id_hex, api,
-             n->cfg.data_dir, NS_VERSION);
+    char peers[NS_ADDR_TEXT_SIZE];
+    ns_addr_to_text(peers, sizeof peers, ns_net_bound(n->net));
+    NS_LOG_I("node",
+             "started node_id=%s api=http://%s peers=%s (udp+tcp) network=%s data_dir=%s "
+             "version=%s",
+             n->node_id_hex, api, peers, n->cfg.network, n->cfg.data_dir, NS_VERSION);
     sd_notifyf(0, "READY=1\nSTATUS=node %.16s… serving the API on %s\nMAINPID=%ld", n->node_id_hex,
                api, (long)getpid());
     return NS_OK;
@@ -769,7 +783,9 @@ static int node_start(node *n)
 static void node_release(node *n)
 {
     if (!n->stopping)
-        ns_net_stop(n->net); /* start failed half way */
+        ns_net_stop(n->net, false); /* start failed half way: leave the saved table as it was */
+    if (n->api_fd >= 0)
+        close(n->api_fd);
     if (n->api != NULL) {
         ns_api_stop(n->api);
         n->api = NULL;
@@ -796,6 +812,7 @@ int ns_daemon_main(int argc, char *argv[], char *envp[])
     static node n; /* one daemon a process; static keeps the large struct off the stack */
     memset(&n, 0, sizeof n);
     n.lock_fd = -1;
+    n.api_fd = -1;
     n.argc = argc;
     n.argv = argv;
     bool help, version;

@@ -913,7 +913,7 @@ static void load_table(ns_net *net)
         NS_LOG_W("net", "saved routing table ignored path=%s err=\"%s\"", net->routing_path,
                  ns_strerror(rc));
     else
-        NS_LOG_I("net", "saved routing table loaded path=%s", net->routing_path);
+        NS_LOG_D("net", "saved routing table loaded path=%s", net->routing_path);
 }
 
 /* ---- reachability check ------------------------------------------------------------------- */
@@ -1040,16 +1040,16 @@ int ns_net_start(ns_net **out, uv_loop_t *loop, ns_uv_env *uvenv, const ns_confi
     net->check_timer = ns_env_timer(env, now + NET_CHECK_FIRST_MS, check_timer_fired, net);
     char where[NS_ADDR_TEXT_SIZE];
     ns_addr_to_text(where, sizeof where, &net->bound);
-    NS_LOG_I("net", "listening udp=%s tcp=%s seeds=%zu lan=%s network=%s", where, where,
+    NS_LOG_D("net", "listening udp=%s tcp=%s seeds=%zu lan=%s network=%s", where, where,
              net->seed_count, net->lan_open ? "on" : "off", cfg->network);
     return NS_OK;
 }
 
-void ns_net_stop(ns_net *net)
+void ns_net_stop(ns_net *net, bool save)
 {
     if (net == NULL)
         return;
-    if (net->dht != NULL)
+    if (net->dht != NULL && save)
         save_table(net);
     const ns_env *env = &net->uvenv->env;
     uint64_t *timers[] = {&net->bootstrap_timer, &net->lan_timer,  &net->health_timer,

@@ -107,9 +107,9 @@ typedef struct ns_dht ns_dht;
  * err; *out may then be set and must be stopped and freed like a running one. */
 NS_MUST_USE int ns_net_start(ns_net **out, uv_loop_t *loop, ns_uv_env *uvenv, const ns_config *cfg,
                              const ns_key *key, uint64_t memory_mb, char err[NS_ERR_TEXT_SIZE]);
-/* Saves the routing table, frees the DHT (no callback after), closes sockets and links. The
- * loop must then run until their handles are closed, before ns_net_free. */
-void ns_net_stop(ns_net *net);
+/* Saves the routing table (when save), frees the DHT (no callback after), closes sockets and
+ * links. The loop must then run until their handles are closed, before ns_net_free. */
+void ns_net_stop(ns_net *net, bool save);
 void ns_net_free(ns_net *net);
 ns_dht *ns_net_dht(ns_net *net);
 const ns_addr *ns_net_bound(const ns_net *net);

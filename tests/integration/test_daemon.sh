@@ -67,7 +67,13 @@ sum=$(tree_sum "$D2")
 out=$("$NSD" --data-dir "$D2" --api-listen "$API" 2>&1)
 rc=$?
 check "an API port in use is refused" test "$rc" -eq 1
-check "  ... saying so" contains "$out" "address already in use"
+check "  ... saying so" contains "$out" "cannot listen for the API on $API: address already in use"
+PEER=$(http GET /api/stats | sed -n 's/.*"listen":"\([^"]*\)".*/\1/p')
+out=$("$NSD" --data-dir "$D2" --api-listen 127.0.0.1:0 --listen "$PEER" 2>&1)
+rc=$?
+check "a peer port in use is refused" test "$rc" -eq 1
+check "  ... saying so" contains "$out" "cannot listen for peers on $PEER: address already in use"
+check "  ... and nothing changed" test "$(tree_sum "$D2")" = "$sum"
 
 # ---- SIGHUP reload ------------------------------------------------------------------------
 printf '[node]\nlog_level = debug\n' >"$D/neuroshard.ini"

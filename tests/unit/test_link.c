@@ -451,7 +451,7 @@ static void test_link_handshake_establishes_both_with_the_right_peer_ids(void **
 static void test_link_hello_matches_the_documented_bytes(void **state)
 {
     (void)state;
-    /* docs/protocol-link.md, section 4.1: 00 46 | 08 01 | 12 20 network_id | 1a 20 E_i. */
+    /* docs/protocol.md, part 1, section 4.1: 00 46 | 08 01 | 12 20 network_id | 1a 20 E_i. */
     test_pair *p = pair_new(NODE_A, NODE_B);
     end_start(&p->a, NS_LINK_INITIATOR, NULL);
     size_t len;
@@ -482,7 +482,7 @@ static void sha256_parts(uint8_t out[32], const void *a, size_t a_len, const voi
 static void test_link_keys_and_records_follow_the_documented_schedule(void **state)
 {
     (void)state;
-    /* docs/protocol-link.md sections 4.2 to 5, computed here without link.c. */
+    /* docs/protocol.md, part 1, sections 4.2 to 5, computed here without link.c. */
     test_pair *p = pair_new(NODE_A, NODE_B);
     end_start(&p->b, NS_LINK_RESPONDER, NULL);
     end_start(&p->a, NS_LINK_INITIATOR, NULL);

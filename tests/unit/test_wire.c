@@ -199,7 +199,7 @@ static void test_frame_decode_views_point_into_the_buffer(void **state)
 static void test_frame_encoding_matches_the_documented_bytes(void **state)
 {
     (void)state;
-    /* docs/protocol-link.md, section 2. */
+    /* docs/protocol.md, part 1, section 2. */
     static const uint8_t nonce[8] = {1, 2, 3, 4, 5, 6, 7, 8};
     static const uint8_t ping[] = {0, 0, 0, 0x0c, 0x08, 0x02, 0x1a, 0x08, 1, 2, 3, 4, 5, 6, 7, 8};
     ns_frame f = {.type = NS_FRAME_PING, .body = nonce, .body_len = sizeof nonce};
