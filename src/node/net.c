@@ -24,6 +24,7 @@
 
 #define NET_CONNS_MAX                256
 #define NET_UDP_QUEUE_BYTES_MAX      (1u << 20)
+#define NET_UDP_RCVBUF_BYTES         (4 << 20)
 #define NET_READ_BYTES_MAX           65536
 #define NET_LAN_GROUP                "239.192.78.83"
 #define NET_LAN_PORT                 8424
@@ -128,6 +129,7 @@ struct ns_net {
     /* counters for /metrics */
     uint64_t udp_in, udp_out, udp_dropped_queue, lan_in, links_accepted, links_dialed, links_failed,
         links_refused_full, frames_unknown;
+    uint64_t drops_logged; /* DHT drops already reported in the log */
 };
 
 /* ---- helpers ------------------------------------------------------------------------------ */
@@ -788,10 +790,32 @@ static void bootstrap_round(ns_net *net)
                                         bootstrap_lookup, net);
 }
 
+/* What remote peers can trigger is logged at most once a minute, as a summary. */
+static void log_drops(ns_net *net)
+{
+    ns_dht_stats st;
+    ns_dht_get_stats(net->dht, &st);
+    uint64_t total = st.dropped_malformed + st.dropped_rate_limited + st.dropped_unexpected +
+                     st.records_bad_signature + st.records_future + st.records_expired +
+                     st.records_oversize + st.identity_rejected + st.store_bad_token;
+    if (total == net->drops_logged)
+        return;
+    NS_LOG_W("net",
+             "dropped %llu datagrams or records in the last minute (totals: malformed=%llu "
+             "rate_limited=%llu unexpected=%llu bad_signature=%llu identity=%llu bad_token=%llu)",
+             (unsigned long long)(total - net->drops_logged),
+             (unsigned long long)st.dropped_malformed, (unsigned long long)st.dropped_rate_limited,
+             (unsigned long long)st.dropped_unexpected,
+             (unsigned long long)st.records_bad_signature, (unsigned long long)st.identity_rejected,
+             (unsigned long long)st.store_bad_token);
+    net->drops_logged = total;
+}
+
 static void health_timer_fired(void *arg, uint64_t now_ms)
 {
     ns_net *net = arg;
     net->health_timer = 0;
+    log_drops(net);
     if (ns_dht_contact_count(net->dht) == 0 && net->bootstrap_timer == 0 &&
         (net->seed_count > 0 || net->lan_open)) {
         NS_LOG_W("net", "no peers left; bootstrapping again");
@@ -965,8 +989,11 @@ static int bind_sockets(ns_net *net, char err[NS_ERR_TEXT_SIZE])
             rc = uv_tcp_bind(&net->tcp, (const struct sockaddr *)&ss, 0);
             if (rc == 0)
                 rc = uv_listen((uv_stream_t *)&net->tcp, 128, on_accept);
-            if (rc == 0)
+            if (rc == 0) {
+                int rcvbuf = NET_UDP_RCVBUF_BYTES; /* bursts wait in the kernel, not dropped */
+                uv_recv_buffer_size((uv_handle_t *)&net->udp, &rcvbuf);
                 return uv_udp_recv_start(&net->udp, udp_alloc, udp_read) == 0 ? NS_OK : NS_EIO;
+            }
             uv_close((uv_handle_t *)&net->tcp, NULL);
         }
         uv_close((uv_handle_t *)&net->udp, NULL);

@@ -99,6 +99,28 @@ r=$(curl -s "http://$(api_of 5)/api/dht/record?key=$(id_of 1)")
 check "  ... and the genuine one is still what is served" contains "$r" "$good"
 check "  ... never the forged one" test "$(printf '%s' "$r" | grep -c "$forged")" -eq 0
 
+# Garbage, truncated and replayed datagrams and a flood from one address: node 2 keeps serving
+# the others and counts what it dropped.
+PEER_2=$(curl -s "http://$API_2/api/stats" | json_field listen)
+/usr/bin/python3 - "$PEER_2" <<'PY'
+import os, socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(3000):
+    s.sendto(os.urandom(1 + i % 1400), (host, int(port)))   # garbage of every length
+for i in range(2000):
+    s.sendto(b"\x08\x01\x12\x20" + os.urandom(60), (host, int(port)))  # a plausible start
+PY
+sleep 0.5
+m=$(curl -s "http://$API_2/metrics")
+drops=$(printf '%s\n' "$m" | sed -n 's/^neuroshard_dht_dropped_total{reason="malformed"} //p')
+# Some of a burst may overflow the kernel's socket buffer before the node sees it.
+check "garbage datagrams are dropped and counted ($drops of 5000)" test "${drops:-0}" -ge 2500
+r=$(curl -s "http://$API_2/api/dht/record?key=$(id_of 11)")
+check "  ... and the node keeps serving" contains "$r" "\"author\":\"$(id_of 11)\""
+r=$(curl -s "http://$(api_of 11)/api/dht/record?key=$(id_of 2)")
+check "  ... and the others still reach it" contains "$r" "\"author\":\"$(id_of 2)\""
+
 # Kill -9 five nodes.
 DEAD="15 16 17 18 19"
 for d in $DEAD; do kill -9 "$(pid_of "$d")"; done
