@@ -30,7 +30,7 @@ endif
 WORDLIST ?= /usr/lib/python3/dist-packages/mnemonic/wordlist/english.txt
 
 PKGS := libuv libsodium libsecp256k1 sqlite3 libprotobuf-c libmicrohttpd jansson inih \
-        libsystemd icu-uc libcurl
+        libsystemd icu-uc libcurl openblas
 
 ifeq ($(filter clean format format-check deps,$(MAKECMDGOALS)),)
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -57,7 +57,7 @@ PROTOS    := $(wildcard proto/*.proto)
 GEN_C     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS)) $(BUILD)/gen/bip39_english.c
 GEN_H     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.h,$(PROTOS))
 LIB_SRC   := $(wildcard src/base/*.c src/crypto/*.c src/wire/*.c src/link/*.c src/dht/*.c \
-             src/ledger/*.c src/swarm/*.c)
+             src/ledger/*.c src/swarm/*.c src/data/*.c src/ckpt/*.c src/exec/*.c)
 NODE_SRC  := $(filter-out src/node/main.c,$(wildcard src/node/*.c))
 CLI_SRC   := $(wildcard src/cli/*.c)
 NETSIM_SRC := $(wildcard netsim/*.c)
@@ -77,7 +77,8 @@ NETSIM    := $(if $(NETSIM_SRC),$(BUILD)/netsim)
 UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all run test check unit integration bench fuzz install format format-check clean deps
+.PHONY: all run test check unit integration bench fuzz install format format-check clean deps \
+        reference
 .DEFAULT_GOAL := all
 .SECONDARY:
 .DELETE_ON_ERROR:
@@ -167,6 +168,10 @@ bench: deps
 
 fuzz: deps
 	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# PyTorch reference tensors for tests/unit/test_exec.c (needs python3-torch; not part of test)
+reference:
+	/usr/bin/python3 tests/reference/make_reference.py tests/reference/tiny.nsref
 
 install: $(DAEMON) $(CTL)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR)

