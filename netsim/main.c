@@ -162,9 +162,10 @@ static size_t crash_note_len;
 
 static void crash_handler(int sig)
 {
-    (void)sig;
     ssize_t w = write(STDERR_FILENO, crash_note, crash_note_len);
     (void)w;
+    signal(sig, SIG_DFL); /* then die of the same signal, as without the handler */
+    raise(sig);
 }
 
 static void replay_note_install(const ns_sim_scenario *sc)
@@ -178,7 +179,7 @@ static void replay_note_install(const ns_sim_scenario *sc)
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = crash_handler;
     sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESETHAND; /* the default action follows: abort, or the fault again */
+    sa.sa_flags = SA_RESETHAND;
     sigaction(SIGABRT, &sa, NULL);
     sigaction(SIGSEGV, &sa, NULL);
     sigaction(SIGBUS, &sa, NULL);
@@ -288,7 +289,10 @@ static int finish(const options *o, ns_sim *sim, double wall_s)
 {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    ns_sim_wall wall = {.seconds = wall_s, .peak_rss_kib = ru.ru_maxrss};
+    ns_sim_wall wall = {.seconds = wall_s,
+                        .cpu_seconds = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+                                       (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6,
+                        .peak_rss_kib = ru.ru_maxrss};
     ns__report_print(stdout, sim, &wall);
     fflush(stdout);
     if (o->csv != NULL && ns__report_csv(o->csv, sim, &wall) != NS_OK) {

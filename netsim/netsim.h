@@ -286,7 +286,7 @@ typedef struct ns_sim_counts {
     uint64_t delivered, lost, partitioned, to_dead, from_crashed, queue_drops, pool_drops, no_route,
         oversize, bad_channel;
     /* nodes */
-    uint64_t joined, left, crashed, bootstrap_retries, bootstrap_failed;
+    uint64_t joined, left, crashed, bootstrap_retries, bootstrap_failed, seed_pings_refused;
     uint64_t timers_leaked, timers_set;
     uint64_t puts_self_ok, puts_self_failed, puts_topic_ok, puts_topic_failed;
     uint64_t events;
@@ -334,8 +334,12 @@ struct ns_sim {
 
     ns_sim_topic *topics;
 
-    ns_sim_rng rng_work; /* churn, lookups, seeds */
-    ns_sim_rng rng_net;  /* loss */
+    /* One stream a concern, so that the churn schedule, say, stays the same when a change in
+     * the DHT core changes how many random picks the lookups need. */
+    ns_sim_rng rng_work;   /* bootstrap seeds, topic authors */
+    ns_sim_rng rng_net;    /* loss */
+    ns_sim_rng rng_churn;  /* when churn comes, who goes, how */
+    ns_sim_rng rng_lookup; /* when lookups start, their kind, initiator and target */
 
     ns_sim_counts counts;
     ns_sim_sample *samples;
@@ -400,6 +404,7 @@ void ns__sim_measure_health(ns_sim *sim);
 
 typedef struct ns_sim_wall {
     double seconds;
+    double cpu_seconds; /* user + system: what the run costs when the machine is shared */
     long peak_rss_kib;
 } ns_sim_wall;
 

@@ -194,6 +194,8 @@ int ns__sim_init(ns_sim *sim, const ns_sim_scenario *sc)
     ns_network_id(sim->network_id, NS_SIM_NETWORK);
     ns__sim_rng_seed(&sim->rng_work, sc->seed, 1);
     ns__sim_rng_seed(&sim->rng_net, sc->seed, 2);
+    ns__sim_rng_seed(&sim->rng_churn, sc->seed, 3);
+    ns__sim_rng_seed(&sim->rng_lookup, sc->seed, 4);
     size_t events_max = (size_t)NS_SIM_TIMERS_MAX + NS_SIM_PACKETS_MAX + 2 * NS_SIM_NODES_MAX +
                         NS_SIM_TOPICS_MAX + 64;
     int rc = ns__sim_heap_init(&sim->heap, events_max);
@@ -453,13 +455,18 @@ void ns__sim_node_bootstrap(ns_sim *sim, uint32_t serial)
     for (size_t i = 0; i < n; i++) {
         ns_addr addr;
         ns__sim_addr_of(seeds[i], &addr);
-        (void)!ns_dht_ping(node->dht, &addr); /* NS_ELIMIT: the bootstrap goes on with fewer */
+        if (ns_dht_ping(node->dht, &addr) != NS_OK)
+            sim->counts.seed_pings_refused++; /* the bootstrap goes on with fewer seeds */
     }
     ns_sim_op *op = ns__sim_op_new(sim, node, NS_SIM_OP_BOOTSTRAP);
     if (op != NULL && ns_dht_bootstrap(node->dht, ns__sim_op_done, op) == NS_OK)
         return;
     if (op != NULL)
         ns__sim_op_free(sim, op);
+    if (node->bootstrap_tries >= NS_SIM_BOOTSTRAP_TRIES) {
+        sim->counts.bootstrap_failed++;
+        return;
+    }
     sim->counts.bootstrap_retries++;
     uint64_t at_us = sim->now_us + (uint64_t)NS_SIM_BOOTSTRAP_RETRY_MS * 1000;
     NS_ASSERT(ns__sim_schedule(sim, at_us, NS_SIM_EV_BOOTSTRAP, serial) == NS_OK);

@@ -220,8 +220,9 @@ static void print_nodes(FILE *out, const ns_sim *sim)
     fprintf(out, "nodes              %u (joined %llu, left %llu, crashed %llu, live at end %u)\n",
             sim->sc.nodes, (unsigned long long)c->joined, (unsigned long long)c->left,
             (unsigned long long)c->crashed, sim->live_count);
-    fprintf(out, "bootstrap          %llu retries, %llu gave up\n",
-            (unsigned long long)c->bootstrap_retries, (unsigned long long)c->bootstrap_failed);
+    fprintf(out, "bootstrap          %llu retries, %llu gave up, %llu seed pings refused\n",
+            (unsigned long long)c->bootstrap_retries, (unsigned long long)c->bootstrap_failed,
+            (unsigned long long)c->seed_pings_refused);
     fprintf(out,
             "records            %llu own records stored (%llu not), %llu topic records stored "
             "(%llu not)\n",
@@ -263,7 +264,8 @@ void ns__report_print(FILE *out, const ns_sim *sim, const ns_sim_wall *wall)
     fprintf(out, "events             %llu, trace %016llx\n", (unsigned long long)sim->counts.events,
             (unsigned long long)sim->trace_hash);
     double speed = wall->seconds > 0 ? (sc->duration_s + s.drained_s) / wall->seconds : 0;
-    fprintf(out, "wall time          %.2f s, %.1f simulated s per wall s\n", wall->seconds, speed);
+    fprintf(out, "wall time          %.2f s (%.2f s of CPU), %.1f simulated s per wall s\n",
+            wall->seconds, wall->cpu_seconds, speed);
     fprintf(out, "wall memory        peak RSS %.1f MiB, %.1f KiB per simulated node\n",
             (double)wall->peak_rss_kib / 1024, (double)wall->peak_rss_kib / sc->nodes);
 }
@@ -280,7 +282,7 @@ int ns__report_csv(const char *path, const ns_sim *sim, const ns_sim_wall *wall)
                "success_rate,find_node_rate,get_node_rate,get_topic_rate,abandoned,target_left,"
                "hops_p50,hops_p99,latency_p50_ms,latency_p99_ms,messages_per_node_per_min,"
                "bytes_per_node_per_min,contacts_per_node,dead_contact_share,joined,left,crashed,"
-               "trace,wall_s,sim_s_per_wall_s,peak_rss_kib,rss_kib_per_node\n");
+               "trace,wall_s,cpu_s,sim_s_per_wall_s,peak_rss_kib,rss_kib_per_node\n");
     fprintf(f, "\"%s\",%llu,%u,%g,%g,%llu,%llu,%.6f,%.6f,%.6f,%.6f,%llu,%llu,", sc->path,
             (unsigned long long)sc->seed, sc->nodes, sc->duration_s, sc->warmup_s,
             (unsigned long long)s.all.counted, (unsigned long long)s.all.succeeded, rate_of(&s.all),
@@ -293,7 +295,7 @@ int ns__report_csv(const char *path, const ns_sim *sim, const ns_sim_wall *wall)
             (unsigned long long)sim->counts.joined, (unsigned long long)sim->counts.left,
             (unsigned long long)sim->counts.crashed, (unsigned long long)sim->trace_hash);
     double speed = wall->seconds > 0 ? (sc->duration_s + s.drained_s) / wall->seconds : 0;
-    fprintf(f, "%.3f,%.2f,%ld,%.1f\n", wall->seconds, speed, wall->peak_rss_kib,
-            (double)wall->peak_rss_kib / sc->nodes);
+    fprintf(f, "%.3f,%.3f,%.2f,%ld,%.1f\n", wall->seconds, wall->cpu_seconds, speed,
+            wall->peak_rss_kib, (double)wall->peak_rss_kib / sc->nodes);
     return fclose(f) == 0 ? NS_OK : NS_EIO;
 }

@@ -2,10 +2,11 @@
  * rng.c: the simulator's deterministic randomness.
  *
  * Every random choice in a run comes from a xoshiro256** stream seeded through splitmix64 from the
- * run's seed and a stream number (one a node, one for the workload, one for the network), so a run
- * replays exactly from its seed and a change in one stream (a node drawing more bytes) does not
- * shift the others. Values that must be the same whenever they are asked for (a pair's latency, a
- * node's partition group) are hashes, not draws. Never seeded from the clock or the OS.
+ * run's seed and a stream number (one a node; one each for churn, lookups, the network and the
+ * rest of the workload), so a run replays exactly from its seed and a change in one stream (a
+ * node drawing more bytes) does not shift the others. Values that must be the same whenever they
+ * are asked for (a pair's latency, a node's partition group) are hashes, not draws. Never seeded
+ * from the clock or the OS.
  */
 #include <math.h>
 

@@ -73,12 +73,12 @@ void ns__sim_ops_abandon(ns_sim *sim, ns_sim_node *node)
 
 /* A random live node that has bootstrapped (and, with published, whose record is stored),
  * other than `except`; NULL after PICK_TRIES misses. */
-static ns_sim_node *pick_node(ns_sim *sim, uint32_t except, bool published)
+static ns_sim_node *pick_node(ns_sim *sim, ns_sim_rng *rng, uint32_t except, bool published)
 {
     if (sim->live_count == 0)
         return NULL;
     for (int i = 0; i < PICK_TRIES; i++) {
-        uint32_t s = sim->live[ns__sim_rng_below(&sim->rng_work, sim->live_count)];
+        uint32_t s = sim->live[ns__sim_rng_below(rng, sim->live_count)];
         ns_sim_node *node = sim->nodes[s];
         if (s != except && node->ready && (!published || node->published))
             return node;
@@ -90,7 +90,7 @@ static uint32_t pick_topic(ns_sim *sim)
 {
     uint32_t n = sim->sc.topic_records;
     for (int i = 0; n > 0 && i < PICK_TRIES; i++) {
-        uint32_t t = (uint32_t)ns__sim_rng_below(&sim->rng_work, n);
+        uint32_t t = (uint32_t)ns__sim_rng_below(&sim->rng_lookup, n);
         if (sim->topics[t].stored)
             return t;
     }
@@ -104,13 +104,13 @@ static void schedule_next_lookup(ns_sim *sim)
     double rate_per_s = sim->sc.lookups_per_node_per_min * sim->sc.nodes / 60.0;
     if (rate_per_s <= 0)
         return;
-    uint64_t gap_us = (uint64_t)(ns__sim_rng_exp(&sim->rng_work, 1e6 / rate_per_s)) + 1;
+    uint64_t gap_us = (uint64_t)(ns__sim_rng_exp(&sim->rng_lookup, 1e6 / rate_per_s)) + 1;
     NS_ASSERT(ns__sim_schedule(sim, sim->now_us + gap_us, NS_SIM_EV_LOOKUP, 0) == NS_OK);
 }
 
 static ns_sim_op_kind lookup_kind(ns_sim *sim)
 {
-    double u = ns__sim_rng_unit(&sim->rng_work);
+    double u = ns__sim_rng_unit(&sim->rng_lookup);
     if (u < sim->sc.get_node_share)
         return NS_SIM_OP_GET_NODE;
     if (u < sim->sc.get_node_share + sim->sc.get_topic_share)
@@ -130,7 +130,7 @@ static bool lookup_target(ns_sim *sim, ns_sim_op *op, uint32_t self)
         memcpy(op->target, sim->topics[t].key, NS_ID_BYTES);
         return true;
     }
-    ns_sim_node *target = pick_node(sim, self, op->kind == NS_SIM_OP_GET_NODE);
+    ns_sim_node *target = pick_node(sim, &sim->rng_lookup, self, op->kind == NS_SIM_OP_GET_NODE);
     if (target == NULL)
         return false;
     op->target_serial = target->serial;
@@ -143,7 +143,7 @@ void ns__sim_on_lookup(ns_sim *sim)
     if (sim->phase != NS_SIM_PHASE_MEASURE)
         return;
     schedule_next_lookup(sim);
-    ns_sim_node *node = pick_node(sim, NO_SERIAL, false);
+    ns_sim_node *node = pick_node(sim, &sim->rng_lookup, NO_SERIAL, false);
     if (node == NULL)
         return;
     ns_sim_op *op = ns__sim_op_new(sim, node, lookup_kind(sim));
@@ -345,7 +345,7 @@ void ns__sim_on_topic(ns_sim *sim, uint32_t index)
     if (sim->phase >= NS_SIM_PHASE_DRAIN)
         return;
     ns_sim_topic *t = &sim->topics[index];
-    ns_sim_node *author = pick_node(sim, NO_SERIAL, false);
+    ns_sim_node *author = pick_node(sim, &sim->rng_work, NO_SERIAL, false);
     uint64_t retry_us = sim->now_us + (uint64_t)TOPIC_RETRY_MS * 1000;
     if (author == NULL) {
         NS_ASSERT(ns__sim_schedule(sim, retry_us, NS_SIM_EV_TOPIC, index) == NS_OK);
@@ -386,7 +386,7 @@ static void schedule_next_churn(ns_sim *sim, uint64_t from_us)
     double rate_per_s = sim->sc.churn_per_hour * sim->sc.nodes / 3600.0;
     if (rate_per_s <= 0)
         return;
-    uint64_t gap_us = (uint64_t)(ns__sim_rng_exp(&sim->rng_work, 1e6 / rate_per_s)) + 1;
+    uint64_t gap_us = (uint64_t)(ns__sim_rng_exp(&sim->rng_churn, 1e6 / rate_per_s)) + 1;
     NS_ASSERT(ns__sim_schedule(sim, from_us + gap_us, NS_SIM_EV_CHURN, 0) == NS_OK);
 }
 
@@ -397,8 +397,8 @@ void ns__sim_on_churn(ns_sim *sim)
     schedule_next_churn(sim, sim->now_us);
     if (sim->live_count == 0)
         return;
-    uint32_t s = sim->live[ns__sim_rng_below(&sim->rng_work, sim->live_count)];
-    bool crash = ns__sim_rng_unit(&sim->rng_work) < sim->sc.churn_crash_share;
+    uint32_t s = sim->live[ns__sim_rng_below(&sim->rng_churn, sim->live_count)];
+    bool crash = ns__sim_rng_unit(&sim->rng_churn) < sim->sc.churn_crash_share;
     ns__sim_node_depart(sim, s, crash);
     NS_ASSERT(ns__sim_node_join(sim) == NS_OK);
 }
