@@ -22,6 +22,7 @@
 #define NS_LOCK_FILE          "lock"
 #define NS_API_PORT_DEFAULT   8421
 #define NS_PEER_PORT_DEFAULT  8420
+#define NS_MEMORY_MB_DEFAULT  2048 /* a model that trains visibly on a 2-core machine */
 #define NS_HOST_SIZE          64
 #define NS_ERR_TEXT_SIZE      (PATH_MAX + 512) /* a path and what is wrong with it */
 
@@ -40,11 +41,15 @@ typedef struct ns_config {
     ns_addr_text api_listen;    /* local HTTP API; default 127.0.0.1:8421 */
     ns_addr_text listen;        /* peer port (UDP + TCP); default 0.0.0.0:8420 */
     ns_log_level log_level;
-    uint64_t memory_mb; /* memory this node offers the swarm; 0 = half of physical memory */
+    uint64_t memory_mb; /* memory this node offers the swarm; sizes the model (S3) */
     char network[NS_NETWORK_NAME_SIZE];                       /* which swarm to join */
     char bootstrap[NS_BOOTSTRAP_MAX][NS_BOOTSTRAP_TEXT_SIZE]; /* "host:port" seeds */
     size_t bootstrap_count;
-    bool lan_discovery; /* find peers on the local network by UDP multicast */
+    bool lan_discovery;     /* find peers on the local network by UDP multicast */
+    bool train;             /* train solo while the node has no quorum (S5, N = 1) */
+    char dataset[PATH_MAX]; /* a folder of UTF-8 text instead of Genesis; "" = Genesis */
+    uint32_t model_layers;  /* 0 = the architecture function decides (S3) */
+    uint32_t model_hidden;
 } ns_config;
 
 /* Parses "HOST:PORT" ("127.0.0.1:8421", "[::1]:8421", "localhost:0"). */

@@ -44,6 +44,8 @@ static const char usage_main[] =
     "  status           what the running node is doing\n"
     "  peers            the peers in the node's routing table\n"
     "  doctor           what works and what does not in joining the swarm, in plain words\n"
+    "  train status     the node's training: step, loss, tokens/s, ETA\n"
+    "  train start|stop switch training on or off\n"
     "  reload           make the running node re-read its configuration\n"
     "\n"
     "DIR defaults to NEUROSHARD_DATA_DIR, else $XDG_DATA_HOME/neuroshard or\n"
@@ -85,6 +87,13 @@ static const char usage_doctor[] =
     "seed (does it answer? another network?), how many peers answer, whether peers can reach\n"
     "this node (a peer dials it back), and the clock skew against peers. Exits 1 when something\n"
     "needs attention.\n";
+
+static const char usage_train[] =
+    "usage: neuroctl train status [--json] | start | stop\n"
+    "\n"
+    "status: what the node's trainer is doing (GET /training_status). start and stop flip the\n"
+    "training switch (POST /api/train, with the API token); a stopped trainer keeps its model\n"
+    "and resumes where it was.\n";
 
 static const char usage_reload[] = "usage: neuroctl reload\n"
                                    "\n"
@@ -384,8 +393,10 @@ static int read_data_file(const ctl *c, const char *name, char *out, size_t out_
     return NS_OK;
 }
 
-/* Sends one request to the node; on success *status and *body (malloc'd, NUL-terminated). */
-static int http_call(const ctl *c, const char *method, const char *path, long *status, char **body)
+/* Sends one request to the node, with data as the body of a POST (""  for none); on success
+ * *status and *body (malloc'd, NUL-terminated). */
+static int http_call_body(const ctl *c, const char *method, const char *path, const char *data,
+                          long *status, char **body)
 {
     char addr[NS_HOST_SIZE + 16];
     if (c->api != NULL)
@@ -409,7 +420,7 @@ static int http_call(const ctl *c, const char *method, const char *path, long *s
         }
         snprintf(header, sizeof header, "Authorization: Bearer %s", token);
         headers = curl_slist_append(headers, header);
-        curl_easy_setopt(curl, CURLOPT_POSTFIELDS, "");
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDS, data);
         sodium_memzero(header, sizeof header);
         sodium_memzero(token, sizeof token);
     }
@@ -430,6 +441,11 @@ static int http_call(const ctl *c, const char *method, const char *path, long *s
     }
     *body = b.buf != NULL ? b.buf : strdup("");
     return 0;
+}
+
+static int http_call(const ctl *c, const char *method, const char *path, long *status, char **body)
+{
+    return http_call_body(c, method, path, "", status, body);
 }
 
 static int api_error(long status, const char *body)
@@ -638,6 +654,68 @@ static int cmd_doctor(const ctl *c)
     return bad != 0 ? EXIT_FAILED : 0;
 }
 
+static int cmd_train_switch(const ctl *c, bool on)
+{
+    long status = 0;
+    char *body = NULL;
+    int rc = http_call_body(c, "POST", "/api/train", on ? "{\"on\":true}" : "{\"on\":false}",
+                            &status, &body);
+    if (rc != 0)
+        return rc;
+    rc = status == 200 ? 0 : api_error(status, body);
+    if (rc == 0)
+        printf("training %s\n", on ? "started" : "stopped");
+    free(body);
+    return rc;
+}
+
+static int cmd_train(const ctl *c)
+{
+    const char *what = c->argc >= 2 ? c->argv[1] : "status";
+    if (strcmp(what, "start") == 0 || strcmp(what, "stop") == 0) {
+        static const char *const none[] = {NULL};
+        int rc = check_flags(c, 2, none, "neuroctl train");
+        return rc != 0 ? rc : cmd_train_switch(c, strcmp(what, "start") == 0);
+    }
+    if (strcmp(what, "status") != 0 && strncmp(what, "--", 2) != 0)
+        return fail(EXIT_USAGE, "unknown train command '%s' (status, start or stop)", what);
+    static const char *const allowed[] = {"--json", NULL};
+    int rc = check_flags(c, strcmp(what, "status") == 0 ? 2 : 1, allowed, "neuroctl train");
+    json_t *j = NULL;
+    char *raw = NULL;
+    if (rc != 0 || (rc = get_json(c, "/training_status", &j, &raw)) != 0)
+        return rc;
+    if (has_flag(c, "--json")) {
+        printf("%s\n", raw);
+    } else if (!json_is_true(json_object_get(j, "enabled"))) {
+        printf("training      %s\n", json_string_value(json_object_get(j, "phase")));
+    } else {
+        json_t *m = json_object_get(j, "model");
+        const char *err = json_string_value(json_object_get(j, "error"));
+        printf("phase         %s%s\n", json_string_value(json_object_get(j, "phase")),
+               json_is_true(json_object_get(j, "running")) ? "" : " (switched off)");
+        if (err != NULL && err[0] != '\0')
+            printf("error         %s\n", err);
+        printf("model         %lld layers x %lld hidden, vocab %lld, %lld parameters\n",
+               (long long)json_integer_value(json_object_get(m, "layers")),
+               (long long)json_integer_value(json_object_get(m, "hidden")),
+               (long long)json_integer_value(json_object_get(m, "vocab")),
+               (long long)json_integer_value(json_object_get(m, "params")));
+        printf("step          %lld (checkpoint at %lld)\n",
+               (long long)json_integer_value(json_object_get(j, "step")),
+               (long long)json_integer_value(json_object_get(j, "checkpoint_step")));
+        printf("loss          %.4f (validation %.4f)\n",
+               json_real_value(json_object_get(j, "loss")),
+               json_real_value(json_object_get(j, "val_loss")));
+        printf("speed         %.0f tokens/s, ETA %llds\n",
+               json_real_value(json_object_get(j, "tokens_per_s")),
+               (long long)json_integer_value(json_object_get(j, "eta_s")));
+    }
+    json_decref(j);
+    free(raw);
+    return 0;
+}
+
 static int cmd_reload(const ctl *c)
 {
     static const char *const allowed[] = {NULL};
@@ -671,6 +749,7 @@ static const command commands[] = {
     {"reload", NULL, cmd_reload, usage_reload},
     {"peers", NULL, cmd_peers, usage_peers},
     {"doctor", NULL, cmd_doctor, usage_doctor},
+    {"train", NULL, cmd_train, usage_train},
 };
 
 static int parse_global(ctl *c, int argc, char *argv[], bool *help)

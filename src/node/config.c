@@ -34,6 +34,9 @@ static const setting settings[] = {
     {"network", "--network", "NEUROSHARD_NETWORK"},
     {"bootstrap", "--bootstrap", "NEUROSHARD_BOOTSTRAP"},
     {"lan_discovery", "--lan-discovery", "NEUROSHARD_LAN_DISCOVERY"},
+    {"train", "--train", "NEUROSHARD_TRAIN"},
+    {"dataset", "--dataset", "NEUROSHARD_DATASET"},
+    {"model", "--model", "NEUROSHARD_MODEL"},
 };
 #define SETTINGS_COUNT (sizeof settings / sizeof settings[0])
 
@@ -50,7 +53,11 @@ static const char usage[] =
     "  --api-listen H:P     local HTTP API address (default 127.0.0.1:8421; port 0 = any free)\n"
     "  --listen H:P         peer port, UDP and TCP (default 0.0.0.0:8420)\n"
     "  --log-level L        error, warn, info or debug (default info)\n"
-    "  --memory-mb N        memory offered to the swarm (default half of physical memory)\n"
+    "  --memory-mb N        memory offered to the swarm; sizes the model (default 2048)\n"
+    "  --train B            on (default) or off: train solo while there is no quorum\n"
+    "  --dataset DIR        train on the UTF-8 .txt files in DIR instead of Genesis\n"
+    "  --model LxH          override the architecture: L layers of hidden size H\n"
+    "                       (H a multiple of 64), e.g. 2x128; default auto\n"
     "  --bootstrap H:P,...  seed nodes to join through (repeatable; host names allowed);\n"
     "                       none: start a new swarm or find one on the local network\n"
     "  --lan-discovery B    on (default) or off: find peers on the LAN by UDP multicast\n"
@@ -182,6 +189,24 @@ static int add_bootstrap(ns_config *cfg, const char *value, char *why, size_t wh
     return NS_OK;
 }
 
+/* "auto", or "LxH": L layers (1..256) of hidden size H (64..16384, a multiple of 64). */
+static int parse_model(const char *text, uint32_t *layers, uint32_t *hidden)
+{
+    if (strcmp(text, "auto") == 0) {
+        *layers = 0;
+        *hidden = 0;
+        return NS_OK;
+    }
+    unsigned l, h;
+    char tail;
+    if (sscanf(text, "%ux%u%c", &l, &h, &tail) != 2 || l < 1 || l > 256 || h < 64 || h > 16384 ||
+        h % 64 != 0)
+        return NS_EINVAL;
+    *layers = l;
+    *hidden = h;
+    return NS_OK;
+}
+
 static int copy_path(char *dst, size_t dst_size, const char *value)
 {
     size_t n = strlen(value);
@@ -223,6 +248,15 @@ static int config_set(ns_config *cfg, const char *key, const char *value, char *
     } else if (strcmp(key, "lan_discovery") == 0) {
         rc = parse_bool(value, &cfg->lan_discovery);
         snprintf(why, why_size, "lan_discovery '%s' is not on or off", value);
+    } else if (strcmp(key, "train") == 0) {
+        rc = parse_bool(value, &cfg->train);
+        snprintf(why, why_size, "train '%s' is not on or off", value);
+    } else if (strcmp(key, "dataset") == 0) {
+        rc = copy_path(cfg->dataset, sizeof cfg->dataset, value);
+        snprintf(why, why_size, "dataset must be a non-empty path");
+    } else if (strcmp(key, "model") == 0) {
+        rc = parse_model(value, &cfg->model_layers, &cfg->model_hidden);
+        snprintf(why, why_size, "model '%s' is not auto or LxH with H a multiple of 64", value);
     } else if (strcmp(key, "memory_mb") == 0) {
         rc = parse_u64(value, &cfg->memory_mb);
         snprintf(why, why_size, "memory_mb '%s' is not a whole number", value);
@@ -348,6 +382,8 @@ static void config_defaults(ns_config *cfg)
     cfg->listen.port = NS_PEER_PORT_DEFAULT;
     cfg->log_level = NS_LOG_INFO;
     cfg->lan_discovery = true;
+    cfg->train = true;
+    cfg->memory_mb = NS_MEMORY_MB_DEFAULT;
     strcpy(cfg->network, "neuroshard-genesis");
 }
 

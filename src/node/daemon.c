@@ -43,6 +43,7 @@ typedef struct node {
     ns_ledger *ledger;
     ns_api *api;
     ns_net *net;
+    ns_trainer *trainer;
     struct dht_op *dht_ops; /* API requests waiting on a DHT lookup */
     ns_addr_text api_bound;
     int api_fd; /* bound, not yet served */
@@ -254,6 +255,43 @@ static int start_net(node *n)
     if (rc != NS_OK)
         refuse("%s", err);
     return rc;
+}
+
+static void train_config(const node *n, ns_train_config *tc)
+{
+    memset(tc, 0, sizeof *tc);
+    snprintf(tc->data_dir, sizeof tc->data_dir, "%s", n->cfg.data_dir);
+    snprintf(tc->dataset_dir, sizeof tc->dataset_dir, "%s", n->cfg.dataset);
+    tc->key = &n->key;
+    tc->memory_mb = n->memory_mb;
+    tc->model_layers = n->cfg.model_layers;
+    tc->model_hidden = n->cfg.model_hidden;
+    tc->start_running = true;
+}
+
+/* A model that would not fit is refused before anything is allocated or written. */
+static int check_training(node *n)
+{
+    if (!n->cfg.train)
+        return NS_OK;
+    ns_train_config tc;
+    train_config(n, &tc);
+    char err[NS_ERR_TEXT_SIZE];
+    int rc = ns_trainer_check(&tc, err, sizeof err);
+    if (rc != NS_OK)
+        refuse("cannot train: %s (or --train off)", err);
+    return rc;
+}
+
+static void start_training(node *n)
+{
+    if (!n->cfg.train)
+        return;
+    ns_train_config tc;
+    train_config(n, &tc);
+    char err[NS_ERR_TEXT_SIZE];
+    if (ns_trainer_start(&n->trainer, &tc, err, sizeof err) != NS_OK)
+        NS_LOG_E("train", "training not started: %s", err);
 }
 
 static uint64_t physical_memory_mb(void)
@@ -598,6 +636,82 @@ static void free_dht_ops(node *n)
     }
 }
 
+/* ---- training ---------------------------------------------------------------------------- */
+
+static void answer_training_status(node *n, ns_api_request *req)
+{
+    if (n->trainer == NULL) {
+        ns_api_reply_json(req, 200,
+                          json_pack("{s:b, s:s}", "enabled", 0, "phase",
+                                    n->cfg.train ? "not started" : "off (--train off)"));
+        return;
+    }
+    ns_train_status s;
+    ns_trainer_status(n->trainer, &s);
+    json_t *o =
+        json_pack("{s:b, s:b, s:b, s:s, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:I, "
+                  "s:{s:i, s:i, s:i, s:I}, s:i, s:s, s:s}",
+                  "enabled", 1, "ready", s.ready, "running", s.running, "phase", s.phase, "step",
+                  (json_int_t)s.step, "checkpoint_step", (json_int_t)s.checkpoint_step,
+                  "tokens_seen", (json_int_t)s.tokens_seen, "loss", s.loss, "val_loss", s.val_loss,
+                  "tokens_per_s", s.tokens_per_s, "lr", s.lr, "grad_norm", s.grad_norm, "eta_s",
+                  (json_int_t)s.eta_s, "model", "layers", (int)s.layers, "hidden", (int)s.hidden,
+                  "vocab", (int)s.vocab, "params", (json_int_t)s.params, "queued_steps",
+                  (int)s.queued, "role", "solo (genesis, N = 1)", "error", s.error);
+    ns_api_reply_json(req, 200, o);
+}
+
+/* POST /train_step {"steps": N}: N more steps, even while training is paused. */
+static void answer_train_step(node *n, ns_api_request *req)
+{
+    json_int_t steps = 1;
+    if (req->body_len > 0) {
+        json_t *j = json_loadb((const char *)req->body, req->body_len, 0, NULL);
+        json_t *v = j != NULL ? json_object_get(j, "steps") : NULL;
+        if (j == NULL || (v != NULL && !json_is_integer(v))) {
+            json_decref(j);
+            ns_api_error(req, 400, "body must be JSON like {\"steps\": 1}");
+            return;
+        }
+        if (v != NULL)
+            steps = json_integer_value(v);
+        json_decref(j);
+    }
+    if (steps < 1 || steps > NS_TRAIN_QUEUED_MAX) {
+        ns_api_error(req, 400, "steps must be between 1 and 10000");
+        return;
+    }
+    int rc = n->trainer != NULL ? ns_trainer_queue_steps(n->trainer, (uint32_t)steps) : NS_EINVAL;
+    if (rc != NS_OK) {
+        ns_api_error(req, rc == NS_ELIMIT ? 503 : 409,
+                     rc == NS_ELIMIT ? "the trainer is not ready yet or has too many queued"
+                                     : "training is off or stopped on an error "
+                                       "(see /training_status)");
+        return;
+    }
+    ns_api_reply_json(req, 202, json_pack("{s:I}", "queued", steps));
+}
+
+/* POST /api/train {"on": true|false}: the training switch. */
+static void answer_train_switch(node *n, ns_api_request *req)
+{
+    json_t *j = json_loadb((const char *)req->body, req->body_len, 0, NULL);
+    json_t *on = j != NULL ? json_object_get(j, "on") : NULL;
+    if (on == NULL || !json_is_boolean(on)) {
+        json_decref(j);
+        ns_api_error(req, 400, "body must be JSON like {\"on\": true}");
+        return;
+    }
+    bool want = json_is_true(on);
+    json_decref(j);
+    if (n->trainer == NULL) {
+        ns_api_error(req, 409, "training is off (--train off) or failed to start");
+        return;
+    }
+    ns_trainer_set_running(n->trainer, want);
+    ns_api_reply_json(req, 200, json_pack("{s:b}", "running", want));
+}
+
 static void node_reload(node *n);
 
 typedef struct route {
@@ -618,11 +732,19 @@ static void answer_reload(node *n, ns_api_request *req)
 }
 
 static const route routes[] = {
-    {"GET", "/api/stats", answer_stats},           {"GET", "/api/model_info", answer_model_info},
-    {"GET", "/metrics", answer_metrics},           {"GET", "/healthz", answer_healthz},
-    {"POST", "/api/reload", answer_reload},        {"GET", "/api/peers", answer_peers},
-    {"GET", "/api/doctor", answer_doctor},         {"GET", "/api/dht/record", answer_dht_record},
-    {"GET", "/api/dht/lookup", answer_dht_lookup}, {"POST", "/api/dht/put", answer_dht_put},
+    {"GET", "/api/stats", answer_stats},
+    {"GET", "/api/model_info", answer_model_info},
+    {"GET", "/metrics", answer_metrics},
+    {"GET", "/healthz", answer_healthz},
+    {"POST", "/api/reload", answer_reload},
+    {"GET", "/api/peers", answer_peers},
+    {"GET", "/api/doctor", answer_doctor},
+    {"GET", "/api/dht/record", answer_dht_record},
+    {"GET", "/api/dht/lookup", answer_dht_lookup},
+    {"POST", "/api/dht/put", answer_dht_put},
+    {"GET", "/training_status", answer_training_status},
+    {"POST", "/train_step", answer_train_step},
+    {"POST", "/api/train", answer_train_switch},
 };
 
 static void api_handler(void *arg, ns_api_request *req)
@@ -704,6 +826,8 @@ static void node_stop(node *n, const char *why)
     NS_LOG_I("node", "stopping reason=%s", why);
     sd_notify(0, "STOPPING=1");
     ns_chores_stop(&n->chores);
+    ns_trainer_stop(n->trainer); /* finishes the step in progress, writes a checkpoint */
+    n->trainer = NULL;
     ns_net_stop(n->net, true); /* first: no DHT callback comes after this */
     ns_api_stop(n->api);       /* answers requests still waiting on the DHT with 503 */
     n->api = NULL;
@@ -755,6 +879,8 @@ static int node_start(node *n)
     /* Everything that can be refused is checked before the first file is written. */
     n->memory_mb = n->cfg.memory_mb != 0 ? n->cfg.memory_mb : physical_memory_mb() / 2;
     if (rc == NS_OK)
+        rc = check_training(n);
+    if (rc == NS_OK)
         rc = bind_api(n);
     if (rc == NS_OK)
         rc = start_net(n);
@@ -767,6 +893,7 @@ static int node_start(node *n)
     n->started_ms = ns_env_now(&n->uvenv.env);
     watch_signals(n);
     start_chores(n);
+    start_training(n);
     char api[NS_HOST_SIZE + 16];
     ns_addr_format(api, sizeof api, &n->api_bound);
     char peers[NS_ADDR_TEXT_SIZE];

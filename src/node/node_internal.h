@@ -119,4 +119,48 @@ json_t *ns_net_doctor_json(ns_net *net);
 /* Prometheus lines about the network; *text is malloc'd. */
 void ns_net_metrics(ns_net *net, char **text, int *len);
 
+/* ---- solo training (train.c) ------------------------------------------------------------- */
+
+#define NS_TRAIN_CKPT_EVERY 100 /* steps between checkpoints */
+#define NS_TRAIN_QUEUED_MAX 10000
+
+typedef struct ns_train_config {
+    char data_dir[PATH_MAX];
+    char dataset_dir[PATH_MAX]; /* "" = Genesis (the Brown corpus) */
+    const ns_key *key;          /* signs a local dataset's manifest */
+    uint64_t memory_mb;         /* the budget the model is sized for (S3) */
+    uint32_t threads;           /* 0 = one a core */
+    uint32_t checkpoint_every;  /* 0 = NS_TRAIN_CKPT_EVERY */
+    uint32_t model_layers;      /* 0 = the architecture function decides */
+    uint32_t model_hidden;
+    bool start_running;
+} ns_train_config;
+
+typedef struct ns_train_status {
+    bool enabled, ready, running;
+    char phase[32]; /* starting, loading data, tokenizer, building the model, training, ... */
+    char error[512];
+    uint64_t step, checkpoint_step, tokens_seen, eta_s;
+    uint32_t queued;
+    double loss, val_loss, tokens_per_s, lr, grad_norm;
+    uint32_t layers, hidden, vocab;
+    uint64_t params;
+} ns_train_status;
+
+typedef struct ns_trainer ns_trainer;
+
+/* Refuses a model that would not fit cfg->memory_mb or the free memory, before anything is
+ * allocated: the daemon calls it at start and stops with err. */
+NS_MUST_USE int ns_trainer_check(const ns_train_config *cfg, char *err, size_t err_size);
+/* Checks, then starts the trainer thread (which loads data and the last checkpoint). */
+NS_MUST_USE int ns_trainer_start(ns_trainer **out, const ns_train_config *cfg, char *err,
+                                 size_t err_size);
+void ns_trainer_status(ns_trainer *t, ns_train_status *out);
+void ns_trainer_set_running(ns_trainer *t, bool on);
+/* Runs steps more while paused (POST /train_step). NS_ELIMIT when the trainer is not ready yet
+ * or too many are queued; NS_EINVAL when it stopped on an error. */
+NS_MUST_USE int ns_trainer_queue_steps(ns_trainer *t, uint32_t steps);
+/* Stops after the step in progress, writes a checkpoint, joins, frees. NULL is a no-op. */
+void ns_trainer_stop(ns_trainer *t);
+
 #endif

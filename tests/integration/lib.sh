@@ -9,9 +9,9 @@ BUILD=${BUILD:-build}
 NSD=$PWD/$BUILD/neuroshardd
 CTL=$PWD/$BUILD/neuroctl
 TMP_ROOT=$(mktemp -d "${TMPDIR:-/tmp}/ns-it.XXXXXX")
-# Every daemon a test starts: a free loopback peer port and no LAN multicast, unless a test says
-# otherwise with flags (which beat these variables).
-export NEUROSHARD_LISTEN=127.0.0.1:0 NEUROSHARD_LAN_DISCOVERY=off
+# Every daemon a test starts: a free loopback peer port, no LAN multicast and no training, unless
+# a test says otherwise with flags (which beat these variables).
+export NEUROSHARD_LISTEN=127.0.0.1:0 NEUROSHARD_LAN_DISCOVERY=off NEUROSHARD_TRAIN=off
 PIDS=""
 PASSED=0
 FAILED=0

@@ -1,0 +1,634 @@
+/*
+ * train.c: solo training (SPEC S5, the N = 1 Genesis case) on a thread of its own.
+ *
+ * The trainer owns one whole-model stage (src/exec/), the Genesis data (src/data/) and the
+ * checkpoints (src/ckpt/), and runs steps on its own thread so the libuv loop never computes.
+ * Everything that can be refused — a model that does not fit the memory budget or the free
+ * memory, missing or damaged data, a corrupt tokenizer, checkpoints that exist but none loads —
+ * is found before the first large allocation, and leaves what is on disk as it was. The loop
+ * thread reads a status snapshot under a mutex and flips the running switch; nothing else is
+ * shared. A checkpoint is written every NS_TRAIN_CKPT_EVERY steps and when the trainer stops, so
+ * a kill -9 loses at most the steps since the last one.
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "neuroshard/ckpt.h"
+#include "neuroshard/data.h"
+#include "neuroshard/exec.h"
+#include "node_internal.h"
+
+#define TRAIN_VOCAB       8192 /* the tokenizer trained on the Genesis text */
+#define TRAIN_BATCH       8
+#define TRAIN_SEQ         128
+#define TRAIN_SEED        20261126u
+#define TRAIN_VAL_EVERY   50
+#define TRAIN_VAL_BATCHES 4
+#define TRAIN_LOG_EVERY   10
+#define TRAIN_KEEP        5
+#define TRAIN_DECAY_STEPS 20000
+#define MIB               (1024ull * 1024ull)
+
+struct ns_trainer {
+    ns_train_config cfg;
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t lock; /* guards status, running, stop, queued */
+    pthread_cond_t wake;
+    ns_train_status status;
+    bool running;
+    bool stop;
+    uint32_t queued; /* steps asked for by POST /train_step while paused */
+    /* owned by the trainer thread */
+    ns_exec *exec;
+    ns_stage *stage;
+    ns_bpe *bpe;
+    ns_dataset *dataset;
+    uint32_t *train_tokens, *val_tokens;
+    size_t train_count, val_count;
+    ns_data_loader *loader, *val_loader;
+    uint32_t *batch;
+    int32_t *inputs, *targets;
+    ns_optim_config optim;
+    ns_ckpt_tensor *weights, *moments;
+    size_t weight_count, moment_count;
+    char ckpt_dir[PATH_MAX + 32];
+    char csv_path[PATH_MAX + 32];
+};
+
+static double wall_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static uint64_t epoch_ms(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+}
+
+static void set_phase(ns_trainer *t, const char *phase)
+{
+    pthread_mutex_lock(&t->lock);
+    snprintf(t->status.phase, sizeof t->status.phase, "%s", phase);
+    pthread_mutex_unlock(&t->lock);
+}
+
+static void set_error(ns_trainer *t, const char *msg)
+{
+    pthread_mutex_lock(&t->lock);
+    snprintf(t->status.error, sizeof t->status.error, "%s", msg);
+    snprintf(t->status.phase, sizeof t->status.phase, "stopped");
+    pthread_mutex_unlock(&t->lock);
+    NS_LOG_E("train", "training stopped: %s", msg);
+}
+
+/* MemAvailable from /proc/meminfo, in bytes; 0 when it cannot be read. */
+static uint64_t available_bytes(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f == NULL)
+        return 0;
+    char line[128];
+    unsigned long long kib = 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1)
+            break;
+    }
+    fclose(f);
+    return (uint64_t)kib * 1024;
+}
+
+/* The model for the memory budget (S3), the tokenizer's vocabulary in place of the default. */
+static int plan_model(const ns_train_config *cfg, ns_stage_config *sc, char *err, size_t err_size)
+{
+    ns_arch arch;
+    if (ns_arch_for_memory(cfg->memory_mb, &arch) != NS_OK) {
+        snprintf(err, err_size, "memory_mb %llu is below the smallest model (%d MB)",
+                 (unsigned long long)cfg->memory_mb, NS_ARCH_MEMORY_MB_MIN);
+        return NS_EINVAL;
+    }
+    arch.vocab = TRAIN_VOCAB;
+    if (cfg->model_layers != 0) { /* --model LxH: the shape rules of S3, the size given */
+        arch.layers = cfg->model_layers;
+        arch.hidden = cfg->model_hidden;
+        arch.heads = arch.hidden / NS_ARCH_HEAD_DIM;
+        arch.kv_heads = 1;
+        for (uint32_t kv = arch.heads / 3; kv > 1; kv--) {
+            if (arch.heads % kv == 0) {
+                arch.kv_heads = kv;
+                break;
+            }
+        }
+        arch.intermediate = (uint32_t)(((uint64_t)arch.hidden * 8 + 96) / 192 * 64);
+    }
+    arch.params = (uint64_t)arch.layers * ns_arch_layer_params(&arch) +
+                  2ull * arch.vocab * arch.hidden + arch.hidden;
+    memset(sc, 0, sizeof *sc);
+    sc->arch = arch;
+    sc->layer_first = 0;
+    sc->layer_last = arch.layers;
+    sc->batch_max = TRAIN_BATCH;
+    sc->seq_len_max = TRAIN_SEQ;
+    sc->micro_batches_max = 1;
+    uint64_t need;
+    int rc = ns_stage_memory_bytes(sc, &need);
+    if (rc != NS_OK) {
+        snprintf(err, err_size, "cannot size the model: %s", ns_strerror(rc));
+        return rc;
+    }
+    uint64_t budget = cfg->memory_mb * MIB;
+    uint64_t avail = available_bytes();
+    if (need > budget) {
+        snprintf(err, err_size,
+                 "the model for memory_mb %llu needs %llu MiB to train, more than the budget",
+                 (unsigned long long)cfg->memory_mb, (unsigned long long)(need / MIB));
+        return NS_ELIMIT;
+    }
+    if (avail != 0 && need > avail) {
+        snprintf(err, err_size,
+                 "the model needs %llu MiB to train but only %llu MiB are free: lower "
+                 "--memory-mb",
+                 (unsigned long long)(need / MIB), (unsigned long long)(avail / MIB));
+        return NS_ELIMIT;
+    }
+    return NS_OK;
+}
+
+int ns_trainer_check(const ns_train_config *cfg, char *err, size_t err_size)
+{
+    ns_stage_config sc;
+    return plan_model(cfg, &sc, err, err_size);
+}
+
+/* ---- setup on the trainer thread ---------------------------------------------------------- */
+
+/* The Genesis dataset in DATA/dataset, built from the Brown corpus the install step fetched, or
+ * a user's folder of text (--dataset DIR) signed by this node's key. */
+static int open_data(ns_trainer *t, char *err)
+{
+    char dir[PATH_MAX + 32];
+    snprintf(dir, sizeof dir, "%s/dataset", t->cfg.data_dir);
+    t->dataset = calloc(1, sizeof *t->dataset);
+    if (t->dataset == NULL)
+        return NS_ENOMEM;
+    if (t->cfg.dataset_dir[0] != '\0')
+        return ns_dataset_build_from_dir(t->cfg.dataset_dir, dir, "local", t->cfg.key, 0,
+                                         t->dataset, err);
+    if (ns_genesis_open(dir, t->dataset, err) == NS_OK)
+        return NS_OK;
+    char brown[PATH_MAX];
+    int rc = ns_brown_default_dir(brown, sizeof brown);
+    if (rc == NS_OK)
+        rc = ns_genesis_build(brown, dir, t->dataset, err);
+    if (rc != NS_OK && rc != NS_ENOENT)
+        return rc;
+    if (rc == NS_ENOENT)
+        snprintf(err, NS_DATA_ERR_BYTES,
+                 "no training data: the Brown corpus is not in the cache (run "
+                 "scripts/fetch-data.sh) and no --dataset was given");
+    return rc;
+}
+
+/* The tokenizer: DATA/tokenizer.bpe when it is there (a damaged one is refused, not replaced),
+ * else trained on the training text, deterministically, and saved. */
+static int open_tokenizer(ns_trainer *t, char *err)
+{
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/tokenizer.bpe", t->cfg.data_dir);
+    if (access(path, F_OK) == 0)
+        return ns_bpe_load(path, &t->bpe, err);
+    size_t total = 0;
+    uint8_t *text = NULL;
+    for (uint32_t i = 0; i < t->dataset->train_count; i++) {
+        uint8_t *shard;
+        size_t len;
+        int rc = ns_dataset_read_shard(t->dataset, t->dataset->train[i], &shard, &len, err);
+        if (rc != NS_OK) {
+            free(text);
+            return rc;
+        }
+        uint8_t *grown = realloc(text, total + len);
+        if (grown == NULL) {
+            free(shard);
+            free(text);
+            return NS_ENOMEM;
+        }
+        memcpy(grown + total, shard, len);
+        text = grown;
+        total += len;
+        free(shard);
+    }
+    int rc = ns_bpe_train(text, total, TRAIN_VOCAB, &t->bpe);
+    free(text);
+    if (rc == NS_OK)
+        rc = ns_bpe_save(t->bpe, path);
+    if (rc != NS_OK)
+        snprintf(err, NS_DATA_ERR_BYTES, "cannot train or save the tokenizer %.300s: %s", path,
+                 ns_strerror(rc));
+    return rc;
+}
+
+static int open_loaders(ns_trainer *t, char *err)
+{
+    int rc = ns_data_tokenize_shards(t->bpe, t->dataset, t->dataset->train, t->dataset->train_count,
+                                     &t->train_tokens, &t->train_count, err);
+    if (rc == NS_OK && t->dataset->val_count > 0) {
+        rc = ns_data_tokenize_shards(t->bpe, t->dataset, t->dataset->val, t->dataset->val_count,
+                                     &t->val_tokens, &t->val_count, err);
+    } else if (rc == NS_OK) {
+        /* A dataset of one shard has no validation split: hold out its last tenth instead. */
+        size_t held = t->train_count / 10;
+        t->val_tokens = malloc(sizeof *t->val_tokens * (held > 0 ? held : 1));
+        if (t->val_tokens == NULL)
+            return NS_ENOMEM;
+        memcpy(t->val_tokens, t->train_tokens + t->train_count - held,
+               sizeof *t->val_tokens * held);
+        t->val_count = held;
+        t->train_count -= held;
+    }
+    if (rc == NS_OK)
+        rc = ns_data_loader_new(t->train_tokens, t->train_count, TRAIN_BATCH, TRAIN_SEQ, TRAIN_SEED,
+                                &t->loader);
+    if (rc == NS_OK)
+        rc = ns_data_loader_new(t->val_tokens, t->val_count, TRAIN_BATCH, TRAIN_SEQ, TRAIN_SEED + 1,
+                                &t->val_loader);
+    if (rc != NS_OK && err[0] == '\0')
+        snprintf(err, NS_DATA_ERR_BYTES, "not enough text to train on: %s", ns_strerror(rc));
+    return rc;
+}
+
+static ns_ckpt_tensor *ckpt_views(const ns_named_tensor *named, size_t count)
+{
+    ns_ckpt_tensor *v = calloc(count > 0 ? count : 1, sizeof *v);
+    for (size_t i = 0; v != NULL && i < count; i++) {
+        v[i].name = named[i].name;
+        v[i].ndim = named[i].tensor.ndim;
+        for (uint32_t d = 0; d < named[i].tensor.ndim; d++)
+            v[i].shape[d] = named[i].tensor.shape[d];
+        v[i].data = named[i].tensor.data;
+    }
+    return v;
+}
+
+static void llama_config(const ns_trainer *t, ns_ckpt_llama_config *c)
+{
+    const ns_arch *a = &ns_stage_config_of(t->stage)->arch;
+    *c = (ns_ckpt_llama_config){.hidden_size = a->hidden,
+                                .intermediate_size = a->intermediate,
+                                .num_attention_heads = a->heads,
+                                .num_key_value_heads = a->kv_heads,
+                                .num_hidden_layers = a->layers,
+                                .vocab_size = a->vocab,
+                                .max_position_embeddings = a->seq_len_max,
+                                .rms_norm_eps = NS_EXEC_RMSNORM_EPS,
+                                .rope_theta = NS_EXEC_ROPE_THETA,
+                                .bos_token_id = -1,
+                                .eos_token_id = NS_BPE_EOT};
+}
+
+/* The model: the newest checkpoint that verifies, else fresh weights from the seed. Checkpoints
+ * that exist but none of which loads are an error: they are kept for a person to look at. */
+static int open_model(ns_trainer *t, char *err)
+{
+    ns_stage_config sc;
+    int rc = plan_model(&t->cfg, &sc, err, NS_DATA_ERR_BYTES);
+    if (rc == NS_OK)
+        rc = ns_exec_new(&t->exec, t->cfg.threads, NS_EXEC_FAST);
+    if (rc == NS_OK)
+        rc = ns_stage_new(&t->stage, t->exec, &sc);
+    if (rc != NS_OK) {
+        if (err[0] == '\0')
+            snprintf(err, NS_DATA_ERR_BYTES, "cannot build the model: %s", ns_strerror(rc));
+        return rc;
+    }
+    size_t np, no;
+    const ns_named_tensor *params = ns_stage_params(t->stage, &np);
+    const ns_named_tensor *moments = ns_stage_optim_state(t->stage, &no);
+    t->weights = ckpt_views(params, np);
+    t->moments = ckpt_views(moments, no);
+    t->weight_count = np;
+    t->moment_count = no;
+    if (t->weights == NULL || t->moments == NULL)
+        return NS_ENOMEM;
+    ns_ckpt_state state;
+    ns_ckpt_llama_config config;
+    ns_ckpt_info info;
+    rc = ns_ckpt_load_latest(t->ckpt_dir, t->weights, np, t->moments, no, &state, &config, &info,
+                             err, NS_DATA_ERR_BYTES);
+    if (rc == NS_ENOENT) {
+        err[0] = '\0';
+        ns_stage_init(t->stage, TRAIN_SEED);
+        return NS_OK;
+    }
+    if (rc != NS_OK)
+        return rc;
+    ns_stage_set_optim_step(t->stage, state.step);
+    ns_data_pos pos = {.epoch = state.data_epoch, .index = state.data_offset};
+    if (ns_data_loader_seek(t->loader, pos) != NS_OK)
+        NS_LOG_W("train", "saved data position not valid for this data; starting the epoch over");
+    NS_LOG_I("train", "resumed from checkpoint step=%llu dir=%s", (unsigned long long)state.step,
+             t->ckpt_dir);
+    return NS_OK;
+}
+
+static int save_checkpoint(ns_trainer *t)
+{
+    ns_data_pos pos = ns_data_loader_pos(t->loader);
+    ns_ckpt_state state = {.step = ns_stage_optim_step(t->stage),
+                           .timestamp_ms = epoch_ms(),
+                           .data_epoch = pos.epoch,
+                           .data_offset = pos.index};
+    ns_ckpt_llama_config config;
+    llama_config(t, &config);
+    char err[NS_CKPT_ERR_SIZE];
+    ns_ckpt_info info;
+    int rc = ns_ckpt_save(t->ckpt_dir, t->weights, t->weight_count, t->moments, t->moment_count,
+                          &state, &config, TRAIN_KEEP, &info, err, sizeof err);
+    if (rc != NS_OK) {
+        NS_LOG_E("train", "checkpoint failed: %s", err);
+        return rc;
+    }
+    pthread_mutex_lock(&t->lock);
+    t->status.checkpoint_step = state.step;
+    pthread_mutex_unlock(&t->lock);
+    NS_LOG_I("train", "checkpoint step=%llu dir=%s", (unsigned long long)state.step, t->ckpt_dir);
+    return NS_OK;
+}
+
+/* ---- steps -------------------------------------------------------------------------------- */
+
+static void split_batch(ns_trainer *t)
+{
+    for (uint32_t b = 0; b < TRAIN_BATCH; b++) {
+        const uint32_t *row = t->batch + (size_t)b * (TRAIN_SEQ + 1);
+        for (uint32_t i = 0; i < TRAIN_SEQ; i++) {
+            t->inputs[(size_t)b * TRAIN_SEQ + i] = (int32_t)row[i];
+            t->targets[(size_t)b * TRAIN_SEQ + i] = (int32_t)row[i + 1];
+        }
+    }
+}
+
+static int forward_batch(ns_trainer *t, uint64_t id, float *loss)
+{
+    split_batch(t);
+    ns_stage_input in = {
+        .batch = TRAIN_BATCH, .seq_len = TRAIN_SEQ, .tokens = t->inputs, .targets = t->targets};
+    return ns_stage_forward(t->stage, id, &in, loss);
+}
+
+static int train_step(ns_trainer *t, float *loss, ns_optim_report *report)
+{
+    uint64_t id = ns_stage_optim_step(t->stage);
+    ns_data_loader_next(t->loader, t->batch);
+    int rc = forward_batch(t, id, loss);
+    float one = 1.0f;
+    if (rc == NS_OK)
+        rc = ns_stage_backward(t->stage, id, &one, NULL);
+    if (rc == NS_OK)
+        ns_stage_optimize(t->stage, &t->optim, report);
+    return rc;
+}
+
+/* Mean loss over a few held-out batches (the same ones every time: the loader is reset). */
+static double validate(ns_trainer *t)
+{
+    ns_data_pos start = {0, 0};
+    if (ns_data_loader_seek(t->val_loader, start) != NS_OK)
+        return NAN;
+    double sum = 0;
+    for (int k = 0; k < TRAIN_VAL_BATCHES; k++) {
+        ns_data_loader_next(t->val_loader, t->batch);
+        float loss;
+        if (forward_batch(t, UINT64_MAX - 1, &loss) != NS_OK)
+            return NAN;
+        if (ns_stage_drop(t->stage, UINT64_MAX - 1) != NS_OK)
+            return NAN;
+        sum += loss;
+    }
+    return sum / TRAIN_VAL_BATCHES;
+}
+
+static void append_csv(ns_trainer *t, uint64_t step, double loss, double val, double lr,
+                       double tok_s)
+{
+    FILE *f = fopen(t->csv_path, "a");
+    if (f == NULL)
+        return;
+    if (ftell(f) == 0)
+        fprintf(f, "step,loss,val_loss,lr,tokens_per_s,unix_ms\n");
+    fprintf(f, "%llu,%.5f,%.5f,%.3g,%.1f,%llu\n", (unsigned long long)step, loss, val, lr, tok_s,
+            (unsigned long long)epoch_ms());
+    fclose(f);
+}
+
+/* Waits until there is a step to run; false when the trainer is to stop. */
+static bool next_step_allowed(ns_trainer *t)
+{
+    pthread_mutex_lock(&t->lock);
+    while (!t->stop && !t->running && t->queued == 0)
+        pthread_cond_wait(&t->wake, &t->lock);
+    bool go = !t->stop;
+    if (go && !t->running)
+        t->queued--;
+    snprintf(t->status.phase, sizeof t->status.phase, "%s", go ? "training" : "stopping");
+    pthread_mutex_unlock(&t->lock);
+    return go;
+}
+
+static void record_step(ns_trainer *t, uint64_t step, float loss, const ns_optim_report *rep,
+                        double step_s)
+{
+    double tok_s = (double)TRAIN_BATCH * TRAIN_SEQ / (step_s > 1e-9 ? step_s : 1e-9);
+    double val = NAN;
+    if (step % TRAIN_VAL_EVERY == 0 || step == 1)
+        val = validate(t);
+    pthread_mutex_lock(&t->lock);
+    ns_train_status *s = &t->status;
+    s->step = step;
+    s->loss = loss;
+    s->tokens_per_s = s->tokens_per_s == 0 ? tok_s : 0.9 * s->tokens_per_s + 0.1 * tok_s;
+    s->lr = rep->lr;
+    s->grad_norm = rep->grad_norm;
+    s->tokens_seen += (uint64_t)TRAIN_BATCH * TRAIN_SEQ;
+    if (!isnan(val))
+        s->val_loss = val;
+    uint64_t left = step < TRAIN_DECAY_STEPS ? TRAIN_DECAY_STEPS - step : 0;
+    s->eta_s = (uint64_t)((double)left * (double)TRAIN_BATCH * TRAIN_SEQ / s->tokens_per_s);
+    pthread_mutex_unlock(&t->lock);
+    if (step % TRAIN_LOG_EVERY == 0 || step == 1 || !isnan(val))
+        NS_LOG_I("train", "step=%llu loss=%.4f val_loss=%.4f lr=%.2e tok_s=%.0f eta_s=%llu",
+                 (unsigned long long)step, loss, t->status.val_loss, rep->lr,
+                 t->status.tokens_per_s, (unsigned long long)t->status.eta_s);
+    append_csv(t, step, loss, isnan(val) ? t->status.val_loss : val, rep->lr, tok_s);
+}
+
+static void *trainer_main(void *arg)
+{
+    ns_trainer *t = arg;
+    char err[NS_DATA_ERR_BYTES] = "";
+    set_phase(t, "loading data");
+    int rc = open_data(t, err);
+    if (rc == NS_OK) {
+        set_phase(t, "tokenizer");
+        rc = open_tokenizer(t, err);
+    }
+    if (rc == NS_OK)
+        rc = open_loaders(t, err);
+    if (rc == NS_OK) {
+        set_phase(t, "building the model");
+        rc = open_model(t, err);
+    }
+    t->batch = malloc(sizeof *t->batch * TRAIN_BATCH * (TRAIN_SEQ + 1));
+    t->inputs = malloc(sizeof *t->inputs * TRAIN_BATCH * TRAIN_SEQ);
+    t->targets = malloc(sizeof *t->targets * TRAIN_BATCH * TRAIN_SEQ);
+    if (rc == NS_OK && (t->batch == NULL || t->inputs == NULL || t->targets == NULL))
+        rc = NS_ENOMEM;
+    if (rc != NS_OK) {
+        set_error(t, err[0] != '\0' ? err : ns_strerror(rc));
+        return NULL;
+    }
+    const ns_arch *a = &ns_stage_config_of(t->stage)->arch;
+    pthread_mutex_lock(&t->lock);
+    t->status.ready = true;
+    t->status.layers = a->layers;
+    t->status.hidden = a->hidden;
+    t->status.vocab = a->vocab;
+    t->status.params = a->params;
+    t->status.step = ns_stage_optim_step(t->stage);
+    t->status.checkpoint_step = t->status.step;
+    pthread_mutex_unlock(&t->lock);
+    NS_LOG_I("train",
+             "model layers=%u hidden=%u heads=%u kv_heads=%u vocab=%u params=%llu "
+             "step=%llu",
+             a->layers, a->hidden, a->heads, a->kv_heads, a->vocab, (unsigned long long)a->params,
+             (unsigned long long)t->status.step);
+    uint64_t since_ckpt = 0;
+    while (next_step_allowed(t)) {
+        float loss;
+        ns_optim_report rep;
+        double t0 = wall_s();
+        if (train_step(t, &loss, &rep) != NS_OK || !isfinite(loss)) {
+            set_error(t, "a training step failed (loss not finite or a shape error)");
+            break;
+        }
+        record_step(t, ns_stage_optim_step(t->stage), loss, &rep, wall_s() - t0);
+        if (++since_ckpt >= t->cfg.checkpoint_every && save_checkpoint(t) == NS_OK)
+            since_ckpt = 0;
+    }
+    if (since_ckpt > 0)
+        (void)save_checkpoint(t); /* a clean stop loses nothing */
+    set_phase(t, "stopped");
+    return NULL;
+}
+
+/* ---- the loop thread's side --------------------------------------------------------------- */
+
+int ns_trainer_start(ns_trainer **out, const ns_train_config *cfg, char *err, size_t err_size)
+{
+    int rc = ns_trainer_check(cfg, err, err_size);
+    if (rc != NS_OK)
+        return rc;
+    ns_trainer *t = calloc(1, sizeof *t);
+    if (t == NULL)
+        return NS_ENOMEM;
+    t->cfg = *cfg;
+    if (t->cfg.threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        t->cfg.threads = n > 0 ? (uint32_t)(n < NS_EXEC_THREADS_MAX ? n : NS_EXEC_THREADS_MAX) : 1;
+    }
+    if (t->cfg.checkpoint_every == 0)
+        t->cfg.checkpoint_every = NS_TRAIN_CKPT_EVERY;
+    snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", cfg->data_dir);
+    snprintf(t->csv_path, sizeof t->csv_path, "%s/train.csv", cfg->data_dir);
+    ns_optim_config_default(&t->optim);
+    t->optim.lr_max = 1e-3;
+    t->optim.lr_min = 1e-4;
+    t->optim.warmup_steps = 50;
+    t->optim.decay_steps = TRAIN_DECAY_STEPS;
+    t->running = cfg->start_running;
+    t->status.enabled = true;
+    t->status.running = t->running;
+    snprintf(t->status.phase, sizeof t->status.phase, "starting");
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_cond_init(&t->wake, NULL);
+    if (pthread_create(&t->thread, NULL, trainer_main, t) != 0) {
+        snprintf(err, err_size, "cannot start the training thread");
+        free(t);
+        return NS_EIO;
+    }
+    t->thread_started = true;
+    *out = t;
+    return NS_OK;
+}
+
+void ns_trainer_status(ns_trainer *t, ns_train_status *out)
+{
+    pthread_mutex_lock(&t->lock);
+    *out = t->status;
+    out->running = t->running;
+    out->queued = t->queued;
+    pthread_mutex_unlock(&t->lock);
+}
+
+void ns_trainer_set_running(ns_trainer *t, bool on)
+{
+    pthread_mutex_lock(&t->lock);
+    t->running = on;
+    pthread_cond_signal(&t->wake);
+    pthread_mutex_unlock(&t->lock);
+    NS_LOG_I("train", "training %s", on ? "started" : "paused");
+}
+
+int ns_trainer_queue_steps(ns_trainer *t, uint32_t steps)
+{
+    pthread_mutex_lock(&t->lock);
+    int rc = NS_OK;
+    if (!t->status.ready)
+        rc = t->status.error[0] != '\0' ? NS_EINVAL : NS_ELIMIT;
+    else if (t->queued + (uint64_t)steps > NS_TRAIN_QUEUED_MAX)
+        rc = NS_ELIMIT;
+    else
+        t->queued += steps;
+    pthread_cond_signal(&t->wake);
+    pthread_mutex_unlock(&t->lock);
+    return rc;
+}
+
+void ns_trainer_stop(ns_trainer *t)
+{
+    if (t == NULL)
+        return;
+    pthread_mutex_lock(&t->lock);
+    t->stop = true;
+    pthread_cond_signal(&t->wake);
+    pthread_mutex_unlock(&t->lock);
+    if (t->thread_started)
+        pthread_join(t->thread, NULL);
+    ns_data_loader_free(t->loader);
+    ns_data_loader_free(t->val_loader);
+    free(t->train_tokens);
+    free(t->val_tokens);
+    free(t->batch);
+    free(t->inputs);
+    free(t->targets);
+    free(t->weights);
+    free(t->moments);
+    ns_stage_free(t->stage);
+    ns_exec_free(t->exec);
+    ns_bpe_free(t->bpe);
+    free(t->dataset);
+    pthread_cond_destroy(&t->wake);
+    pthread_mutex_destroy(&t->lock);
+    free(t);
+}
