@@ -38,13 +38,13 @@ typedef enum {
 size_t ns_dtype_size(uint32_t dtype);
 
 /* A view of a tensor: dtype, shape and the bytes, owned by someone else. */
-typedef struct ns_tensor {
+typedef struct ns_wire_tensor {
     uint32_t dtype; /* ns_dtype; NS_DTYPE_NONE when the frame carries no tensor */
     uint32_t ndim;
     uint32_t shape[NS_TENSOR_DIMS_MAX];
     const uint8_t *data;
     size_t bytes; /* product of shape times ns_dtype_size(dtype) */
-} ns_tensor;
+} ns_wire_tensor;
 
 typedef enum {
     NS_FRAME_DHT = 1,          /* a DHT packet (datagram channel) */
@@ -60,7 +60,7 @@ struct ns_frame {
     uint32_t type;       /* ns_frame_type */
     const uint8_t *body; /* type-specific message bytes */
     size_t body_len;
-    ns_tensor tensor; /* tensor.dtype == NS_DTYPE_NONE: none */
+    ns_wire_tensor tensor; /* tensor.dtype == NS_DTYPE_NONE: none */
 };
 
 /* Size ns_frame_encode will write; NS_ETOOBIG / NS_EINVAL for a frame that is over a limit or

@@ -75,7 +75,7 @@ static int header_build(const ns_frame *f, Neuroshard__FrameHeader *hdr,
     hdr->body.data = (uint8_t *)f->body;
     hdr->body.len = f->body_len;
     *payload_bytes = 0;
-    const ns_tensor *t = &f->tensor;
+    const ns_wire_tensor *t = &f->tensor;
     if (t->dtype != NS_DTYPE_NONE) {
         size_t bytes;
         int rc = tensor_bytes(t->dtype, t->shape, t->ndim, &bytes);
@@ -180,7 +180,7 @@ static int frame_from_header(const Neuroshard__FrameHeader *hdr, const uint8_t *
 {
     if (hdr->type == 0)
         return NS_EPARSE;
-    ns_tensor tensor = {.dtype = NS_DTYPE_NONE};
+    ns_wire_tensor tensor = {.dtype = NS_DTYPE_NONE};
     if (hdr->tensor != NULL) {
         const Neuroshard__TensorMeta *meta = hdr->tensor;
         size_t bytes;

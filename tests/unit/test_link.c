@@ -110,7 +110,7 @@ typedef struct rx_frame {
     uint32_t type;
     uint8_t *body;
     size_t body_len;
-    ns_tensor tensor; /* data is a malloc'd copy */
+    ns_wire_tensor tensor; /* data is a malloc'd copy */
 } rx_frame;
 
 typedef struct test_pair test_pair;
