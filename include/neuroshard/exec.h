@@ -174,6 +174,11 @@ void ns_attention_forward(ns_exec *ex, float *out, float *att, const float *q, c
 void ns_attention_backward(ns_exec *ex, float *dq, float *dk, float *dv, float *scratch,
                            const float *dout, const float *q, const float *k, const float *v,
                            const float *att, size_t B, size_t T, size_t H, size_t HKV, size_t D);
+/* Attention of n new query rows at positions pos..pos+n-1 (q: [n,H,D], already rotated) over the
+ * cached keys and values of positions 0..pos+n-1 (k, v: [pos+n,HKV,D]), each row seeing the keys
+ * up to its own position: out[n,H,D]. scratch: threads * (pos + n) floats. */
+void ns_attention_decode(ns_exec *ex, float *out, const float *q, const float *k, const float *v,
+                         size_t n, size_t pos, size_t H, size_t HKV, size_t D, float *scratch);
 
 /* out[B,T,F] = silu(gate) * up, silu(x) = x / (1 + exp(-x)). */
 void ns_swiglu_forward(ns_exec *ex, float *out, const float *gate, const float *up, size_t B,
@@ -266,6 +271,58 @@ void ns_stage_zero_grad(ns_stage *st);
 /* AdamW updates done so far (the optimizer state's step); a checkpoint restores it. */
 uint64_t ns_stage_optim_step(const ns_stage *st);
 void ns_stage_set_optim_step(ns_stage *st, uint64_t step);
+
+/* ---- inference ---------------------------------------------------------------------------- */
+
+#define NS_EXEC_DECODE_CHUNK                                                                       \
+    64 /* positions a decode pass computes at once (a longer prefill loops) */
+
+/* The keys and values of one sequence through one stage, so that each new token costs one
+ * position's work instead of the whole prefix's. capacity is the longest sequence it holds
+ * (<= the stage's seq_len_max, the reach of its rotary table). */
+typedef struct ns_kv_cache ns_kv_cache;
+
+/* Bytes that ns_kv_cache_new would allocate. NS_EINVAL for capacity 0 or beyond seq_len_max. */
+NS_MUST_USE int ns_kv_cache_memory_bytes(const ns_stage *st, uint32_t capacity, uint64_t *out);
+NS_MUST_USE int ns_kv_cache_new(ns_kv_cache **out, const ns_stage *st, uint32_t capacity);
+void ns_kv_cache_free(ns_kv_cache *kv);
+/* Forgets the sequence: the next decode starts at position 0. */
+void ns_kv_cache_reset(ns_kv_cache *kv);
+uint32_t ns_kv_cache_len(const ns_kv_cache *kv);
+uint32_t ns_kv_cache_capacity(const ns_kv_cache *kv);
+
+/* Inference forward of n new positions of the sequence in kv (batch 1, no gradients kept): their
+ * keys and values join the cache. Input: tokens [n] at the stage with the embedding, else acts
+ * [n,C]. out: [n,C] activations, or at the stage with the head the logits [V] of the last new
+ * position. The results match ns_stage_forward over the whole sequence within float rounding.
+ * NS_EINVAL: n 0, a missing input, a token outside the vocabulary, or kv made for another stage;
+ * NS_ELIMIT: the sequence would pass the cache's capacity. Nothing changes on an error. */
+NS_MUST_USE int ns_stage_decode(ns_stage *st, ns_kv_cache *kv, uint32_t n, const int32_t *tokens,
+                                const float *acts, float *out);
+
+/* How the next token is drawn from logits. temperature 0 is greedy (the highest logit, the lowest
+ * id on a tie); otherwise softmax(logits / temperature) restricted to the top_k highest (0: all)
+ * and then to the smallest prefix whose probability reaches top_p (1: all). */
+typedef struct ns_sample_config {
+    double temperature; /* 0..NS_SAMPLE_TEMPERATURE_MAX */
+    uint32_t top_k;     /* 0..vocab */
+    double top_p;       /* (0, 1] */
+    uint64_t seed;      /* the same seed and logits give the same tokens on every machine */
+} ns_sample_config;
+
+#define NS_SAMPLE_TEMPERATURE_MAX 100.0
+
+typedef struct ns_sampler ns_sampler;
+
+/* NS_EINVAL with a reason in err (when not NULL) for a parameter out of range. */
+NS_MUST_USE int ns_sample_config_check(const ns_sample_config *cfg, uint32_t vocab,
+                                       const char **err);
+/* A sampler for cfg; the same refusals as ns_sample_config_check. */
+NS_MUST_USE int ns_sampler_new(ns_sampler **out, uint32_t vocab, const ns_sample_config *cfg,
+                               const char **err);
+void ns_sampler_free(ns_sampler *s);
+/* The next token id for logits [vocab]. NaN logits never win. */
+uint32_t ns_sampler_next(ns_sampler *s, const float *logits);
 
 /* ---- optimizer ---------------------------------------------------------------------------- */
 

@@ -9,6 +9,7 @@
 #include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <math.h>
 #include <jansson.h>
 #include <limits.h>
 #include <sodium.h>
@@ -25,6 +26,7 @@
 #define EXIT_USAGE          2
 #define HTTP_BODY_BYTES_MAX (1024 * 1024)
 #define HTTP_TIMEOUT_S      10
+#define GENERATE_TIMEOUT_S  600 /* a long generation waits for a training step, then decodes */
 #define ARGS_MAX            32
 
 typedef struct ctl {
@@ -46,6 +48,7 @@ static const char usage_main[] =
     "  doctor           what works and what does not in joining the swarm, in plain words\n"
     "  train status     the node's training: step, loss, tokens/s, ETA\n"
     "  train start|stop switch training on or off\n"
+    "  generate TEXT    continue TEXT with the node's model\n"
     "  reload           make the running node re-read its configuration\n"
     "\n"
     "DIR defaults to NEUROSHARD_DATA_DIR, else $XDG_DATA_HOME/neuroshard or\n"
@@ -95,10 +98,25 @@ static const char usage_train[] =
     "training switch (POST /api/train, with the API token); a stopped trainer keeps its model\n"
     "and resumes where it was.\n";
 
+static const char usage_generate[] =
+    "usage: neuroctl generate [options] TEXT   (TEXT '-' or absent: read from stdin)\n"
+    "\n"
+    "Continues TEXT with the model the node trains (POST /generate_text, with the API token)\n"
+    "and prints TEXT followed by the continuation; a line on stderr tells the tokens, speed,\n"
+    "training step, seed and why it stopped.\n"
+    "  --max-tokens N     tokens to generate, 1..1024 (default 64)\n"
+    "  --temperature T    0 is greedy; higher is more random (default 0.8)\n"
+    "  --top-k K          sample among the K likeliest tokens, 0 = all (default 40)\n"
+    "  --top-p P          ... and among the fewest whose probability reaches P (default 0.95)\n"
+    "  --seed S           the same seed, weights and settings give the same text\n"
+    "  --json             print the node's answer as it is\n";
+
 static const char usage_reload[] = "usage: neuroctl reload\n"
                                    "\n"
                                    "Makes the running node re-read its configuration, as SIGHUP "
                                    "does (POST /api/reload, with the API token).\n";
+
+static long http_timeout_s = HTTP_TIMEOUT_S;
 
 static int NS_PRINTF(2, 3) fail(int code, const char *fmt, ...)
 {
@@ -426,7 +444,7 @@ static int http_call_body(const ctl *c, const char *method, const char *path, co
     }
     curl_easy_setopt(curl, CURLOPT_URL, url);
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(curl, CURLOPT_TIMEOUT, (long)HTTP_TIMEOUT_S);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT, http_timeout_s);
     curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, http_collect);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &b);
@@ -716,6 +734,138 @@ static int cmd_train(const ctl *c)
     return 0;
 }
 
+/* ---- generate ----------------------------------------------------------------------------- */
+
+#define GENERATE_STDIN_MAX 16384
+
+/* value of an option taking a number: a finite real, or an integer with integer_only */
+static int option_number(const char *name, const char *text, bool integer_only, json_t **out)
+{
+    char *end = NULL;
+    errno = 0;
+    if (integer_only) {
+        long long v = strtoll(text, &end, 10);
+        if (errno == 0 && end != text && *end == '\0' && v >= 0) {
+            *out = json_integer(v);
+            return 0;
+        }
+        return fail(EXIT_USAGE, "%s needs a whole number >= 0, not '%s'", name, text);
+    }
+    double v = strtod(text, &end);
+    if (errno == 0 && end != text && *end == '\0' && isfinite(v)) {
+        *out = json_real(v);
+        return 0;
+    }
+    return fail(EXIT_USAGE, "%s needs a number, not '%s'", name, text);
+}
+
+/* The prompt from stdin, up to GENERATE_STDIN_MAX bytes; malloc'd, NULL on failure. */
+static char *read_stdin_prompt(void)
+{
+    char *buf = malloc(GENERATE_STDIN_MAX + 2);
+    if (buf == NULL)
+        return NULL;
+    size_t n = fread(buf, 1, GENERATE_STDIN_MAX + 1, stdin);
+    if (n > GENERATE_STDIN_MAX) {
+        free(buf);
+        fail(EXIT_USAGE, "the prompt on stdin is longer than %d bytes", GENERATE_STDIN_MAX);
+        return NULL;
+    }
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        n--;
+    buf[n] = '\0';
+    return buf;
+}
+
+static int print_generation(const char *prompt, json_t *j)
+{
+    const char *text = json_string_value(json_object_get(j, "text"));
+    if (text == NULL)
+        return fail(EXIT_FAILED, "the node's answer has no text");
+    printf("%s%s\n", prompt, text);
+    fprintf(stderr, "[%lld tokens in %.2f s, %.0f tokens/s; model step %lld, seed %lld; %s]\n",
+            (long long)json_integer_value(json_object_get(j, "generated_tokens")),
+            json_real_value(json_object_get(j, "seconds")),
+            json_real_value(json_object_get(j, "tokens_per_s")),
+            (long long)json_integer_value(json_object_get(j, "step")),
+            (long long)json_integer_value(json_object_get(j, "seed")),
+            json_string_value(json_object_get(j, "finish_reason")));
+    return 0;
+}
+
+static int cmd_generate(const ctl *c)
+{
+    static const struct {
+        const char *flag, *field;
+        bool integer;
+    } options[] = {{"--max-tokens", "max_tokens", true},
+                   {"--temperature", "temperature", false},
+                   {"--top-k", "top_k", true},
+                   {"--top-p", "top_p", false},
+                   {"--seed", "seed", true}};
+    json_t *req = json_object();
+    const char *prompt = NULL;
+    bool as_json = false;
+    int rc = 0;
+    for (int i = 1; i < c->argc && rc == 0; i++) {
+        const char *a = c->argv[i];
+        size_t k = 0;
+        while (k < sizeof options / sizeof options[0] && strcmp(a, options[k].flag) != 0)
+            k++;
+        if (k < sizeof options / sizeof options[0]) {
+            json_t *v = NULL;
+            if (i + 1 >= c->argc)
+                rc = fail(EXIT_USAGE, "%s needs a value", a);
+            else if ((rc = option_number(a, c->argv[++i], options[k].integer, &v)) == 0)
+                json_object_set_new(req, options[k].field, v);
+        } else if (strcmp(a, "--json") == 0) {
+            as_json = true;
+        } else if (strncmp(a, "--", 2) == 0) {
+            rc = fail(EXIT_USAGE, "unknown option '%s' (see 'neuroctl generate --help')", a);
+        } else if (prompt != NULL) {
+            rc = fail(EXIT_USAGE, "give the prompt as one argument (quote it)");
+        } else {
+            prompt = a;
+        }
+    }
+    char *owned = NULL;
+    if (rc == 0 && (prompt == NULL || strcmp(prompt, "-") == 0)) {
+        owned = read_stdin_prompt();
+        prompt = owned;
+        if (owned == NULL)
+            rc = EXIT_USAGE;
+    }
+    if (rc == 0 && prompt[0] == '\0')
+        rc = fail(EXIT_USAGE, "the prompt is empty");
+    char *data = NULL;
+    if (rc == 0) {
+        json_object_set_new(req, "prompt", json_string(prompt));
+        data = json_dumps(req, JSON_COMPACT);
+        if (data == NULL)
+            rc = fail(EXIT_USAGE, "the prompt is not valid UTF-8");
+    }
+    long status = 0;
+    char *body = NULL;
+    http_timeout_s = GENERATE_TIMEOUT_S;
+    if (rc == 0)
+        rc = http_call_body(c, "POST", "/generate_text", data, &status, &body);
+    if (rc == 0 && status != 200)
+        rc = api_error(status, body);
+    if (rc == 0 && as_json) {
+        printf("%s\n", body);
+    } else if (rc == 0) {
+        json_t *j = json_loads(body, 0, NULL);
+        rc = j != NULL ? print_generation(prompt, j)
+                       : fail(EXIT_FAILED, "the node's answer is not JSON");
+        json_decref(j);
+    }
+    free(body);
+    free(data);
+    free(owned);
+    json_decref(req);
+    return rc;
+}
+
 static int cmd_reload(const ctl *c)
 {
     static const char *const allowed[] = {NULL};
@@ -750,6 +900,7 @@ static const command commands[] = {
     {"peers", NULL, cmd_peers, usage_peers},
     {"doctor", NULL, cmd_doctor, usage_doctor},
     {"train", NULL, cmd_train, usage_train},
+    {"generate", NULL, cmd_generate, usage_generate},
 };
 
 static int parse_global(ctl *c, int argc, char *argv[], bool *help)

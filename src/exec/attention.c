@@ -208,3 +208,67 @@ void ns_attention_backward(ns_exec *ex, float *dq, float *dk, float *dv, float *
                         .scale = (float)(1.0 / sqrt((double)D))};
     run_heads(ex, B, &a, attention_backward_task);
 }
+
+/* ---- decoding over a key/value cache ------------------------------------------------------ */
+
+typedef struct decode_args {
+    float *out;
+    float *scratch; /* stride floats a worker */
+    const float *q;
+    const float *k;
+    const float *v;
+    size_t pos;
+    size_t stride;
+    size_t H;
+    size_t HKV;
+    size_t D;
+    float scale;
+} decode_args;
+
+/* One (new row, query head) an item: scores over keys 0..p, the causal softmax of the training
+ * forward (same exp, sums in double), then the weighted sum of the values in key order. */
+static void decode_task(void *arg, size_t begin, size_t end, uint32_t worker)
+{
+    const decode_args *a = arg;
+    size_t D = a->D, HD = a->H * D, KD = a->HKV * D, group = a->H / a->HKV;
+    float *scores = a->scratch + (size_t)worker * a->stride;
+    for (size_t item = begin; item < end; item++) {
+        size_t i = item / a->H, h = item % a->H, g = h / group;
+        size_t p = a->pos + i; /* the row's absolute position: it sees keys 0..p */
+        const float *qr = a->q + i * HD + h * D;
+        for (size_t j = 0; j <= p; j++) {
+            const float *kr = a->k + j * KD + g * D;
+            float dot = 0.0f;
+            for (size_t d = 0; d < D; d++)
+                dot += qr[d] * kr[d];
+            scores[j] = dot;
+        }
+        causal_softmax_row(scores, p, p + 1, a->scale);
+        float *out = a->out + i * HD + h * D;
+        memset(out, 0, D * sizeof *out);
+        for (size_t j = 0; j <= p; j++) {
+            const float *vr = a->v + j * KD + g * D;
+            float w = scores[j];
+            for (size_t d = 0; d < D; d++)
+                out[d] += w * vr[d];
+        }
+    }
+}
+
+void ns_attention_decode(ns_exec *ex, float *out, const float *q, const float *k, const float *v,
+                         size_t n, size_t pos, size_t H, size_t HKV, size_t D, float *scratch)
+{
+    NS_ASSERT(H % HKV == 0);
+    decode_args a = {.out = out,
+                     .scratch = scratch,
+                     .q = q,
+                     .k = k,
+                     .v = v,
+                     .pos = pos,
+                     .stride = pos + n,
+                     .H = H,
+                     .HKV = HKV,
+                     .D = D,
+                     .scale = (float)(1.0 / sqrt((double)D))};
+    ns__parallel_for(ex, n * H, decode_task, &a);
+}

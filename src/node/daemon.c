@@ -44,6 +44,7 @@ typedef struct node {
     ns_api *api;
     ns_net *net;
     ns_trainer *trainer;
+    ns_gen_service *gen;
     struct dht_op *dht_ops; /* API requests waiting on a DHT lookup */
     ns_addr_text api_bound;
     int api_fd; /* bound, not yet served */
@@ -359,6 +360,49 @@ static void answer_model_info(node *n, ns_api_request *req)
                                 "seq_len_max", (int)a.seq_len_max, "params", (json_int_t)a.params));
 }
 
+/* Prometheus lines about training and generation; *text is malloc'd. -1 when out of memory. */
+static int train_metrics(node *n, char **text)
+{
+    ns_train_status t = {0};
+    if (n->trainer != NULL)
+        ns_trainer_status(n->trainer, &t);
+    uint64_t gen_ok = 0, gen_err = 0;
+    if (n->gen != NULL)
+        ns_gen_counts(n->gen, &gen_ok, &gen_err);
+    return asprintf(text,
+                    "# HELP neuroshard_train_running 1 while the trainer makes steps.\n"
+                    "# TYPE neuroshard_train_running gauge\n"
+                    "neuroshard_train_running %d\n"
+                    "# HELP neuroshard_train_step Optimizer steps of the model so far.\n"
+                    "# TYPE neuroshard_train_step gauge\n"
+                    "neuroshard_train_step %llu\n"
+                    "# HELP neuroshard_train_checkpoint_step Step of the newest checkpoint.\n"
+                    "# TYPE neuroshard_train_checkpoint_step gauge\n"
+                    "neuroshard_train_checkpoint_step %llu\n"
+                    "# HELP neuroshard_train_loss Training loss of the last step.\n"
+                    "# TYPE neuroshard_train_loss gauge\n"
+                    "neuroshard_train_loss %.6g\n"
+                    "# HELP neuroshard_train_val_loss Loss on the held-out split, last measured.\n"
+                    "# TYPE neuroshard_train_val_loss gauge\n"
+                    "neuroshard_train_val_loss %.6g\n"
+                    "# HELP neuroshard_train_tokens_per_second Training throughput (moving "
+                    "average).\n"
+                    "# TYPE neuroshard_train_tokens_per_second gauge\n"
+                    "neuroshard_train_tokens_per_second %.1f\n"
+                    "# HELP neuroshard_train_tokens_total Tokens trained on since the start.\n"
+                    "# TYPE neuroshard_train_tokens_total counter\n"
+                    "neuroshard_train_tokens_total %llu\n"
+                    "# HELP neuroshard_generate_requests_total Generation requests answered "
+                    "by the model.\n"
+                    "# TYPE neuroshard_generate_requests_total counter\n"
+                    "neuroshard_generate_requests_total{result=\"ok\"} %llu\n"
+                    "neuroshard_generate_requests_total{result=\"error\"} %llu\n",
+                    t.running && t.ready ? 1 : 0, (unsigned long long)t.step,
+                    (unsigned long long)t.checkpoint_step, t.loss, t.val_loss, t.tokens_per_s,
+                    (unsigned long long)t.tokens_seen, (unsigned long long)gen_ok,
+                    (unsigned long long)gen_err);
+}
+
 static void answer_metrics(node *n, ns_api_request *req)
 {
     node_stats s;
@@ -402,10 +446,13 @@ static void answer_metrics(node *n, ns_api_request *req)
     int net_len = -1;
     if (len >= 0)
         ns_net_metrics(n->net, &net_text, &net_len);
+    char *train_text = NULL;
+    int train_len = net_len >= 0 ? train_metrics(n, &train_text) : -1;
     char *all = NULL;
-    int all_len = net_len >= 0 ? asprintf(&all, "%s%s", text, net_text) : -1;
+    int all_len = train_len >= 0 ? asprintf(&all, "%s%s%s", text, net_text, train_text) : -1;
     free(text);
     free(net_text);
+    free(train_text);
     if (all_len < 0) {
         ns_api_error(req, 500, "out of memory");
         return;
@@ -692,6 +739,12 @@ static void answer_train_step(node *n, ns_api_request *req)
     ns_api_reply_json(req, 202, json_pack("{s:I}", "queued", steps));
 }
 
+/* POST /generate_text: text from the model (generate.c). */
+static void answer_generate(node *n, ns_api_request *req)
+{
+    ns_gen_request(n->gen, n->api, n->trainer, req);
+}
+
 /* POST /api/train {"on": true|false}: the training switch. */
 static void answer_train_switch(node *n, ns_api_request *req)
 {
@@ -745,6 +798,7 @@ static const route routes[] = {
     {"GET", "/training_status", answer_training_status},
     {"POST", "/train_step", answer_train_step},
     {"POST", "/api/train", answer_train_switch},
+    {"POST", "/generate_text", answer_generate},
 };
 
 static void api_handler(void *arg, ns_api_request *req)
@@ -828,6 +882,8 @@ static void node_stop(node *n, const char *why)
     ns_chores_stop(&n->chores);
     ns_trainer_stop(n->trainer); /* finishes the step in progress, writes a checkpoint */
     n->trainer = NULL;
+    ns_gen_stop(n->gen); /* answers what the trainer finished, before the API goes */
+    n->gen = NULL;
     ns_net_stop(n->net, true); /* first: no DHT callback comes after this */
     ns_api_stop(n->api);       /* answers requests still waiting on the DHT with 503 */
     n->api = NULL;
@@ -887,6 +943,8 @@ static int node_start(node *n)
     if (rc == NS_OK)
         rc = open_ledger(n);
     if (rc == NS_OK)
+        rc = ns_gen_start(&n->gen, &n->loop);
+    if (rc == NS_OK)
         rc = start_api(n);
     if (rc != NS_OK)
         return rc;
@@ -918,6 +976,8 @@ static void node_release(node *n)
         n->api = NULL;
     }
     free_dht_ops(n);
+    ns_gen_stop(n->gen); /* start failed after it: nothing was queued */
+    n->gen = NULL;
     ns_uv_env_close(&n->uvenv);
     uv_run(&n->loop, UV_RUN_DEFAULT); /* runs the close callbacks of everything stopped */
     ns_net_free(n->net);

@@ -15,6 +15,7 @@
 
 #include "neuroshard/base.h"
 #include "neuroshard/crypto.h"
+#include "neuroshard/exec.h"
 #include "neuroshard/node.h"
 
 /* ---- ns_env over libuv -------------------------------------------------------------------- */
@@ -162,5 +163,58 @@ void ns_trainer_set_running(ns_trainer *t, bool on);
 NS_MUST_USE int ns_trainer_queue_steps(ns_trainer *t, uint32_t steps);
 /* Stops after the step in progress, writes a checkpoint, joins, frees. NULL is a no-op. */
 void ns_trainer_stop(ns_trainer *t);
+/* ---- text generation (train.c, on the trainer's model) ------------------------------------ */
+
+#define NS_GEN_TOKENS_MAX       1024 /* max_tokens of one request */
+#define NS_GEN_PROMPT_BYTES_MAX 16384
+#define NS_GEN_QUEUED_MAX       8
+
+typedef struct ns_gen_job ns_gen_job;
+/* Called once per job, on the trainer thread, when it is answered (or cancelled at stop). */
+typedef void (*ns_gen_done_fn)(ns_gen_job *job);
+
+/* One POST /generate_text. The caller fills the request; the trainer fills the answer. */
+struct ns_gen_job {
+    /* request: text, or token ids (prompt NULL) */
+    char *prompt;
+    size_t prompt_len;
+    uint32_t *prompt_ids;
+    size_t prompt_id_count;
+    uint32_t max_tokens; /* 1..NS_GEN_TOKENS_MAX */
+    ns_sample_config sample;
+    /* answer */
+    int status;      /* 200, or the HTTP status of the error */
+    char error[256]; /* when status is not 200 */
+    size_t prompt_tokens;
+    uint32_t *tokens; /* generated ids (end-of-text not included), malloc'd */
+    size_t token_count;
+    uint8_t *text; /* their bytes, malloc'd; not necessarily valid UTF-8 */
+    size_t text_len;
+    const char *finish; /* "length", "end_of_text" or "context" */
+    uint64_t step;      /* the training step of the weights that answered */
+    double seconds;
+    /* plumbing */
+    ns_gen_done_fn done;
+    void *arg;
+    ns_gen_job *next;
+};
+
+/* Queues a job for the trainer thread, which runs it between two steps (at once while paused).
+ * NS_ELIMIT: the model is not loaded yet or NS_GEN_QUEUED_MAX jobs wait; NS_EINVAL: the trainer
+ * stopped on an error. On an error job->done is never called. */
+NS_MUST_USE int ns_trainer_generate(ns_trainer *t, ns_gen_job *job);
+/* Frees what the trainer put in a job's answer and the request's buffers (not the job). */
+void ns_gen_job_clear(ns_gen_job *job);
+
+/* POST /generate_text (generate.c): checks a request, queues it on the trainer, answers it on
+ * the loop thread when the trainer is done. */
+typedef struct ns_gen_service ns_gen_service;
+NS_MUST_USE int ns_gen_start(ns_gen_service **out, uv_loop_t *loop);
+/* Answers req at once (an error) or defers it until the trainer has generated. */
+void ns_gen_request(ns_gen_service *svc, ns_api *api, ns_trainer *trainer, ns_api_request *req);
+void ns_gen_counts(const ns_gen_service *svc, uint64_t *answered, uint64_t *failed);
+/* After ns_trainer_stop and before ns_api_stop: answers every finished job, then closes (the
+ * loop must run once more to free it). NULL is a no-op. */
+void ns_gen_stop(ns_gen_service *svc);
 
 #endif

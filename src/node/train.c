@@ -6,13 +6,15 @@
  * Everything that can be refused — a model that does not fit the memory budget or the free
  * memory, missing or damaged data, a corrupt tokenizer, checkpoints that exist but none loads —
  * is found before the first large allocation, and leaves what is on disk as it was. The loop
- * thread reads a status snapshot under a mutex and flips the running switch; nothing else is
- * shared. A checkpoint is written every NS_TRAIN_CKPT_EVERY steps and when the trainer stops, so
- * a kill -9 loses at most the steps since the last one.
+ * thread reads a status snapshot under a mutex, flips the running switch and queues generation
+ * requests (answered between two steps through a callback); nothing else is shared. A checkpoint is
+ * written every NS_TRAIN_CKPT_EVERY steps and when the trainer stops, so a kill -9 loses at most
+ * the steps since the last one.
  */
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,7 +47,11 @@ struct ns_trainer {
     ns_train_status status;
     bool running;
     bool stop;
-    uint32_t queued; /* steps asked for by POST /train_step while paused */
+    uint32_t queued;  /* steps asked for by POST /train_step while paused */
+    ns_gen_job *jobs; /* generation requests, oldest first */
+    ns_gen_job **jobs_tail;
+    uint32_t job_count;
+    bool exited; /* the trainer thread takes no more requests */
     /* owned by the trainer thread */
     ns_exec *exec;
     ns_stage *stage;
@@ -59,6 +65,7 @@ struct ns_trainer {
     ns_optim_config optim;
     ns_ckpt_tensor *weights, *moments;
     size_t weight_count, moment_count;
+    ns_kv_cache *kv; /* generation's, made at the first request */
     char ckpt_dir[PATH_MAX + 32];
     char csv_path[PATH_MAX + 32];
 };
@@ -432,18 +439,33 @@ static void append_csv(ns_trainer *t, uint64_t step, double loss, double val, do
     fclose(f);
 }
 
-/* Waits until there is a step to run; false when the trainer is to stop. */
-static bool next_step_allowed(ns_trainer *t)
+/* What the trainer thread does next. */
+typedef enum next_work { WORK_STOP, WORK_STEP, WORK_GENERATE } next_work;
+
+/* Waits until there is a step or a generation request; requests go first. */
+static next_work next_work_wait(ns_trainer *t, ns_gen_job **job)
 {
     pthread_mutex_lock(&t->lock);
-    while (!t->stop && !t->running && t->queued == 0)
+    while (!t->stop && !t->running && t->queued == 0 && t->jobs == NULL)
         pthread_cond_wait(&t->wake, &t->lock);
-    bool go = !t->stop;
-    if (go && !t->running)
-        t->queued--;
-    snprintf(t->status.phase, sizeof t->status.phase, "%s", go ? "training" : "stopping");
+    next_work w = WORK_STOP;
+    if (t->stop) {
+        snprintf(t->status.phase, sizeof t->status.phase, "stopping");
+    } else if (t->jobs != NULL) {
+        *job = t->jobs;
+        t->jobs = (*job)->next;
+        if (t->jobs == NULL)
+            t->jobs_tail = &t->jobs;
+        t->job_count--;
+        w = WORK_GENERATE;
+    } else {
+        if (!t->running)
+            t->queued--;
+        snprintf(t->status.phase, sizeof t->status.phase, "training");
+        w = WORK_STEP;
+    }
     pthread_mutex_unlock(&t->lock);
-    return go;
+    return w;
 }
 
 static void record_step(ns_trainer *t, uint64_t step, float loss, const ns_optim_report *rep,
@@ -473,6 +495,151 @@ static void record_step(ns_trainer *t, uint64_t step, float loss, const ns_optim
     append_csv(t, step, loss, isnan(val) ? t->status.val_loss : val, rep->lr, tok_s);
 }
 
+/* ---- generation --------------------------------------------------------------------------- */
+
+static void job_fail(ns_gen_job *job, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void job_fail(ns_gen_job *job, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(job->error, sizeof job->error, fmt, ap);
+    va_end(ap);
+    job->status = status;
+}
+
+/* Answers every queued request with 503 and takes no more: the trainer thread is ending. */
+static void cancel_jobs(ns_trainer *t, const char *why)
+{
+    pthread_mutex_lock(&t->lock);
+    t->exited = true;
+    ns_gen_job *list = t->jobs;
+    t->jobs = NULL;
+    t->jobs_tail = &t->jobs;
+    t->job_count = 0;
+    pthread_mutex_unlock(&t->lock);
+    while (list != NULL) {
+        ns_gen_job *next = list->next;
+        job_fail(list, 503, "%s", why);
+        list->done(list);
+        list = next;
+    }
+}
+
+/* The ids the tokenizer defines: the model's vocabulary may be larger (its size is fixed before
+ * a small corpus has shown how many merges it supports), and the ids beyond are never trained. */
+static uint32_t usable_vocab(const ns_trainer *t)
+{
+    uint32_t model = ns_stage_config_of(t->stage)->arch.vocab, bpe = ns_bpe_vocab_size(t->bpe);
+    return bpe < model ? bpe : model;
+}
+
+/* Logits of ids no text can hold get -inf, so they are never drawn. */
+static void mask_unusable(const ns_trainer *t, float *logits)
+{
+    uint32_t model = ns_stage_config_of(t->stage)->arch.vocab;
+    for (uint32_t i = usable_vocab(t); i < model; i++)
+        logits[i] = -INFINITY;
+}
+
+/* The prompt as token ids in ids (room for prompt_len or prompt_id_count); false with the job
+ * failed when it is empty or names a token outside the vocabulary. */
+static bool prompt_ids(ns_trainer *t, ns_gen_job *job, int32_t *ids, size_t *count)
+{
+    uint32_t vocab = usable_vocab(t);
+    if (job->prompt != NULL) {
+        size_t n =
+            ns_bpe_encode(t->bpe, (const uint8_t *)job->prompt, job->prompt_len, (uint32_t *)ids);
+        *count = n;
+    } else {
+        for (size_t i = 0; i < job->prompt_id_count; i++) {
+            if (job->prompt_ids[i] >= vocab) {
+                job_fail(job, 400, "tokens[%zu] = %u is outside the vocabulary (0..%u)", i,
+                         job->prompt_ids[i], vocab - 1);
+                return false;
+            }
+            ids[i] = (int32_t)job->prompt_ids[i];
+        }
+        *count = job->prompt_id_count;
+    }
+    if (*count == 0) {
+        job_fail(job, 400, "the prompt is empty");
+        return false;
+    }
+    return true;
+}
+
+/* Prefills the prompt, then samples one token at a time through the KV cache until max_tokens,
+ * end-of-text or the end of the context. */
+static void generate(ns_trainer *t, ns_gen_job *job)
+{
+    double t0 = wall_s();
+    const ns_arch *a = &ns_stage_config_of(t->stage)->arch;
+    uint32_t context = ns_stage_config_of(t->stage)->seq_len_max;
+    job->status = 200;
+    job->step = ns_stage_optim_step(t->stage);
+    if (t->kv == NULL && ns_kv_cache_new(&t->kv, t->stage, context) != NS_OK) {
+        job_fail(job, 503, "no memory for the key/value cache");
+        return;
+    }
+    size_t room = job->prompt != NULL ? job->prompt_len : job->prompt_id_count;
+    int32_t *ids = malloc(sizeof *ids * (room > 0 ? room : 1));
+    float *logits = malloc(sizeof *logits * a->vocab);
+    job->tokens = malloc(sizeof *job->tokens * job->max_tokens);
+    job->text = malloc((size_t)job->max_tokens * NS_BPE_TOKEN_BYTES_MAX);
+    ns_sampler *sampler = NULL;
+    const char *why = NULL;
+    size_t count = 0;
+    if (ids == NULL || logits == NULL || job->tokens == NULL || job->text == NULL) {
+        job_fail(job, 503, "out of memory");
+    } else if (!prompt_ids(t, job, ids, &count)) {
+        /* failed with its reason */
+    } else if (count >= context) {
+        job_fail(job, 400,
+                 "the prompt is %zu tokens but the context holds %u (and at least one must be "
+                 "left to generate)",
+                 count, context);
+    } else if (ns_sampler_new(&sampler, a->vocab, &job->sample, &why) != NS_OK) {
+        job_fail(job, 400, "%s", why != NULL ? why : "cannot make a sampler");
+    }
+    job->prompt_tokens = count;
+    if (job->status != 200)
+        goto out;
+    ns_kv_cache_reset(t->kv);
+    int rc = ns_stage_decode(t->stage, t->kv, (uint32_t)count, ids, NULL, logits);
+    job->finish = "length";
+    while (rc == NS_OK) {
+        mask_unusable(t, logits);
+        uint32_t next = ns_sampler_next(sampler, logits);
+        if (next == NS_BPE_EOT) {
+            job->finish = "end_of_text";
+            break;
+        }
+        job->tokens[job->token_count++] = next;
+        if (job->token_count == job->max_tokens)
+            break;
+        if (ns_kv_cache_len(t->kv) == context) {
+            job->finish = "context";
+            break;
+        }
+        int32_t in = (int32_t)next;
+        rc = ns_stage_decode(t->stage, t->kv, 1, &in, NULL, logits);
+    }
+    if (rc != NS_OK) {
+        job_fail(job, 500, "decoding failed: %s", ns_strerror(rc));
+        goto out;
+    }
+    if (ns_bpe_decode(t->bpe, job->tokens, job->token_count, job->text,
+                      (size_t)job->max_tokens * NS_BPE_TOKEN_BYTES_MAX, &job->text_len) != NS_OK)
+        job_fail(job, 500, "the tokenizer cannot decode the generated ids");
+out:
+    job->seconds = wall_s() - t0;
+    ns_sampler_free(sampler);
+    free(ids);
+    free(logits);
+}
+
 static void *trainer_main(void *arg)
 {
     ns_trainer *t = arg;
@@ -496,6 +663,7 @@ static void *trainer_main(void *arg)
         rc = NS_ENOMEM;
     if (rc != NS_OK) {
         set_error(t, err[0] != '\0' ? err : ns_strerror(rc));
+        cancel_jobs(t, "the model could not be loaded (see /training_status)");
         return NULL;
     }
     const ns_arch *a = &ns_stage_config_of(t->stage)->arch;
@@ -514,7 +682,16 @@ static void *trainer_main(void *arg)
              a->layers, a->hidden, a->heads, a->kv_heads, a->vocab, (unsigned long long)a->params,
              (unsigned long long)t->status.step);
     uint64_t since_ckpt = 0;
-    while (next_step_allowed(t)) {
+    for (;;) {
+        ns_gen_job *job = NULL;
+        next_work w = next_work_wait(t, &job);
+        if (w == WORK_STOP)
+            break;
+        if (w == WORK_GENERATE) {
+            generate(t, job);
+            job->done(job);
+            continue;
+        }
         float loss;
         ns_optim_report rep;
         double t0 = wall_s();
@@ -529,6 +706,7 @@ static void *trainer_main(void *arg)
     if (since_ckpt > 0)
         (void)save_checkpoint(t); /* a clean stop loses nothing */
     set_phase(t, "stopped");
+    cancel_jobs(t, "the node is shutting down");
     return NULL;
 }
 
@@ -557,6 +735,7 @@ int ns_trainer_start(ns_trainer **out, const ns_train_config *cfg, char *err, si
     t->optim.warmup_steps = 50;
     t->optim.decay_steps = TRAIN_DECAY_STEPS;
     t->running = cfg->start_running;
+    t->jobs_tail = &t->jobs;
     t->status.enabled = true;
     t->status.running = t->running;
     snprintf(t->status.phase, sizeof t->status.phase, "starting");
@@ -605,6 +784,37 @@ int ns_trainer_queue_steps(ns_trainer *t, uint32_t steps)
     return rc;
 }
 
+int ns_trainer_generate(ns_trainer *t, ns_gen_job *job)
+{
+    pthread_mutex_lock(&t->lock);
+    int rc = NS_OK;
+    if (t->exited || !t->status.ready)
+        rc = t->status.error[0] != '\0' ? NS_EINVAL : NS_ELIMIT;
+    else if (t->stop || t->job_count >= NS_GEN_QUEUED_MAX)
+        rc = NS_ELIMIT;
+    if (rc == NS_OK) {
+        job->next = NULL;
+        *t->jobs_tail = job;
+        t->jobs_tail = &job->next;
+        t->job_count++;
+        pthread_cond_signal(&t->wake);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return rc;
+}
+
+void ns_gen_job_clear(ns_gen_job *job)
+{
+    free(job->prompt);
+    free(job->prompt_ids);
+    free(job->tokens);
+    free(job->text);
+    job->prompt = NULL;
+    job->prompt_ids = NULL;
+    job->tokens = NULL;
+    job->text = NULL;
+}
+
 void ns_trainer_stop(ns_trainer *t)
 {
     if (t == NULL)
@@ -624,6 +834,7 @@ void ns_trainer_stop(ns_trainer *t)
     free(t->targets);
     free(t->weights);
     free(t->moments);
+    ns_kv_cache_free(t->kv);
     ns_stage_free(t->stage);
     ns_exec_free(t->exec);
     ns_bpe_free(t->bpe);

@@ -43,6 +43,8 @@ check "a POST with a wrong token is 401" contains "$r" '401 {"error":'
 r=$(http POST /api/reload -H "Authorization: Bearer $(cat "$D/api.token")")
 check "a POST with the token is 200" contains "$r" '200 {"reloaded":true}'
 head -c 100000 /dev/zero >"$TMP_ROOT/big"
+r=$(http POST /generate_text -H "Authorization: Bearer $(cat "$D/api.token")" --data '{"prompt":"x"}')
+check "generation with training off is 409, saying why" contains "$r" '409 {"error":"generation needs the model'
 r=$(http POST /api/reload -H "Authorization: Bearer $(cat "$D/api.token")" --data-binary @"$TMP_ROOT/big")
 check "an oversized body is 413" contains "$r" '413 {"error":'
 check "the API token file is mode 0600" test "$(stat -c %a "$D/api.token")" = 600

@@ -70,9 +70,42 @@ r=$(curl -s -w ' %{http_code}' -X POST -H "Authorization: Bearer $TOKEN" --data 
 check "  ... bad parameters are a 400" contains "$r" ' 400'
 r=$(curl -s -w ' %{http_code}' -X POST --data '{"steps": 1}' "http://$API/train_step")
 check "  ... and the token is required" contains "$r" ' 401'
+# ---- generation (the trainer is paused: the weights stay put) ----------------------------
+gen() { curl -s -w ' %{http_code}' -X POST -H "Authorization: Bearer $TOKEN" --data "$1" "http://$API/generate_text"; }
+ids_of() { sed -n 's/.*"tokens":\[\([0-9,]*\)\].*/\1/p'; }
+g1=$(gen '{"prompt": "The node", "max_tokens": 12, "temperature": 0}')
+check "POST /generate_text answers with text and token ids" contains "$g1" '"generated_tokens":12'
+check "  ... 200" contains "$g1" ' 200'
+g2=$(gen '{"prompt": "The node", "max_tokens": 12, "temperature": 0}')
+check "  ... greedy twice gives the same tokens" test "$(printf '%s' "$g1" | ids_of)" = "$(printf '%s' "$g2" | ids_of)"
+s1=$(gen '{"prompt": "The node", "max_tokens": 16, "temperature": 1.0, "top_k": 0, "seed": 7}')
+s2=$(gen '{"prompt": "The node", "max_tokens": 16, "temperature": 1.0, "top_k": 0, "seed": 7}')
+check "  ... the same seed gives the same sample" test "$(printf '%s' "$s1" | ids_of)" = "$(printf '%s' "$s2" | ids_of)"
+check "  ... and reports it" contains "$s1" '"seed":7'
+ids=$(printf '%s' "$g1" | ids_of)
+t1=$(gen "{\"tokens\": [$ids], \"max_tokens\": 3, \"temperature\": 0}")
+check "  ... a prompt given as token ids" contains "$t1" "\"prompt_tokens\":12"
+check "  ... bad parameters are a 400 with the reason" contains "$(gen '{"prompt": "x", "top_p": 2}')" 'top_p must be in (0, 1]'
+check "  ... an unknown field is a 400" contains "$(gen '{"prompt": "x", "temp": 1}')" '"unknown field \"temp\"'
+check "  ... a token id outside the vocabulary is a 400" contains "$(gen '{"tokens": [1, 8192]}')" 'outside the vocabulary'
+long=$(awk 'BEGIN { for (i = 0; i < 300; i++) printf "word%d ", i }')
+check "  ... a prompt longer than the context is a 400" contains "$(gen "{\"prompt\": \"$long\"}")" 'the context holds 128'
+r=$(curl -s -w ' %{http_code}' -X POST --data '{"prompt": "x"}' "http://$API/generate_text")
+check "  ... and the token is required" contains "$r" ' 401'
+out=$("$CTL" --data-dir "$D" generate --max-tokens 5 --temperature 0 "The node" 2>&1)
+check "neuroctl generate prints the prompt and its continuation" contains "$out" "The node"
+check "  ... and what it did" contains "$out" "5 tokens in"
+out=$("$CTL" --data-dir "$D" generate --top-k -3 "x" 2>&1)
+check "  ... and refuses a bad option" contains "$out" "--top-k needs a whole number"
+m=$(curl -s "http://$API/metrics")
+check "/metrics tells the training step and the generations" contains "$m" 'neuroshard_generate_requests_total{result="ok"} 6'
+check "  ... and the loss" contains "$m" 'neuroshard_train_loss '
 check "neuroctl train start" contains "$("$CTL" --data-dir "$D" train start)" "training started"
 s3=$(status_step)
 check "  ... steps go on" wait_step $((s3 + 2))
+g3=$(gen '{"prompt": "The node", "max_tokens": 4}')
+check "generation is answered while training runs" contains "$g3" ' 200'
+
 
 # ---- checkpoint on stop, resume ------------------------------------------------------------
 kill -TERM "$NODE_PID"

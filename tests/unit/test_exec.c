@@ -47,6 +47,19 @@
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
+/* max |got - want| / max |want|, silently. */
+static double rel_diff(const float *got, const float *want, size_t n)
+{
+    double diff_max = 0.0;
+    double want_max = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - (double)want[i]);
+        diff_max = d > diff_max ? d : diff_max;
+        want_max = fabs(want[i]) > want_max ? fabs(want[i]) : want_max;
+    }
+    return diff_max / (want_max > 0 ? want_max : 1.0);
+}
+
 /* Prints and returns max |got - want| / max |want| (llm.c's check_tensor, made relative). */
 static double check_tensor(const float *got, const float *want, size_t n, const char *label)
 {
@@ -878,6 +891,302 @@ static void test_reproducible_gemm_paths_agree_bit_for_bit(void **state)
     assert_true(ns__simd_force(NS__SIMD_AUTO));
 }
 
+/* ---- inference ---------------------------------------------------------------------------- */
+
+/* Logits of every position of every row, decoded with a KV cache one token at a time, and a
+ * whole row prefilled at once (then in two uneven parts), against PyTorch's full forward. */
+static void reference_decode(ns_exec_mode mode)
+{
+    tiny t;
+    tiny_load(&t);
+    ns_exec *ex = exec_new(2, mode);
+    ns_stage *st = tiny_stage(&t, ex);
+    size_t V = t.arch.vocab;
+    float *want = ref_f32(&t.ref, "logits", (size_t)t.B * t.T * V);
+    float *got = floats(V);
+    ns_kv_cache *kv;
+    assert_int_equal(ns_kv_cache_new(&kv, st, t.T), NS_OK);
+    assert_int_equal(ns_kv_cache_capacity(kv), t.T);
+    for (uint32_t b = 0; b < t.B; b++) {
+        const int32_t *row = t.tokens + (size_t)b * t.T;
+        ns_kv_cache_reset(kv);
+        double worst = 0.0;
+        for (uint32_t i = 0; i < t.T; i++) {
+            assert_int_equal(ns_stage_decode(st, kv, 1, row + i, NULL, got), NS_OK);
+            assert_int_equal(ns_kv_cache_len(kv), i + 1);
+            double d = rel_diff(got, want + ((size_t)b * t.T + i) * V, V);
+            worst = d > worst ? d : worst;
+        }
+        printf("  %-52s relative %.3e over %u positions\n", "decode logits, one token a call",
+               worst, t.T);
+        assert_true(worst <= TOL_LOGITS);
+        const float *last = want + ((size_t)b * t.T + t.T - 1) * V;
+        ns_kv_cache_reset(kv);
+        assert_int_equal(ns_stage_decode(st, kv, t.T, row, NULL, got), NS_OK);
+        assert_true(check_tensor(got, last, V, "prefill logits") <= TOL_LOGITS);
+        ns_kv_cache_reset(kv);
+        assert_int_equal(ns_stage_decode(st, kv, 3, row, NULL, got), NS_OK);
+        assert_int_equal(ns_stage_decode(st, kv, t.T - 3, row + 3, NULL, got), NS_OK);
+        assert_true(check_tensor(got, last, V, "two-part prefill logits") <= TOL_LOGITS);
+    }
+    ns_kv_cache_free(kv);
+    free(got);
+    free(want);
+    ns_stage_free(st);
+    ns_exec_free(ex);
+    free(t.ref.buf);
+}
+
+static void test_decode_with_kv_cache_matches_pytorch(void **state)
+{
+    (void)state;
+    reference_decode(NS_EXEC_FAST);
+    reference_decode(NS_EXEC_REPRODUCIBLE);
+}
+
+static ns_arch long_arch(void)
+{
+    return (ns_arch){.layers = 2,
+                     .hidden = 128,
+                     .heads = 2,
+                     .kv_heads = 1,
+                     .intermediate = 192,
+                     .vocab = 67,
+                     .seq_len_max = 160};
+}
+
+static ns_stage *long_stage(ns_exec *ex, uint32_t first, uint32_t last)
+{
+    ns_stage_config cfg = {.arch = long_arch(),
+                           .layer_first = first,
+                           .layer_last = last,
+                           .batch_max = 1,
+                           .seq_len_max = 160,
+                           .micro_batches_max = 1};
+    ns_stage *st;
+    assert_int_equal(ns_stage_new(&st, ex, &cfg), NS_OK);
+    ns_stage_init(st, 7);
+    return st;
+}
+
+/* A prompt longer than a decode chunk (several chunks in one call) gives the loss the training
+ * forward gives over the same sequence: the cross-entropy of each position's decoded logits. */
+static void test_decode_over_several_chunks_agrees_with_the_training_forward(void **state)
+{
+    (void)state;
+    enum { N = 150 };
+    ns_exec *ex = exec_new(2, NS_EXEC_FAST);
+    ns_stage *st = long_stage(ex, 0, 2);
+    int32_t tokens[N], targets[N];
+    uint64_t r = 99;
+    for (size_t i = 0; i < N; i++)
+        tokens[i] = (int32_t)(rng_next(&r) % 67);
+    for (size_t i = 0; i < N; i++)
+        targets[i] = i + 1 < N ? tokens[i + 1] : NS_EXEC_IGNORE_INDEX;
+    ns_stage_input in = {.batch = 1, .seq_len = N, .tokens = tokens, .targets = targets};
+    float loss;
+    assert_int_equal(ns_stage_forward(st, 1, &in, &loss), NS_OK);
+    assert_int_equal(ns_stage_drop(st, 1), NS_OK);
+
+    ns_kv_cache *kv;
+    assert_int_equal(ns_kv_cache_new(&kv, st, 160), NS_OK);
+    float logits[67], prefill_last[67];
+    assert_int_equal(ns_stage_decode(st, kv, N - 1, tokens, NULL, prefill_last), NS_OK);
+    assert_int_equal(ns_kv_cache_len(kv), N - 1);
+    ns_kv_cache_reset(kv);
+    double sum = 0.0;
+    for (size_t i = 0; i + 1 < N; i++) {
+        assert_int_equal(ns_stage_decode(st, kv, 1, tokens + i, NULL, logits), NS_OK);
+        double max = logits[0], z = 0.0;
+        for (size_t j = 1; j < 67; j++)
+            max = logits[j] > max ? logits[j] : max;
+        for (size_t j = 0; j < 67; j++)
+            z += exp(logits[j] - max);
+        sum += log(z) + max - logits[targets[i]];
+    }
+    float decoded = (float)(sum / (N - 1));
+    assert_true(check_tensor(&decoded, &loss, 1, "decoded loss vs forward loss") <= 1e-5);
+    assert_true(check_tensor(logits, prefill_last, 67, "3-chunk prefill vs one by one") <= 1e-5);
+    ns_kv_cache_free(kv);
+    ns_stage_free(st);
+    ns_exec_free(ex);
+}
+
+/* Decoding through layers [0,1) then [1,2) gives the whole stage's logits bit for bit. */
+static void test_decode_through_two_stages_equals_one_stage(void **state)
+{
+    (void)state;
+    ns_exec *ex = exec_new(2, NS_EXEC_FAST);
+    ns_stage *whole = long_stage(ex, 0, 2), *first = long_stage(ex, 0, 1),
+             *last = long_stage(ex, 1, 2);
+    ns_kv_cache *kw, *kf, *kl;
+    assert_int_equal(ns_kv_cache_new(&kw, whole, 40), NS_OK);
+    assert_int_equal(ns_kv_cache_new(&kf, first, 40), NS_OK);
+    assert_int_equal(ns_kv_cache_new(&kl, last, 40), NS_OK);
+    int32_t tokens[12] = {1, 5, 9, 66, 0, 3, 3, 3, 12, 40, 2, 7};
+    float a[67], b[67], acts[12 * 128];
+    assert_int_equal(ns_stage_decode(whole, kw, 10, tokens, NULL, a), NS_OK);
+    assert_int_equal(ns_stage_decode(first, kf, 10, tokens, NULL, acts), NS_OK);
+    assert_int_equal(ns_stage_decode(last, kl, 10, NULL, acts, b), NS_OK);
+    assert_memory_equal(a, b, sizeof a);
+    for (int i = 10; i < 12; i++) {
+        assert_int_equal(ns_stage_decode(whole, kw, 1, tokens + i, NULL, a), NS_OK);
+        assert_int_equal(ns_stage_decode(first, kf, 1, tokens + i, NULL, acts), NS_OK);
+        assert_int_equal(ns_stage_decode(last, kl, 1, NULL, acts, b), NS_OK);
+        assert_memory_equal(a, b, sizeof a);
+    }
+    ns_kv_cache_free(kw);
+    ns_kv_cache_free(kf);
+    ns_kv_cache_free(kl);
+    ns_stage_free(whole);
+    ns_stage_free(first);
+    ns_stage_free(last);
+    ns_exec_free(ex);
+}
+
+static void test_decode_refuses_bad_input_and_keeps_its_cache(void **state)
+{
+    (void)state;
+    ns_exec *ex = exec_new(1, NS_EXEC_FAST);
+    ns_stage *st = long_stage(ex, 0, 2), *other = long_stage(ex, 0, 1);
+    ns_kv_cache *kv;
+    assert_int_equal(ns_kv_cache_new(&kv, st, 0), NS_EINVAL);
+    assert_int_equal(ns_kv_cache_new(&kv, st, 161), NS_EINVAL);
+    uint64_t bytes;
+    assert_int_equal(ns_kv_cache_memory_bytes(st, 8, &bytes), NS_OK);
+    assert_true(bytes > 2ull * 2 * 8 * 64 * sizeof(float)); /* at least the keys and values */
+    assert_int_equal(ns_kv_cache_new(&kv, st, 8), NS_OK);
+    int32_t ok[8] = {1, 2, 3, 4, 5, 6, 7, 8}, bad[2] = {3, 67}, neg[1] = {-1};
+    float logits[67], again[67];
+    assert_int_equal(ns_stage_decode(st, kv, 6, ok, NULL, logits), NS_OK);
+    assert_int_equal(ns_stage_decode(st, kv, 0, ok, NULL, logits), NS_EINVAL);
+    assert_int_equal(ns_stage_decode(st, kv, 2, bad, NULL, logits), NS_EINVAL);
+    assert_int_equal(ns_stage_decode(st, kv, 1, neg, NULL, logits), NS_EINVAL);
+    assert_int_equal(ns_stage_decode(st, kv, 1, NULL, NULL, logits), NS_EINVAL);
+    assert_int_equal(ns_stage_decode(other, kv, 1, ok, NULL, logits), NS_EINVAL);
+    assert_int_equal(ns_stage_decode(st, kv, 3, ok, NULL, logits), NS_ELIMIT);
+    assert_int_equal(ns_kv_cache_len(kv), 6);
+    /* the refusals left the cache as it was: the next token decodes as if they never happened */
+    assert_int_equal(ns_stage_decode(st, kv, 1, ok + 6, NULL, logits), NS_OK);
+    ns_kv_cache_reset(kv);
+    assert_int_equal(ns_stage_decode(st, kv, 7, ok, NULL, again), NS_OK);
+    assert_true(check_tensor(logits, again, 67, "after refusals") <= 1e-5);
+    ns_kv_cache_free(kv);
+    ns_stage_free(st);
+    ns_stage_free(other);
+    ns_exec_free(ex);
+}
+
+static void test_sampler_greedy_takes_the_highest_logit_and_the_lowest_id_on_a_tie(void **state)
+{
+    (void)state;
+    float logits[6] = {0.5f, 2.0f, NAN, 2.0f, -1.0f, 1.0f};
+    ns_sampler *s;
+    ns_sample_config cfg = {.temperature = 0.0, .top_p = 1.0, .seed = 1};
+    assert_int_equal(ns_sampler_new(&s, 6, &cfg, NULL), NS_OK);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(ns_sampler_next(s, logits), 1);
+    ns_sampler_free(s);
+    cfg = (ns_sample_config){.temperature = 5.0, .top_k = 1, .top_p = 1.0, .seed = 9};
+    assert_int_equal(ns_sampler_new(&s, 6, &cfg, NULL), NS_OK);
+    assert_int_equal(ns_sampler_next(s, logits), 1); /* top-k 1 is greedy whatever the heat */
+    ns_sampler_free(s);
+}
+
+/* Draws n tokens; returns how often each id came out. */
+static void sample_counts(const ns_sample_config *cfg, const float *logits, uint32_t vocab,
+                          uint32_t n, uint32_t *counts)
+{
+    ns_sampler *s;
+    assert_int_equal(ns_sampler_new(&s, vocab, cfg, NULL), NS_OK);
+    memset(counts, 0, sizeof *counts * vocab);
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t id = ns_sampler_next(s, logits);
+        assert_true(id < vocab);
+        counts[id]++;
+    }
+    ns_sampler_free(s);
+}
+
+static void test_sampler_follows_the_softmax_within_top_k_and_top_p(void **state)
+{
+    (void)state;
+    enum { V = 8, N = 20000 };
+    float logits[V] = {1.0f, 3.0f, 0.0f, 2.0f, -2.0f, NAN, 2.5f, -1.0f};
+    uint32_t counts[V];
+    /* temperature 1, all tokens: frequencies within 0.015 of the softmax */
+    ns_sample_config cfg = {.temperature = 1.0, .top_p = 1.0, .seed = 3};
+    sample_counts(&cfg, logits, V, N, counts);
+    double z = 0.0;
+    for (int i = 0; i < V; i++)
+        z += i == 5 ? 0.0 : exp(logits[i]);
+    for (int i = 0; i < V; i++) {
+        double p = i == 5 ? 0.0 : exp(logits[i]) / z;
+        assert_true(fabs((double)counts[i] / N - p) < 0.015);
+    }
+    assert_int_equal(counts[5], 0); /* NaN never comes out */
+    /* top-k 2: only ids 1 and 6, in the ratio e^3 : e^2.5 */
+    cfg.top_k = 2;
+    sample_counts(&cfg, logits, V, N, counts);
+    assert_int_equal(counts[1] + counts[6], N);
+    assert_true(fabs((double)counts[1] / N - 1.0 / (1.0 + exp(-0.5))) < 0.015);
+    /* top-p: id 1 alone holds 46 % of the mass, ids 1 and 6 together 73 % */
+    cfg.top_k = 0;
+    cfg.top_p = 0.4;
+    sample_counts(&cfg, logits, V, 1000, counts);
+    assert_int_equal(counts[1], 1000);
+    cfg.top_p = 0.7;
+    sample_counts(&cfg, logits, V, N, counts);
+    assert_int_equal(counts[1] + counts[6], N);
+    assert_true(counts[6] > N / 4);
+    /* a high temperature flattens: the rarest finite token shows up */
+    cfg = (ns_sample_config){.temperature = 50.0, .top_p = 1.0, .seed = 4};
+    sample_counts(&cfg, logits, V, N, counts);
+    assert_true(counts[4] > N / 10);
+}
+
+static void test_sampler_same_seed_same_tokens_and_bad_parameters_refused(void **state)
+{
+    (void)state;
+    enum { V = 50 };
+    float logits[V];
+    for (int i = 0; i < V; i++)
+        logits[i] = (float)((i * 37) % 11) * 0.3f;
+    ns_sample_config cfg = {.temperature = 0.9, .top_k = 20, .top_p = 0.95, .seed = 77};
+    ns_sampler *a, *b, *c;
+    assert_int_equal(ns_sampler_new(&a, V, &cfg, NULL), NS_OK);
+    assert_int_equal(ns_sampler_new(&b, V, &cfg, NULL), NS_OK);
+    cfg.seed = 78;
+    assert_int_equal(ns_sampler_new(&c, V, &cfg, NULL), NS_OK);
+    int differ = 0;
+    for (int i = 0; i < 64; i++) {
+        uint32_t x = ns_sampler_next(a, logits), y = ns_sampler_next(b, logits);
+        assert_int_equal(x, y);
+        differ += ns_sampler_next(c, logits) != x;
+    }
+    assert_true(differ > 0);
+    ns_sampler_free(a);
+    ns_sampler_free(b);
+    ns_sampler_free(c);
+
+    const ns_sample_config bad[] = {
+        {.temperature = -0.1, .top_p = 1.0},
+        {.temperature = 101.0, .top_p = 1.0},
+        {.temperature = NAN, .top_p = 1.0},
+        {.temperature = 1.0, .top_p = 0.0},
+        {.temperature = 1.0, .top_p = 1.5},
+        {.temperature = 1.0, .top_p = NAN},
+        {.temperature = 1.0, .top_k = V + 1, .top_p = 1.0},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *why = NULL;
+        ns_sampler *s = NULL;
+        assert_int_equal(ns_sampler_new(&s, V, &bad[i], &why), NS_EINVAL);
+        assert_non_null(why);
+        assert_null(s);
+    }
+}
+
 /* ---- stages ------------------------------------------------------------------------------- */
 
 static ns_arch small_arch(void)
@@ -1401,6 +1710,13 @@ int main(void)
         cmocka_unit_test(test_reference_logits_and_loss_match_pytorch),
         cmocka_unit_test(test_reference_every_parameter_gradient_matches_pytorch),
         cmocka_unit_test(test_reference_three_adamw_steps_match_pytorch),
+        cmocka_unit_test(test_decode_with_kv_cache_matches_pytorch),
+        cmocka_unit_test(test_decode_over_several_chunks_agrees_with_the_training_forward),
+        cmocka_unit_test(test_decode_through_two_stages_equals_one_stage),
+        cmocka_unit_test(test_decode_refuses_bad_input_and_keeps_its_cache),
+        cmocka_unit_test(test_sampler_greedy_takes_the_highest_logit_and_the_lowest_id_on_a_tie),
+        cmocka_unit_test(test_sampler_follows_the_softmax_within_top_k_and_top_p),
+        cmocka_unit_test(test_sampler_same_seed_same_tokens_and_bad_parameters_refused),
         cmocka_unit_test(test_matmul_backward_matches_finite_differences),
         cmocka_unit_test(test_embedding_backward_matches_finite_differences),
         cmocka_unit_test(test_rmsnorm_backward_matches_finite_differences),
