@@ -57,7 +57,8 @@ PROTOS    := $(wildcard proto/*.proto)
 GEN_C     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS)) $(BUILD)/gen/bip39_english.c
 GEN_H     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.h,$(PROTOS))
 LIB_SRC   := $(wildcard src/base/*.c src/crypto/*.c src/wire/*.c src/link/*.c src/dht/*.c \
-             src/ledger/*.c src/swarm/*.c src/data/*.c src/ckpt/*.c src/exec/*.c)
+             src/ledger/*.c src/swarm/*.c src/data/*.c src/ckpt/*.c src/exec/*.c \
+             src/ponw/*.c)
 NODE_SRC  := $(filter-out src/node/main.c,$(wildcard src/node/*.c))
 CLI_SRC   := $(wildcard src/cli/*.c)
 NETSIM_SRC := $(wildcard netsim/*.c)

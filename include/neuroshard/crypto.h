@@ -104,6 +104,7 @@ typedef enum {
     NS_RECORD_INFERENCE_ENDPOINT = 5,
     NS_RECORD_PROOF = 6,
     NS_RECORD_LEDGER_ENTRY = 7,
+    NS_RECORD_DATASET_MANIFEST = 8, /* a dataset's shard hashes, signed by its key (data.h) */
 } ns_record_type;
 
 typedef struct ns_record {
@@ -127,6 +128,11 @@ void ns_record_key(const ns_record *record, uint8_t key[NS_SHA256_BYTES]);
  * On success *out is a malloc'd envelope the caller frees. */
 NS_MUST_USE int ns_record_sign(const ns_key *key, const ns_record *record, uint8_t **out,
                                size_t *out_len);
+/* Whether message (a ProtobufCMessage *, top level free of unknown fields) packs to exactly the
+ * want_len bytes at want: the canonical-encoding test every decoder of signed or hashed bytes
+ * runs, without a second buffer. Nested messages' unknown fields are the caller's to check. */
+bool ns_pb_packs_to(const void *message, const uint8_t *want, size_t want_len);
+
 /* Verifies an envelope at time now_ms. Distinct errors, checked in this order: NS_ETOOBIG (input
  * over the limit), NS_EPARSE (not a canonical envelope or record: unknown fields, fields out of
  * order, zero values written out, wrong field lengths, a body over NS_RECORD_BODY_BYTES_MAX, or a

@@ -141,9 +141,6 @@ NS_MUST_USE int ns_brown_read_all(const char *brown_dir, uint8_t **out, size_t *
 #define NS_DATASET_TEXT_BYTES_MAX       ((size_t)NS_DATASET_SHARDS_MAX * NS_DATASET_SHARD_BYTES_MAX)
 #define NS_DATASET_DIR_FILES_MAX        100000
 #define NS_DATASET_MANIFEST_FILE        "manifest"
-/* The record type of a manifest. TODO(crypto owner): move into ns_record_type as
- * NS_RECORD_DATASET_MANIFEST = 8; the value must stay 8. */
-#define NS_DATASET_RECORD_TYPE 8
 
 typedef enum {
     NS_SHARD_TRAIN = 0,

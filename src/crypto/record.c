@@ -126,8 +126,9 @@ static void compare_append(ProtobufCBuffer *buffer, size_t len, const uint8_t *d
     cmp->offset += len;
 }
 
-static bool packs_to(const ProtobufCMessage *msg, const uint8_t *want, size_t want_len)
+bool ns_pb_packs_to(const void *message, const uint8_t *want, size_t want_len)
 {
+    const ProtobufCMessage *msg = message;
     if (msg->n_unknown_fields != 0)
         return false; /* protobuf-c would re-pack them, but they are not ours */
     compare_buffer cmp = {.base = {.append = compare_append},
@@ -154,7 +155,7 @@ static int envelope_parse(const uint8_t *buf, size_t len, Neuroshard__SignedEnve
     if (e == NULL)
         return NS_EPARSE;
     bool ok = e->record.len > 0 && e->pubkey.len == NS_PUBKEY_BYTES &&
-              e->signature.len == NS_SIG_BYTES && packs_to(&e->base, buf, len);
+              e->signature.len == NS_SIG_BYTES && ns_pb_packs_to(&e->base, buf, len);
     if (!ok) {
         neuroshard__signed_envelope__free_unpacked(e, NULL);
         return NS_EPARSE;
@@ -170,7 +171,8 @@ static int record_parse(const uint8_t *rec_bytes, size_t rec_len, ns_record *out
     if (r == NULL)
         return NS_EPARSE;
     bool ok = r->author.len == NS_NODE_ID_BYTES && r->body.len <= NS_RECORD_BODY_BYTES_MAX &&
-              r->topic.len <= NS_RECORD_TOPIC_BYTES_MAX && packs_to(&r->base, rec_bytes, rec_len);
+              r->topic.len <= NS_RECORD_TOPIC_BYTES_MAX &&
+              ns_pb_packs_to(&r->base, rec_bytes, rec_len);
     if (ok) {
         out->type = r->type;
         memcpy(out->author, r->author.data, NS_NODE_ID_BYTES);

@@ -8,7 +8,8 @@
  * which lets anyone rebuild and compare. The manifest body (big-endian):
  *     "NSDM" | version u8 (1) | name length u8 | name | SHA-256 of all the text (32)
  *     | shard count u32 | per shard: split u8, size u32, SHA-256 (32)
- * and its record has type NS_DATASET_RECORD_TYPE, topic "neuroshard/dataset/<name>", sequence 1.
+ * and its record has type NS_RECORD_DATASET_MANIFEST, topic "neuroshard/dataset/<name>",
+ * sequence 1.
  */
 #include <assert.h>
 #include <stdio.h>
@@ -158,7 +159,7 @@ static size_t body_write(const ns_dataset *ds, uint8_t *buf)
 static void manifest_record(const char *name, const uint8_t *body, size_t body_len, ns_record *r)
 {
     *r = (ns_record){
-        .type = NS_DATASET_RECORD_TYPE, .sequence = 1, .body = body, .body_len = body_len};
+        .type = NS_RECORD_DATASET_MANIFEST, .sequence = 1, .body = body, .body_len = body_len};
     size_t prefix = sizeof TOPIC_PREFIX - 1;
     memcpy(r->topic, TOPIC_PREFIX, prefix);
     memcpy(r->topic + prefix, name, strlen(name));

@@ -13,6 +13,7 @@
 #include <assert.h>
 #include <string.h>
 
+#include "neuroshard/crypto.h"
 #include "neuroshard/wire.h"
 #include "wire.pb-c.h"
 
@@ -136,41 +137,13 @@ int ns_frame_encode(const ns_frame *f, uint8_t *out, size_t out_len, size_t *wri
     return NS_OK;
 }
 
-/* A ProtobufCBuffer that checks, as protobuf-c packs a message, that each piece equals the next
- * bytes received: the canonical-encoding test without a second buffer. */
-typedef struct repack_check {
-    ProtobufCBuffer base;
-    const uint8_t *want;
-    size_t want_len;
-    size_t offset;
-    bool same;
-} repack_check;
-
-static void repack_check_append(ProtobufCBuffer *buffer, size_t len, const uint8_t *data)
-{
-    repack_check *rc = (repack_check *)buffer;
-    if (!rc->same)
-        return;
-    if (len > rc->want_len - rc->offset || memcmp(rc->want + rc->offset, data, len) != 0) {
-        rc->same = false;
-        return;
-    }
-    rc->offset += len;
-}
-
 static bool header_is_canonical(const Neuroshard__FrameHeader *hdr, const uint8_t *buf, size_t len)
 {
     if (hdr->base.n_unknown_fields != 0)
         return false;
     if (hdr->tensor != NULL && hdr->tensor->base.n_unknown_fields != 0)
         return false;
-    repack_check rc = {.base = {.append = repack_check_append},
-                       .want = buf,
-                       .want_len = len,
-                       .offset = 0,
-                       .same = true};
-    size_t packed = neuroshard__frame_header__pack_to_buffer(hdr, &rc.base);
-    return rc.same && packed == len && rc.offset == len;
+    return ns_pb_packs_to(&hdr->base, buf, len);
 }
 
 /* Fills f from a parsed, canonical header whose bytes are hdr_buf[0..header_len) and a payload
