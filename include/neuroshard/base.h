@@ -46,7 +46,8 @@ enum {
     NS_ECRYPTO = -20,     /* a cryptographic primitive failed (invalid key, ...) */
     NS_EOVERFLOW = -21,   /* an arithmetic result does not fit */
     NS_ELIMIT = -22,      /* a table, queue or retry limit was reached */
-    NS_ERR_COUNT_ = 23
+    NS_EFORK = -23,       /* two signed entries with one sequence: the account forked */
+    NS_ERR_COUNT_ = 24
 };
 
 const char *ns_strerror(int err);

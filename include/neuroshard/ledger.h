@@ -17,7 +17,7 @@
 
 #define NS_LEDGER_FILE           "ledger.db"
 #define NS_LEDGER_APPLICATION_ID 0x4E53484Cu /* "NSHL" */
-#define NS_LEDGER_SCHEMA_VERSION 1
+#define NS_LEDGER_SCHEMA_VERSION 2
 
 /* An amount of NEURO in nano-NEURO (1e-9). Checked arithmetic only. */
 typedef struct ns_neuro {
@@ -60,6 +60,101 @@ NS_MUST_USE int ns_ledger_genesis(ns_ledger *ledger, uint64_t *created_ms,
 /* SHA-256 over node_id || head_hash of every account in node-id order: equal on two nodes that
  * saw equal entries. With no account yet it is SHA-256(genesis hash), equal on every node. */
 NS_MUST_USE int ns_ledger_state_hash(ns_ledger *ledger, uint8_t hash[NS_SHA256_BYTES]);
+/* ---- entries (entries.c, docs/ledger.md) -------------------------------------------------- */
+
+/* Each account keeps its own hash-linked chain of signed entries (records of type
+ * NS_RECORD_LEDGER_ENTRY, body proto/ledger.proto): sequence 1, 2, ... each naming the hash of
+ * the one before (the genesis hash before the first). The state is a pure function of the
+ * entries applied, so nodes that applied the same entries have the same state hash. */
+typedef enum ns_entry_kind {
+    NS_ENTRY_CLAIM = 1,   /* mints the reward of the account's own proof, after its window */
+    NS_ENTRY_SEND = 2,    /* moves amount out; the recipient may take in amount - fee */
+    NS_ENTRY_RECEIVE = 3, /* takes in a send addressed to the account */
+    NS_ENTRY_STAKE = 4,   /* moves amount from the balance into the stake */
+    NS_ENTRY_UNSTAKE = 5, /* and back */
+} ns_entry_kind;
+
+#define NS_LEDGER_FEE_PPM         50000u /* 5 % of every send is burned (S10) */
+#define NS_LEDGER_ENTRY_BYTES_MAX (NS_RECORD_BYTES_MAX)
+#define NS_LEDGER_WHY_SIZE        160
+
+typedef struct ns_entry {
+    uint8_t hash[NS_SHA256_BYTES]; /* SHA-256 of the envelope's bytes */
+    uint8_t account[NS_NODE_ID_BYTES];
+    uint64_t sequence;
+    uint64_t timestamp_ms;
+    uint32_t kind; /* ns_entry_kind */
+    uint8_t prev_hash[NS_SHA256_BYTES];
+    ns_neuro amount;
+    uint8_t counterparty[NS_NODE_ID_BYTES]; /* send */
+    uint8_t reference[NS_SHA256_BYTES];     /* receive */
+    const uint8_t *proof; /* claim: the proof's envelope (into the caller's buffer) */
+    size_t proof_len;
+} ns_entry;
+
+/* The burn of a send of amount: 5 %, rounded up, so that every spend burns something. */
+ns_neuro ns_ledger_send_fee(ns_neuro amount);
+
+/* Signs e as key (account and hash set from the result). *out is the malloc'd envelope. */
+NS_MUST_USE int ns_entry_sign(const ns_key *key, ns_entry *e, uint8_t **out, size_t *out_len);
+/* Verifies an envelope as a record at now_ms and decodes it (canonical, bounded; NS_EPARSE for a
+ * malformed body, NS_EINVAL for a record of another type). Pointers point into buf. */
+NS_MUST_USE int ns_entry_open(const uint8_t *buf, size_t len, uint64_t now_ms, ns_entry *e);
+
+typedef struct ns_account {
+    ns_neuro balance;
+    ns_neuro stake;
+    uint64_t sequence; /* of its newest entry, 0 before the first */
+    uint8_t head_hash[NS_SHA256_BYTES];
+    bool frozen; /* it forked: nothing more of it is applied */
+} ns_account;
+
+/* An account's state; an unknown account has zeros and the genesis hash as its head. */
+NS_MUST_USE int ns_ledger_account(ns_ledger *ledger, const uint8_t node_id[NS_NODE_ID_BYTES],
+                                  ns_account *out);
+
+/* Applies one signed entry at now_ms, in one transaction. Returns:
+ *   NS_OK      applied;
+ *   NS_EEXIST  this very entry was applied before (nothing changes);
+ *   NS_ENOENT  it depends on what is not here yet: an earlier entry of its account, or the send a
+ *              receive takes in (keep it and try again when that arrives);
+ *   NS_EFORK   another entry with its account and sequence was applied: both are kept as the
+ *              fraud proof and the account is frozen;
+ *   NS_EINVAL  it breaks a rule (why says which) and changes nothing;
+ *   ns_entry_open's errors for bytes that do not verify; NS_EIO and such for the file.
+ * why (NS_LEDGER_WHY_SIZE bytes, may be NULL) gets one line for every refusal. */
+NS_MUST_USE int ns_ledger_apply(ns_ledger *ledger, const uint8_t *buf, size_t len, uint64_t now_ms,
+                                char *why);
+/* Makes the next entry of key's account (sequence and prev_hash from the ledger, timestamp
+ * now_ms), signs it, and applies it; *out gets the envelope to pass on to peers. e gives kind,
+ * amount, counterparty, reference and proof. */
+NS_MUST_USE int ns_ledger_append(ns_ledger *ledger, const ns_key *key, ns_entry *e, uint64_t now_ms,
+                                 uint8_t **out, size_t *out_len, char *why);
+
+/* Calls fn with the envelope of every applied entry in the order they were applied (from_id up:
+ * 0 for all), stopping early when fn returns false. *last_id (may be NULL) is the last id seen. */
+typedef bool (*ns_ledger_entry_fn)(void *arg, int64_t id, const uint8_t *buf, size_t len);
+NS_MUST_USE int ns_ledger_each_entry(ns_ledger *ledger, int64_t from_id, ns_ledger_entry_fn fn,
+                                     void *arg, int64_t *last_id);
+/* An account's entries, newest first, at most limit. */
+NS_MUST_USE int ns_ledger_account_entries(ns_ledger *ledger,
+                                          const uint8_t node_id[NS_NODE_ID_BYTES], uint32_t limit,
+                                          ns_ledger_entry_fn fn, void *arg);
+
+/* What ns_ledger_check found. */
+typedef struct ns_ledger_report {
+    uint64_t entries;
+    uint64_t accounts;
+    ns_neuro minted, burned, held; /* held: balances + stakes + sends not yet received */
+    bool ok;
+    char problem[256]; /* the first problem, when not ok */
+} ns_ledger_report;
+
+/* Replays every entry from genesis into a fresh ledger in memory, checking each entry's
+ * signature and chain link and every rule again, then compares the replayed state (state hash,
+ * every account, totals) with this one and checks that supply = minted - burned = held. */
+NS_MUST_USE int ns_ledger_check(ns_ledger *ledger, ns_ledger_report *report);
+
 /* Folds the WAL back into the database file (called on a timer and at shutdown). */
 NS_MUST_USE int ns_ledger_checkpoint(ns_ledger *ledger);
 

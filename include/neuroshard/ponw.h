@@ -121,6 +121,9 @@ const char *ns_ponw_verdict_name(ns_ponw_verdict v); /* "accepted", "stale", ...
 
 /* Tokens a second a node of a tier can plausibly process (T1 fastest): generous upper bounds. */
 uint64_t ns_ponw_tier_tokens_per_s_max(uint32_t tier);
+/* The work rules alone (NS_PONW_OVER_TOKENS, NS_PONW_IMPLAUSIBLE or NS_PONW_ACCEPTED), for a
+ * proof that passed ns_proof_check: the ledger applies them again to every claim. */
+ns_ponw_verdict ns_ponw_check_work(const ns_proof *p);
 
 typedef struct ns_ponw_validator ns_ponw_validator;
 

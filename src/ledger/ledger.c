@@ -23,15 +23,11 @@
 #include <sodium.h>
 #include <sqlite3.h>
 
-#include "neuroshard/ledger.h"
+#include "ledger_internal.h"
 
 #define LEDGER_GENESIS_DOMAIN   "neuroshard/genesis/v1"
 #define LEDGER_PATH_BYTES_MAX   4096
 #define LEDGER_PRAGMA_BYTES_MAX 64
-
-struct ns_ledger {
-    sqlite3 *db;
-};
 
 /* ---- schema ------------------------------------------------------------------------------- */
 
@@ -103,6 +99,46 @@ static const char *const migrations[] = {
           "  reward_nano INTEGER NOT NULL CHECK (reward_nano = 0),"
           "  hash BLOB NOT NULL CHECK (length(hash) = 32)"
           ") STRICT;",
+    /*
+     * Version 2: applying signed entries (entries.c).
+     *   sends   every applied send: what its recipient may take in with one receive.
+     *   claims  every claimed proof, so none is paid twice and no two claimed periods of one
+     *           author overlap.
+     *   forks   pairs of entries with one (account, sequence): the fraud proof; the account is
+     *           frozen from then on.
+     *   burns   every burn and its cause (the fee of a send; slashes later).
+     */
+    [2] = "CREATE TABLE sends ("
+          "  hash BLOB PRIMARY KEY NOT NULL CHECK (length(hash) = 32),"
+          "  sender BLOB NOT NULL CHECK (length(sender) = 32),"
+          "  recipient BLOB NOT NULL CHECK (length(recipient) = 32),"
+          "  amount_nano INTEGER NOT NULL CHECK (amount_nano >= 0),"
+          "  received INTEGER NOT NULL DEFAULT 0 CHECK (received IN (0, 1))"
+          ") STRICT, WITHOUT ROWID;"
+          "CREATE INDEX sends_by_recipient ON sends (recipient, received);"
+          "CREATE TABLE claims ("
+          "  proof_id BLOB PRIMARY KEY NOT NULL CHECK (length(proof_id) = 32),"
+          "  author BLOB NOT NULL CHECK (length(author) = 32),"
+          "  period_start_ms INTEGER NOT NULL CHECK (period_start_ms >= 0),"
+          "  period_end_ms INTEGER NOT NULL CHECK (period_end_ms > period_start_ms),"
+          "  reward_nano INTEGER NOT NULL CHECK (reward_nano >= 0)"
+          ") STRICT, WITHOUT ROWID;"
+          "CREATE INDEX claims_by_author ON claims (author, period_end_ms);"
+          "CREATE TABLE forks ("
+          "  account BLOB NOT NULL CHECK (length(account) = 32),"
+          "  sequence INTEGER NOT NULL CHECK (sequence >= 1),"
+          "  applied BLOB NOT NULL,"
+          "  other BLOB NOT NULL,"
+          "  PRIMARY KEY (account, sequence)"
+          ") STRICT;"
+          "CREATE TABLE burns ("
+          "  id INTEGER PRIMARY KEY,"
+          "  cause TEXT NOT NULL CHECK (cause IN ('fee', 'slash')),"
+          "  entry_hash BLOB NOT NULL CHECK (length(entry_hash) = 32),"
+          "  amount_nano INTEGER NOT NULL CHECK (amount_nano > 0)"
+          ") STRICT;"
+          "ALTER TABLE accounts ADD COLUMN frozen INTEGER NOT NULL DEFAULT 0"
+          "  CHECK (frozen IN (0, 1));",
 };
 
 static_assert(sizeof migrations / sizeof migrations[0] == NS_LEDGER_SCHEMA_VERSION + 1,
@@ -112,7 +148,7 @@ static_assert(NS_LEDGER_APPLICATION_ID <= INT32_MAX, "application_id is read bac
 /* ---- SQLite results ----------------------------------------------------------------------- */
 
 /* Maps a SQLite result code to an NS_E* code and logs SQLite's own words for it. */
-static int ledger_error(sqlite3 *db, int rc)
+int ns__ledger_error(sqlite3 *db, int rc)
 {
     NS_ASSERT(rc != SQLITE_OK && rc != SQLITE_ROW && rc != SQLITE_DONE);
     const char *message = db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
@@ -147,77 +183,77 @@ static int ledger_error(sqlite3 *db, int rc)
     }
 }
 
-static int ledger_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **stmt)
+int ns__ledger_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **stmt)
 {
     int rc = sqlite3_prepare_v2(db, sql, -1, stmt, NULL);
     if (rc != SQLITE_OK)
-        return ledger_error(db, rc);
+        return ns__ledger_error(db, rc);
     NS_ASSERT(*stmt != NULL);
     return NS_OK;
 }
 
 /* Finalizes stmt and returns err, or finalize's own error when err was NS_OK. */
-static int ledger_finish(sqlite3 *db, sqlite3_stmt *stmt, int err)
+int ns__ledger_finish(sqlite3 *db, sqlite3_stmt *stmt, int err)
 {
     int rc = sqlite3_finalize(stmt);
     if (err == NS_OK && rc != SQLITE_OK)
-        return ledger_error(db, rc);
+        return ns__ledger_error(db, rc);
     return err;
 }
 
 /* Steps a statement that must yield exactly one row; the caller reads the row, then calls
  * ledger_step_done. */
-static int ledger_step_row(sqlite3 *db, sqlite3_stmt *stmt)
+int ns__ledger_step_row(sqlite3 *db, sqlite3_stmt *stmt)
 {
     int rc = sqlite3_step(stmt);
     if (rc == SQLITE_ROW)
         return NS_OK;
     if (rc == SQLITE_DONE)
         return NS_ECORRUPT; /* a row our schema guarantees is missing */
-    return ledger_error(db, rc);
+    return ns__ledger_error(db, rc);
 }
 
-static int ledger_step_done(sqlite3 *db, sqlite3_stmt *stmt)
+int ns__ledger_step_done(sqlite3 *db, sqlite3_stmt *stmt)
 {
     int rc = sqlite3_step(stmt);
     if (rc == SQLITE_DONE)
         return NS_OK;
     if (rc == SQLITE_ROW)
         return NS_ECORRUPT; /* a second row where our schema allows one */
-    return ledger_error(db, rc);
+    return ns__ledger_error(db, rc);
 }
 
-static int ledger_exec(sqlite3 *db, const char *sql)
+int ns__ledger_exec(sqlite3 *db, const char *sql)
 {
     int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
-    return rc == SQLITE_OK ? NS_OK : ledger_error(db, rc);
+    return rc == SQLITE_OK ? NS_OK : ns__ledger_error(db, rc);
 }
 
 /* Runs a statement of one row and one integer column, such as a PRAGMA or a count. */
-static int ledger_query_int64(sqlite3 *db, const char *sql, int64_t *out)
+int ns__ledger_query_int64(sqlite3 *db, const char *sql, int64_t *out)
 {
     sqlite3_stmt *stmt;
-    int err = ledger_prepare(db, sql, &stmt);
+    int err = ns__ledger_prepare(db, sql, &stmt);
     if (err != NS_OK)
         return err;
-    err = ledger_step_row(db, stmt);
+    err = ns__ledger_step_row(db, stmt);
     if (err == NS_OK && sqlite3_column_type(stmt, 0) != SQLITE_INTEGER)
         err = NS_ECORRUPT;
     if (err == NS_OK) {
         *out = sqlite3_column_int64(stmt, 0);
-        err = ledger_step_done(db, stmt);
+        err = ns__ledger_step_done(db, stmt);
     }
-    return ledger_finish(db, stmt, err);
+    return ns__ledger_finish(db, stmt, err);
 }
 
 /* Runs a statement whose first row's first column is text, and tells whether it equals want. */
-static int ledger_query_text_is(sqlite3 *db, const char *sql, const char *want, bool *equal)
+int ns__ledger_query_text_is(sqlite3 *db, const char *sql, const char *want, bool *equal)
 {
     sqlite3_stmt *stmt;
-    int err = ledger_prepare(db, sql, &stmt);
+    int err = ns__ledger_prepare(db, sql, &stmt);
     if (err != NS_OK)
         return err;
-    err = ledger_step_row(db, stmt);
+    err = ns__ledger_step_row(db, stmt);
     if (err == NS_OK) {
         const unsigned char *text = sqlite3_column_text(stmt, 0);
         if (text == NULL && sqlite3_errcode(db) == SQLITE_NOMEM)
@@ -225,11 +261,11 @@ static int ledger_query_text_is(sqlite3 *db, const char *sql, const char *want, 
         else
             *equal = text != NULL && strcmp((const char *)text, want) == 0;
     }
-    return ledger_finish(db, stmt, err);
+    return ns__ledger_finish(db, stmt, err);
 }
 
 /* Reads a BLOB column that must hold exactly len bytes. */
-static int ledger_column_blob(sqlite3_stmt *stmt, int column, uint8_t *out, size_t len)
+int ns__ledger_column_blob(sqlite3_stmt *stmt, int column, uint8_t *out, size_t len)
 {
     if (sqlite3_column_type(stmt, column) != SQLITE_BLOB)
         return NS_ECORRUPT;
@@ -240,7 +276,7 @@ static int ledger_column_blob(sqlite3_stmt *stmt, int column, uint8_t *out, size
     return NS_OK;
 }
 
-static int ledger_column_amount(sqlite3_stmt *stmt, int column, ns_neuro *out)
+int ns__ledger_column_amount(sqlite3_stmt *stmt, int column, ns_neuro *out)
 {
     if (sqlite3_column_type(stmt, column) != SQLITE_INTEGER)
         return NS_ECORRUPT;
@@ -260,11 +296,11 @@ static int ledger_verify(sqlite3 *db, bool *is_new)
     int64_t application_id;
     int64_t version;
     int64_t objects;
-    int err = ledger_query_int64(db, "PRAGMA application_id", &application_id);
+    int err = ns__ledger_query_int64(db, "PRAGMA application_id", &application_id);
     if (err == NS_OK)
-        err = ledger_query_int64(db, "PRAGMA user_version", &version);
+        err = ns__ledger_query_int64(db, "PRAGMA user_version", &version);
     if (err == NS_OK)
-        err = ledger_query_int64(db, "SELECT count(*) FROM sqlite_schema", &objects);
+        err = ns__ledger_query_int64(db, "SELECT count(*) FROM sqlite_schema", &objects);
     if (err != NS_OK)
         return err;
 
@@ -279,7 +315,7 @@ static int ledger_verify(sqlite3 *db, bool *is_new)
         return NS_ECORRUPT; /* ours, but the schema that is written with the mark is missing */
 
     bool ok = false;
-    err = ledger_query_text_is(db, "PRAGMA integrity_check", "ok", &ok);
+    err = ns__ledger_query_text_is(db, "PRAGMA integrity_check", "ok", &ok);
     if (err != NS_OK)
         return err;
     return ok ? NS_OK : NS_ECORRUPT;
@@ -289,14 +325,14 @@ static int ledger_verify(sqlite3 *db, bool *is_new)
 static int ledger_configure(sqlite3 *db)
 {
     bool wal = false;
-    int err = ledger_query_text_is(db, "PRAGMA journal_mode=WAL", "wal", &wal);
+    int err = ns__ledger_query_text_is(db, "PRAGMA journal_mode=WAL", "wal", &wal);
     if (err != NS_OK)
         return err;
     if (!wal)
         return NS_EIO; /* e.g. a file system without shared memory for the WAL index */
-    err = ledger_exec(db, "PRAGMA synchronous=FULL");
+    err = ns__ledger_exec(db, "PRAGMA synchronous=FULL");
     if (err == NS_OK)
-        err = ledger_exec(db, "PRAGMA foreign_keys=ON");
+        err = ns__ledger_exec(db, "PRAGMA foreign_keys=ON");
     return err;
 }
 
@@ -305,7 +341,7 @@ static int ledger_set_pragma(sqlite3 *db, const char *name, int64_t value)
     char sql[LEDGER_PRAGMA_BYTES_MAX];
     int n = snprintf(sql, sizeof sql, "PRAGMA %s = %" PRId64, name, value);
     NS_ASSERT(n > 0 && (size_t)n < sizeof sql);
-    return ledger_exec(db, sql);
+    return ns__ledger_exec(db, sql);
 }
 
 /* The schema of one version and the user_version that says it is there; inside a transaction. */
@@ -313,7 +349,7 @@ static int ledger_apply_migration(sqlite3 *db, int version)
 {
     NS_ASSERT(version >= 1 && version <= NS_LEDGER_SCHEMA_VERSION);
     NS_ASSERT(migrations[version] != NULL);
-    int err = ledger_exec(db, migrations[version]);
+    int err = ns__ledger_exec(db, migrations[version]);
     if (err == NS_OK)
         err = ledger_set_pragma(db, "user_version", version);
     return err;
@@ -322,10 +358,10 @@ static int ledger_apply_migration(sqlite3 *db, int version)
 /* Ends the open transaction: COMMIT when err is NS_OK, else ROLLBACK (whose own failure cannot
  * make things worse: SQLite rolls back a transaction it cannot finish when the file is next
  * opened). */
-static int ledger_end_transaction(sqlite3 *db, int err)
+int ns__ledger_end_transaction(sqlite3 *db, int err)
 {
     if (err == NS_OK)
-        err = ledger_exec(db, "COMMIT");
+        err = ns__ledger_exec(db, "COMMIT");
     if (err != NS_OK && !sqlite3_get_autocommit(db)) {
         int rc = sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         if (rc != SQLITE_OK)
@@ -337,15 +373,15 @@ static int ledger_end_transaction(sqlite3 *db, int err)
 static int ledger_migrate(sqlite3 *db)
 {
     int64_t version;
-    int err = ledger_query_int64(db, "PRAGMA user_version", &version);
+    int err = ns__ledger_query_int64(db, "PRAGMA user_version", &version);
     if (err != NS_OK)
         return err;
     NS_ASSERT(version >= 1 && version <= NS_LEDGER_SCHEMA_VERSION); /* ledger_verify checked */
     for (int v = (int)version + 1; v <= NS_LEDGER_SCHEMA_VERSION; v++) {
-        err = ledger_exec(db, "BEGIN IMMEDIATE");
+        err = ns__ledger_exec(db, "BEGIN IMMEDIATE");
         if (err != NS_OK)
             return err;
-        err = ledger_end_transaction(db, ledger_apply_migration(db, v));
+        err = ns__ledger_end_transaction(db, ledger_apply_migration(db, v));
         if (err != NS_OK)
             return err;
         NS_LOG_I("ledger", "migrated version=%d", v);
@@ -356,7 +392,7 @@ static int ledger_migrate(sqlite3 *db)
 /* SHA-256(LEDGER_GENESIS_DOMAIN): one genesis for the whole swarm, whenever a node made its file,
  * so that two honest nodes that saw the same entries have the same state hash. When this node
  * created its file (created_ms) is local bookkeeping and stays out of every hash. */
-static void ledger_genesis_hash(uint8_t hash[NS_SHA256_BYTES])
+void ns__ledger_genesis_hash(uint8_t hash[NS_SHA256_BYTES])
 {
     ns_sha256(hash, LEDGER_GENESIS_DOMAIN, sizeof LEDGER_GENESIS_DOMAIN - 1);
 }
@@ -364,25 +400,26 @@ static void ledger_genesis_hash(uint8_t hash[NS_SHA256_BYTES])
 static int ledger_insert_genesis(sqlite3 *db, uint64_t created_ms)
 {
     uint8_t hash[NS_SHA256_BYTES];
-    ledger_genesis_hash(hash);
+    ns__ledger_genesis_hash(hash);
     sqlite3_stmt *stmt;
-    int err = ledger_prepare(db,
-                             "INSERT INTO genesis (id, created_ms, total_minted_nano, reward_nano,"
-                             " hash) VALUES (1, ?1, 0, 0, ?2)",
-                             &stmt);
+    int err =
+        ns__ledger_prepare(db,
+                           "INSERT INTO genesis (id, created_ms, total_minted_nano, reward_nano,"
+                           " hash) VALUES (1, ?1, 0, 0, ?2)",
+                           &stmt);
     if (err != NS_OK)
         return err;
     int rc = sqlite3_bind_int64(stmt, 1, (sqlite3_int64)created_ms);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_blob(stmt, 2, hash, sizeof hash, SQLITE_STATIC);
-    err = rc == SQLITE_OK ? ledger_step_done(db, stmt) : ledger_error(db, rc);
-    return ledger_finish(db, stmt, err);
+    err = rc == SQLITE_OK ? ns__ledger_step_done(db, stmt) : ns__ledger_error(db, rc);
+    return ns__ledger_finish(db, stmt, err);
 }
 
 /* A new file: the mark, every migration, the genesis row and the meta facts, all or nothing. */
 static int ledger_create(sqlite3 *db, uint64_t created_ms)
 {
-    int err = ledger_exec(db, "BEGIN IMMEDIATE");
+    int err = ns__ledger_exec(db, "BEGIN IMMEDIATE");
     if (err != NS_OK)
         return err;
     err = ledger_set_pragma(db, "application_id", (int64_t)NS_LEDGER_APPLICATION_ID);
@@ -391,9 +428,9 @@ static int ledger_create(sqlite3 *db, uint64_t created_ms)
     if (err == NS_OK)
         err = ledger_insert_genesis(db, created_ms);
     if (err == NS_OK)
-        err = ledger_exec(db, "INSERT INTO meta (key, value) VALUES"
-                              " ('created_by', 'neuroshard " NS_VERSION "')");
-    return ledger_end_transaction(db, err);
+        err = ns__ledger_exec(db, "INSERT INTO meta (key, value) VALUES"
+                                  " ('created_by', 'neuroshard " NS_VERSION "')");
+    return ns__ledger_end_transaction(db, err);
 }
 
 /* ---- opening: the file and its neighbours ------------------------------------------------- */
@@ -458,7 +495,7 @@ static int ledger_connect(const char *path, bool exists, sqlite3 **out)
     if (rc != SQLITE_OK) {
         int err = rc == SQLITE_CANTOPEN && sqlite3_system_errno(db) == EACCES
                       ? NS_EPERM
-                      : ledger_error(db, rc);
+                      : ns__ledger_error(db, rc);
         sqlite3_close(db);
         return err;
     }
@@ -475,7 +512,7 @@ static int ledger_accept(sqlite3 *db, bool is_new, uint64_t created_ms)
 {
     int rc = sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, NULL);
     if (rc != SQLITE_OK)
-        return ledger_error(db, rc);
+        return ns__ledger_error(db, rc);
     int err = ledger_configure(db);
     if (err != NS_OK)
         return err;
@@ -531,6 +568,27 @@ int ns_ledger_open_at(const char *path, uint64_t now_ms, ns_ledger **out)
     return NS_OK;
 }
 
+int ns__ledger_open_memory(ns_ledger **out)
+{
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(":memory:", &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    if (rc != SQLITE_OK) {
+        sqlite3_close(db);
+        return NS_ENOMEM;
+    }
+    int err = ns__ledger_exec(db, "PRAGMA foreign_keys=ON");
+    if (err == NS_OK)
+        err = ledger_create(db, 0);
+    ns_ledger *ledger = err == NS_OK ? calloc(1, sizeof *ledger) : NULL;
+    if (ledger == NULL) {
+        ledger_close_db(db);
+        return err != NS_OK ? err : NS_ENOMEM;
+    }
+    ledger->db = db;
+    *out = ledger;
+    return NS_OK;
+}
+
 int ns_ledger_open(const char *path, ns_ledger **out)
 {
     struct timespec ts;
@@ -557,7 +615,7 @@ int ns_ledger_height(ns_ledger *ledger, uint64_t *height)
     NS_ASSERT(ledger != NULL);
     NS_ASSERT(height != NULL);
     int64_t count;
-    int err = ledger_query_int64(ledger->db, "SELECT count(*) FROM entries", &count);
+    int err = ns__ledger_query_int64(ledger->db, "SELECT count(*) FROM entries", &count);
     if (err != NS_OK)
         return err;
     NS_ASSERT(count >= 0);
@@ -574,26 +632,26 @@ int ns_ledger_balance(ns_ledger *ledger, const uint8_t node_id[NS_NODE_ID_BYTES]
     NS_ASSERT(stake != NULL);
     sqlite3 *db = ledger->db;
     sqlite3_stmt *stmt;
-    int err = ledger_prepare(db, "SELECT balance_nano, stake_nano FROM accounts WHERE node_id = ?1",
-                             &stmt);
+    int err = ns__ledger_prepare(
+        db, "SELECT balance_nano, stake_nano FROM accounts WHERE node_id = ?1", &stmt);
     if (err != NS_OK)
         return err;
     int rc = sqlite3_bind_blob(stmt, 1, node_id, NS_NODE_ID_BYTES, SQLITE_STATIC);
     if (rc != SQLITE_OK)
-        return ledger_finish(db, stmt, ledger_error(db, rc));
+        return ns__ledger_finish(db, stmt, ns__ledger_error(db, rc));
     ns_neuro found_balance = {0};
     ns_neuro found_stake = {0};
     rc = sqlite3_step(stmt);
     if (rc == SQLITE_ROW) {
-        err = ledger_column_amount(stmt, 0, &found_balance);
+        err = ns__ledger_column_amount(stmt, 0, &found_balance);
         if (err == NS_OK)
-            err = ledger_column_amount(stmt, 1, &found_stake);
+            err = ns__ledger_column_amount(stmt, 1, &found_stake);
         if (err == NS_OK)
-            err = ledger_step_done(db, stmt);
+            err = ns__ledger_step_done(db, stmt);
     } else if (rc != SQLITE_DONE) {
-        err = ledger_error(db, rc); /* SQLITE_DONE: an unknown account holds nothing */
+        err = ns__ledger_error(db, rc); /* SQLITE_DONE: an unknown account holds nothing */
     }
-    err = ledger_finish(db, stmt, err);
+    err = ns__ledger_finish(db, stmt, err);
     if (err == NS_OK) {
         *balance = found_balance;
         *stake = found_stake;
@@ -608,27 +666,27 @@ int ns_ledger_totals(ns_ledger *ledger, ns_neuro *minted, ns_neuro *burned)
     NS_ASSERT(burned != NULL);
     sqlite3 *db = ledger->db;
     sqlite3_stmt *stmt;
-    int err =
-        ledger_prepare(db,
-                       "SELECT (SELECT total_minted_nano FROM genesis WHERE id = 1),"
-                       " (SELECT coalesce(sum(amount_nano), 0) FROM entries WHERE kind = 'claim'),"
-                       " (SELECT coalesce(sum(amount_nano), 0) FROM entries WHERE kind = 'burn')",
-                       &stmt);
+    int err = ns__ledger_prepare(
+        db,
+        "SELECT (SELECT total_minted_nano FROM genesis WHERE id = 1),"
+        " (SELECT coalesce(sum(amount_nano), 0) FROM entries WHERE kind = 'claim'),"
+        " (SELECT coalesce(sum(amount_nano), 0) FROM burns)",
+        &stmt);
     if (err != NS_OK)
         return err;
     ns_neuro genesis_minted;
     ns_neuro claimed;
     ns_neuro burned_sum;
-    err = ledger_step_row(db, stmt);
+    err = ns__ledger_step_row(db, stmt);
     if (err == NS_OK)
-        err = ledger_column_amount(stmt, 0, &genesis_minted);
+        err = ns__ledger_column_amount(stmt, 0, &genesis_minted);
     if (err == NS_OK)
-        err = ledger_column_amount(stmt, 1, &claimed);
+        err = ns__ledger_column_amount(stmt, 1, &claimed);
     if (err == NS_OK)
-        err = ledger_column_amount(stmt, 2, &burned_sum);
+        err = ns__ledger_column_amount(stmt, 2, &burned_sum);
     if (err == NS_OK)
-        err = ledger_step_done(db, stmt);
-    err = ledger_finish(db, stmt, err);
+        err = ns__ledger_step_done(db, stmt);
+    err = ns__ledger_finish(db, stmt, err);
     ns_neuro minted_sum;
     if (err == NS_OK)
         err = ns_neuro_add(&minted_sum, genesis_minted, claimed);
@@ -646,21 +704,21 @@ int ns_ledger_genesis(ns_ledger *ledger, uint64_t *created_ms, uint8_t hash[NS_S
     NS_ASSERT(hash != NULL);
     sqlite3 *db = ledger->db;
     sqlite3_stmt *stmt;
-    int err = ledger_prepare(db, "SELECT created_ms, hash FROM genesis WHERE id = 1", &stmt);
+    int err = ns__ledger_prepare(db, "SELECT created_ms, hash FROM genesis WHERE id = 1", &stmt);
     if (err != NS_OK)
         return err;
     uint8_t found_hash[NS_SHA256_BYTES];
     int64_t found_ms = -1;
-    err = ledger_step_row(db, stmt);
+    err = ns__ledger_step_row(db, stmt);
     if (err == NS_OK) {
         if (sqlite3_column_type(stmt, 0) == SQLITE_INTEGER)
             found_ms = sqlite3_column_int64(stmt, 0);
-        err = found_ms >= 0 ? ledger_column_blob(stmt, 1, found_hash, sizeof found_hash)
+        err = found_ms >= 0 ? ns__ledger_column_blob(stmt, 1, found_hash, sizeof found_hash)
                             : NS_ECORRUPT;
     }
     if (err == NS_OK)
-        err = ledger_step_done(db, stmt);
-    err = ledger_finish(db, stmt, err);
+        err = ns__ledger_step_done(db, stmt);
+    err = ns__ledger_finish(db, stmt, err);
     if (err == NS_OK) {
         *created_ms = (uint64_t)found_ms;
         memcpy(hash, found_hash, sizeof found_hash);
@@ -674,7 +732,8 @@ int ns_ledger_state_hash(ns_ledger *ledger, uint8_t hash[NS_SHA256_BYTES])
     NS_ASSERT(hash != NULL);
     sqlite3 *db = ledger->db;
     sqlite3_stmt *stmt;
-    int err = ledger_prepare(db, "SELECT node_id, head_hash FROM accounts ORDER BY node_id", &stmt);
+    int err =
+        ns__ledger_prepare(db, "SELECT node_id, head_hash FROM accounts ORDER BY node_id", &stmt);
     if (err != NS_OK)
         return err;
     crypto_hash_sha256_state state;
@@ -683,9 +742,9 @@ int ns_ledger_state_hash(ns_ledger *ledger, uint8_t hash[NS_SHA256_BYTES])
     uint64_t accounts = 0;
     while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
         uint8_t row[NS_NODE_ID_BYTES + NS_SHA256_BYTES];
-        err = ledger_column_blob(stmt, 0, row, NS_NODE_ID_BYTES);
+        err = ns__ledger_column_blob(stmt, 0, row, NS_NODE_ID_BYTES);
         if (err == NS_OK)
-            err = ledger_column_blob(stmt, 1, row + NS_NODE_ID_BYTES, NS_SHA256_BYTES);
+            err = ns__ledger_column_blob(stmt, 1, row + NS_NODE_ID_BYTES, NS_SHA256_BYTES);
         if (err != NS_OK)
             break;
         rc = crypto_hash_sha256_update(&state, row, sizeof row);
@@ -693,8 +752,8 @@ int ns_ledger_state_hash(ns_ledger *ledger, uint8_t hash[NS_SHA256_BYTES])
         accounts++;
     }
     if (err == NS_OK && rc != SQLITE_DONE)
-        err = ledger_error(db, rc);
-    err = ledger_finish(db, stmt, err);
+        err = ns__ledger_error(db, rc);
+    err = ns__ledger_finish(db, stmt, err);
     if (err != NS_OK)
         return err;
     if (accounts > 0) {
@@ -715,5 +774,5 @@ int ns_ledger_checkpoint(ns_ledger *ledger)
 {
     NS_ASSERT(ledger != NULL);
     int rc = sqlite3_wal_checkpoint_v2(ledger->db, "main", SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
-    return rc == SQLITE_OK ? NS_OK : ledger_error(ledger->db, rc);
+    return rc == SQLITE_OK ? NS_OK : ns__ledger_error(ledger->db, rc);
 }

@@ -168,7 +168,7 @@ static ns_ponw_verdict check_history(const node_slot *s, const ns_proof *p, uint
     return NS_PONW_ACCEPTED;
 }
 
-static ns_ponw_verdict check_work(const ns_proof *p)
+ns_ponw_verdict ns_ponw_check_work(const ns_proof *p)
 {
     uint64_t period_ms = p->timestamp_ms - p->period_start_ms; /* > 0: ns_proof_check */
     /* tokens / minutes > 1 M, without division: tokens * 60000 > 1 M * period_ms */
@@ -200,7 +200,7 @@ static ns_ponw_verdict validate(ns_ponw_validator *v, const uint8_t *buf, size_t
     node_slot *s = find(v, p.author, &free_slot);
     ns_ponw_verdict verdict = check_history(s, &p, now_ms);
     if (verdict == NS_PONW_ACCEPTED)
-        verdict = check_work(&p);
+        verdict = ns_ponw_check_work(&p);
     if (verdict != NS_PONW_ACCEPTED)
         return verdict;
     if (s == NULL) {

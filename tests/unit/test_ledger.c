@@ -5,6 +5,7 @@
  * (synchronous, foreign_keys) can be read back and rows inserted by hand. Every refusal is checked
  * to leave the file byte-for-byte as it was and to leave no -wal or -shm file beside it.
  */
+#include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,11 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
-#include "../../src/ledger/ledger.c"
+#include "../../src/ledger/ledger_internal.h"
 #include "support/testutil.h"
 
 #define T0_MS 1767225600000ull /* 2026-01-01T00:00:00Z */
@@ -110,7 +112,7 @@ static void raw_exec(const char *path, const char *sql)
 static int64_t raw_query_int64(sqlite3 *db, const char *sql)
 {
     int64_t value = -1;
-    assert_int_equal(ledger_query_int64(db, sql, &value), NS_OK);
+    assert_int_equal(ns__ledger_query_int64(db, sql, &value), NS_OK);
     return value;
 }
 
@@ -204,14 +206,16 @@ static void test_ledger_uses_wal_synchronous_full_and_foreign_keys(void **state)
     ns_ledger *ledger = NULL;
     assert_int_equal(ns_ledger_open_at(f->path, T0_MS, &ledger), NS_OK);
     bool wal = false;
-    assert_int_equal(ledger_query_text_is(ledger->db, "PRAGMA journal_mode", "wal", &wal), NS_OK);
+    assert_int_equal(ns__ledger_query_text_is(ledger->db, "PRAGMA journal_mode", "wal", &wal),
+                     NS_OK);
     assert_true(wal);
     assert_int_equal(raw_query_int64(ledger->db, "PRAGMA synchronous"), 2); /* FULL */
     assert_int_equal(raw_query_int64(ledger->db, "PRAGMA foreign_keys"), 1);
     ns_ledger_close(ledger);
     /* The settings come back on reopen: WAL from the file, the rest from open. */
     assert_int_equal(ns_ledger_open_at(f->path, T0_MS, &ledger), NS_OK);
-    assert_int_equal(ledger_query_text_is(ledger->db, "PRAGMA journal_mode", "wal", &wal), NS_OK);
+    assert_int_equal(ns__ledger_query_text_is(ledger->db, "PRAGMA journal_mode", "wal", &wal),
+                     NS_OK);
     assert_true(wal);
     assert_int_equal(raw_query_int64(ledger->db, "PRAGMA synchronous"), 2);
     assert_int_equal(raw_query_int64(ledger->db, "PRAGMA foreign_keys"), 1);
@@ -226,7 +230,35 @@ static void test_ledger_file_carries_application_id_and_schema_version(void **st
     assert_int_equal(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     assert_int_equal(raw_query_int64(db, "PRAGMA application_id"), NS_LEDGER_APPLICATION_ID);
     assert_int_equal(raw_query_int64(db, "PRAGMA user_version"), NS_LEDGER_SCHEMA_VERSION);
-    assert_int_equal(NS_LEDGER_SCHEMA_VERSION, 1);
+    assert_int_equal(NS_LEDGER_SCHEMA_VERSION, 2);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
+/* A file of schema 1 (as the walking skeleton wrote it) is migrated to 2 when opened. */
+static void test_ledger_migrates_a_version_1_file(void **state)
+{
+    fixture *f = *state;
+    create_ledger(f->path, T0_MS);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "DROP TABLE sends; DROP TABLE claims; DROP TABLE forks;"
+                                  "DROP TABLE burns; ALTER TABLE accounts DROP COLUMN frozen;"
+                                  "PRAGMA user_version = 1;",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    ns_ledger *ledger = NULL;
+    assert_int_equal(ns_ledger_open_at(f->path, T0_MS, &ledger), NS_OK);
+    ns_ledger_close(ledger);
+    assert_int_equal(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(raw_query_int64(db, "PRAGMA user_version"), 2);
+    assert_int_equal(raw_query_int64(db, "SELECT count(*) FROM sqlite_schema WHERE name IN "
+                                         "('sends', 'claims', 'forks', 'burns')"),
+                     4);
+    assert_int_equal(raw_query_int64(db, "SELECT count(*) FROM pragma_table_info('accounts') "
+                                         "WHERE name = 'frozen'"),
+                     1);
     assert_int_equal(sqlite3_close(db), SQLITE_OK);
 }
 
@@ -313,9 +345,9 @@ static void test_ledger_state_hash_covers_account_heads_in_node_id_order(void **
     /* SHA-256(id1 || head1 || id2 || head2), built from the rows as stored. */
     uint8_t concat[4 * 32];
     sqlite3_stmt *stmt;
-    assert_int_equal(ledger_prepare(ledger->db,
-                                    "SELECT node_id, head_hash FROM accounts ORDER BY node_id",
-                                    &stmt),
+    assert_int_equal(ns__ledger_prepare(ledger->db,
+                                        "SELECT node_id, head_hash FROM accounts ORDER BY node_id",
+                                        &stmt),
                      NS_OK);
     for (size_t row = 0; row < 2; row++) {
         assert_int_equal(sqlite3_step(stmt), SQLITE_ROW);
@@ -376,7 +408,12 @@ static void test_ledger_reads_balance_height_and_totals_from_rows(void **state)
     insert_account(ledger->db, 0x01, 3 * NS_NEURO_NANO_PER_UNIT, 10 * NS_NEURO_NANO_PER_UNIT);
     assert_int_equal(insert_entry(ledger->db, 0x01, 1, "claim", 13), SQLITE_OK);
     assert_int_equal(insert_entry(ledger->db, 0x01, 2, "claim", 2), SQLITE_OK);
-    assert_int_equal(insert_entry(ledger->db, 0x01, 3, "burn", 4), SQLITE_OK);
+    assert_int_equal(insert_entry(ledger->db, 0x01, 3, "stake", 4), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(ledger->db,
+                                  "INSERT INTO burns (cause, entry_hash, amount_nano)"
+                                  " VALUES ('fee', zeroblob(32), 4)",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
     assert_int_equal(insert_entry(ledger->db, 0x01, 4, "send", 100), SQLITE_OK);
     uint8_t node_id[NS_NODE_ID_BYTES] = {0};
     node_id[31] = 0x01;
@@ -621,6 +658,7 @@ int main(void)
         LEDGER_TEST(test_ledger_reopen_keeps_the_same_genesis),
         LEDGER_TEST(test_ledger_uses_wal_synchronous_full_and_foreign_keys),
         LEDGER_TEST(test_ledger_file_carries_application_id_and_schema_version),
+        LEDGER_TEST(test_ledger_migrates_a_version_1_file),
         LEDGER_TEST(test_ledger_treats_an_empty_file_as_new),
         LEDGER_TEST(test_ledger_refuses_genesis_time_beyond_sqlite_integers),
         LEDGER_TEST(test_ledger_state_hash_of_empty_ledger_is_hash_of_genesis),

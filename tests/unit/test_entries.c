@@ -1,0 +1,477 @@
+/*
+ * test_entries.c: applying signed entries to the NEURO ledger: claims of proofs, sends, receives,
+ * stakes, the chain rules (gaps, links, duplicates, forks), refusals that change nothing, the
+ * same state from the same entries in another order, and ns_ledger_check's replay.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "../../src/ledger/ledger_internal.h"
+#include "neuroshard/ponw.h"
+#include "support/testutil.h"
+
+#define T0_MS 1800000000000ull
+#define NANO  1000000000LL
+#define MIN   60000ull
+
+typedef struct fixture {
+    char dir[512];
+    char path[600];
+    ns_ledger *ledger;
+    ns_key a, b;
+    uint64_t now;
+} fixture;
+
+static void key_of(ns_key *key, uint8_t seed_byte)
+{
+    uint8_t sk[NS_SECKEY_BYTES];
+    memset(sk, seed_byte, sizeof sk);
+    assert_int_equal(ns_key_from_seckey(key, sk), NS_OK);
+}
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    ns_test_tempdir(f->dir, sizeof f->dir);
+    snprintf(f->path, sizeof f->path, "%s/ledger.db", f->dir);
+    assert_int_equal(ns_ledger_open_at(f->path, T0_MS, &f->ledger), NS_OK);
+    key_of(&f->a, 0x31);
+    key_of(&f->b, 0x32);
+    f->now = T0_MS;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    ns_ledger_close(f->ledger);
+    ns_test_rmtree(f->dir);
+    free(f);
+    return 0;
+}
+
+/* A signed training proof of key for the minute ending at end_ms. */
+static uint8_t *proof_env(const ns_key *key, uint64_t end_ms, uint64_t batches, size_t *len,
+                          ns_proof *out)
+{
+    ns_proof p = {.type = NS_PROOF_TRAINING,
+                  .nonce = end_ms ^ batches,
+                  .sequence = end_ms / MIN,
+                  .timestamp_ms = end_ms,
+                  .period_start_ms = end_ms - MIN,
+                  .uptime_s = 60,
+                  .tokens = batches * 128,
+                  .batches = batches,
+                  .layers = 4,
+                  .tier = 3,
+                  .has_training = true};
+    p.training.batch_count = (uint32_t)batches;
+    p.training.layer_last = 4;
+    p.training.micro_batches = 1;
+    uint8_t *env;
+    assert_int_equal(ns_proof_sign(key, &p, &env, len), NS_OK);
+    if (out != NULL)
+        *out = p;
+    return env;
+}
+
+/* Appends an entry of key's account; returns ns_ledger_append's code, *hash its hash. */
+static int append(fixture *f, const ns_key *key, ns_entry e, char *why, uint8_t *hash)
+{
+    uint8_t *env = NULL;
+    size_t len = 0;
+    int rc = ns_ledger_append(f->ledger, key, &e, f->now, &env, &len, why);
+    if (rc == NS_OK && hash != NULL)
+        memcpy(hash, e.hash, NS_SHA256_BYTES);
+    free(env);
+    return rc;
+}
+
+/* Claims the proof of the minute ending at end_ms at f->now with the right reward. */
+static int claim(fixture *f, const ns_key *key, uint64_t end_ms, uint64_t batches, char *why,
+                 ns_neuro *reward)
+{
+    size_t len;
+    ns_proof p;
+    uint8_t *env = proof_env(key, end_ms, batches, &len, &p);
+    ns_account acct;
+    assert_int_equal(ns_ledger_account(f->ledger, key->node_id, &acct), NS_OK);
+    ns_neuro r;
+    assert_int_equal(ns_ponw_reward(&p, acct.stake, &r), NS_OK);
+    ns_entry e = {.kind = NS_ENTRY_CLAIM, .amount = r, .proof = env, .proof_len = len};
+    int rc = append(f, key, e, why, NULL);
+    free(env);
+    if (reward != NULL)
+        *reward = r;
+    return rc;
+}
+
+static ns_neuro balance_of(fixture *f, const ns_key *key)
+{
+    ns_account a;
+    assert_int_equal(ns_ledger_account(f->ledger, key->node_id, &a), NS_OK);
+    return a.balance;
+}
+
+static void assert_checks_out(fixture *f)
+{
+    ns_ledger_report rep;
+    assert_int_equal(ns_ledger_check(f->ledger, &rep), NS_OK);
+    if (!rep.ok)
+        fail_msg("ledger check: %s", rep.problem);
+    assert_int_equal(rep.held.nano, rep.minted.nano - rep.burned.nano);
+}
+
+/* ---- claims ------------------------------------------------------------------------------- */
+
+static void test_a_claim_mints_the_reward_after_the_window(void **state)
+{
+    fixture *f = *state;
+    char why[NS_LEDGER_WHY_SIZE];
+    f->now = T0_MS + 5 * MIN;
+    assert_int_equal(claim(f, &f->a, T0_MS, 50, why, NULL), NS_EINVAL);
+    assert_non_null(strstr(why, "challenge window"));
+    f->now = T0_MS + 10 * MIN;
+    ns_neuro r;
+    assert_int_equal(claim(f, &f->a, T0_MS, 50, why, &r), NS_OK);
+    assert_int_equal(r.nano, 50 * 4 * 500000LL + 100000); /* 0.0005 a batch a layer + uptime */
+    assert_int_equal(balance_of(f, &f->a).nano, r.nano);
+    ns_neuro minted, burned;
+    assert_int_equal(ns_ledger_totals(f->ledger, &minted, &burned), NS_OK);
+    assert_int_equal(minted.nano, r.nano);
+    assert_int_equal(burned.nano, 0);
+    uint64_t height;
+    assert_int_equal(ns_ledger_height(f->ledger, &height), NS_OK);
+    assert_int_equal(height, 1);
+    assert_checks_out(f);
+}
+
+static void test_claims_that_break_a_rule_change_nothing(void **state)
+{
+    fixture *f = *state;
+    char why[NS_LEDGER_WHY_SIZE];
+    f->now = T0_MS + 20 * MIN;
+    assert_int_equal(claim(f, &f->a, T0_MS, 10, why, NULL), NS_OK);
+    uint8_t before[NS_SHA256_BYTES], after[NS_SHA256_BYTES];
+    assert_int_equal(ns_ledger_state_hash(f->ledger, before), NS_OK);
+
+    /* the same proof again */
+    size_t len;
+    ns_proof p;
+    uint8_t *env = proof_env(&f->a, T0_MS, 10, &len, &p);
+    ns_neuro r;
+    assert_int_equal(ns_ponw_reward(&p, (ns_neuro){0}, &r), NS_OK);
+    ns_entry e = {.kind = NS_ENTRY_CLAIM, .amount = r, .proof = env, .proof_len = len};
+    assert_int_equal(append(f, &f->a, e, why, NULL), NS_EINVAL);
+    assert_non_null(strstr(why, "claimed already"));
+    free(env);
+    /* another proof over an overlapping period */
+    assert_int_equal(claim(f, &f->a, T0_MS + 30000, 11, why, NULL), NS_EINVAL);
+    assert_non_null(strstr(why, "overlaps"));
+    /* someone else's proof */
+    env = proof_env(&f->b, T0_MS + 2 * MIN, 10, &len, &p);
+    assert_int_equal(ns_ponw_reward(&p, (ns_neuro){0}, &r), NS_OK);
+    e = (ns_entry){.kind = NS_ENTRY_CLAIM, .amount = r, .proof = env, .proof_len = len};
+    assert_int_equal(append(f, &f->a, e, why, NULL), NS_EINVAL);
+    assert_non_null(strstr(why, "its author"));
+    free(env);
+    /* the wrong amount */
+    env = proof_env(&f->a, T0_MS + 3 * MIN, 10, &len, &p);
+    assert_int_equal(ns_ponw_reward(&p, (ns_neuro){0}, &r), NS_OK);
+    r.nano += 1;
+    e = (ns_entry){.kind = NS_ENTRY_CLAIM, .amount = r, .proof = env, .proof_len = len};
+    assert_int_equal(append(f, &f->a, e, why, NULL), NS_EINVAL);
+    assert_non_null(strstr(why, "reward"));
+    free(env);
+    /* 2.56 M tokens in a minute */
+    assert_int_equal(claim(f, &f->a, T0_MS + 4 * MIN, 20000, why, NULL), NS_EINVAL);
+    assert_non_null(strstr(why, "over_tokens"));
+
+    assert_int_equal(ns_ledger_state_hash(f->ledger, after), NS_OK);
+    assert_memory_equal(before, after, sizeof before);
+    uint64_t height;
+    assert_int_equal(ns_ledger_height(f->ledger, &height), NS_OK);
+    assert_int_equal(height, 1);
+    assert_checks_out(f);
+}
+
+/* ---- moving NEURO ------------------------------------------------------------------------- */
+
+/* a earns some NEURO: claims of n minutes of 2000 batches (2000 * 4 * 0.0005 = 4 NEURO each). */
+static void earn(fixture *f, const ns_key *key, int minutes)
+{
+    uint64_t saved = f->now;
+    for (int i = 0; i < minutes; i++) {
+        f->now = T0_MS + (uint64_t)(i + 10) * MIN;
+        char why[NS_LEDGER_WHY_SIZE];
+        int rc = claim(f, key, T0_MS + (uint64_t)i * MIN, 2000, why, NULL);
+        if (rc != NS_OK)
+            fail_msg("claim %d: %s", i, why);
+    }
+    f->now = saved > f->now ? saved : f->now;
+}
+
+static void test_send_burns_five_percent_and_receive_takes_the_rest(void **state)
+{
+    fixture *f = *state;
+    earn(f, &f->a, 3);
+    ns_neuro start = balance_of(f, &f->a);
+    assert_true(start.nano > 12 * NANO);
+    char why[NS_LEDGER_WHY_SIZE];
+    uint8_t send_hash[NS_SHA256_BYTES];
+    ns_entry send = {.kind = NS_ENTRY_SEND, .amount = {10 * NANO}};
+    memcpy(send.counterparty, f->b.node_id, NS_NODE_ID_BYTES);
+    assert_int_equal(append(f, &f->a, send, why, send_hash), NS_OK);
+    assert_int_equal(balance_of(f, &f->a).nano, start.nano - 10 * NANO);
+    assert_int_equal(ns_ledger_send_fee((ns_neuro){10 * NANO}).nano, NANO / 2);
+    assert_int_equal(ns_ledger_send_fee((ns_neuro){1}).nano, 1); /* rounded up */
+    assert_checks_out(f);                                        /* the send is held in transit */
+
+    ns_entry recv = {.kind = NS_ENTRY_RECEIVE, .amount = {10 * NANO}};
+    memcpy(recv.reference, send_hash, NS_SHA256_BYTES);
+    assert_int_equal(append(f, &f->b, recv, why, NULL), NS_EINVAL); /* the fee is not b's */
+    assert_non_null(strstr(why, "after its fee"));
+    recv.amount.nano = 10 * NANO - NANO / 2;
+    assert_int_equal(append(f, &f->a, recv, why, NULL), NS_EINVAL);
+    assert_non_null(strstr(why, "another account"));
+    assert_int_equal(append(f, &f->b, recv, why, NULL), NS_OK);
+    assert_int_equal(balance_of(f, &f->b).nano, 10 * NANO - NANO / 2);
+    assert_int_equal(append(f, &f->b, recv, why, NULL), NS_EINVAL);
+    assert_non_null(strstr(why, "received already"));
+    ns_entry unknown = recv;
+    memset(unknown.reference, 0x77, NS_SHA256_BYTES);
+    assert_int_equal(append(f, &f->b, unknown, why, NULL), NS_ENOENT);
+
+    ns_neuro minted, burned;
+    assert_int_equal(ns_ledger_totals(f->ledger, &minted, &burned), NS_OK);
+    assert_int_equal(burned.nano, NANO / 2);
+    assert_int_equal(balance_of(f, &f->a).nano + balance_of(f, &f->b).nano,
+                     minted.nano - burned.nano);
+    /* beyond the balance, to oneself, nothing: refused, nothing changes */
+    send.amount.nano = balance_of(f, &f->a).nano + 1;
+    assert_int_equal(append(f, &f->a, send, why, NULL), NS_EINVAL);
+    assert_non_null(strstr(why, "beyond the balance"));
+    send.amount.nano = 0;
+    assert_int_equal(append(f, &f->a, send, why, NULL), NS_EINVAL);
+    send.amount.nano = NANO;
+    memcpy(send.counterparty, f->a.node_id, NS_NODE_ID_BYTES);
+    assert_int_equal(append(f, &f->a, send, why, NULL), NS_EINVAL);
+    assert_non_null(strstr(why, "oneself"));
+    assert_checks_out(f);
+}
+
+static void test_stake_moves_balance_and_raises_the_reward(void **state)
+{
+    fixture *f = *state;
+    earn(f, &f->a, 30); /* 120 NEURO */
+    ns_neuro bal = balance_of(f, &f->a);
+    char why[NS_LEDGER_WHY_SIZE];
+    ns_entry st = {.kind = NS_ENTRY_STAKE, .amount = {100 * NANO}};
+    assert_int_equal(append(f, &f->a, st, why, NULL), NS_OK);
+    ns_account acct;
+    assert_int_equal(ns_ledger_account(f->ledger, f->a.node_id, &acct), NS_OK);
+    assert_int_equal(acct.stake.nano, 100 * NANO);
+    assert_int_equal(acct.balance.nano, bal.nano - 100 * NANO);
+    /* the next claim earns 1.01375 times as much (log2(1.1) / 10) */
+    f->now = T0_MS + 100 * MIN;
+    ns_neuro r;
+    assert_int_equal(claim(f, &f->a, T0_MS + 80 * MIN, 2000, why, &r), NS_OK);
+    assert_int_equal(r.nano, (4 * NANO + 100000) * 1013750 / 1000000);
+    /* the wrong amount for the stake is refused: a reward computed without it */
+    ns_entry un = {.kind = NS_ENTRY_UNSTAKE, .amount = {101 * NANO}};
+    assert_int_equal(append(f, &f->a, un, why, NULL), NS_EINVAL);
+    assert_non_null(strstr(why, "beyond the stake"));
+    un.amount.nano = 40 * NANO;
+    assert_int_equal(append(f, &f->a, un, why, NULL), NS_OK);
+    assert_int_equal(ns_ledger_account(f->ledger, f->a.node_id, &acct), NS_OK);
+    assert_int_equal(acct.stake.nano, 60 * NANO);
+    st.amount.nano = acct.balance.nano + 1;
+    assert_int_equal(append(f, &f->a, st, why, NULL), NS_EINVAL);
+    assert_checks_out(f);
+}
+
+/* ---- the chain ---------------------------------------------------------------------------- */
+
+static uint8_t *signed_entry(const ns_key *key, uint64_t seq, const uint8_t prev[32], uint32_t kind,
+                             int64_t amount, uint64_t ts, size_t *len, ns_entry *out)
+{
+    ns_entry e = {.kind = kind, .sequence = seq, .timestamp_ms = ts, .amount = {amount}};
+    memcpy(e.prev_hash, prev, 32);
+    uint8_t *env;
+    assert_int_equal(ns_entry_sign(key, &e, &env, len), NS_OK);
+    if (out != NULL)
+        *out = e;
+    return env;
+}
+
+static void test_chain_gaps_links_duplicates_and_forks(void **state)
+{
+    fixture *f = *state;
+    earn(f, &f->a, 2);
+    ns_account acct;
+    assert_int_equal(ns_ledger_account(f->ledger, f->a.node_id, &acct), NS_OK);
+    assert_int_equal(acct.sequence, 2);
+    char why[NS_LEDGER_WHY_SIZE];
+    uint64_t ts = f->now;
+    size_t len, len2;
+    ns_entry e3;
+    uint8_t *gap = signed_entry(&f->a, 4, acct.head_hash, NS_ENTRY_STAKE, NANO, ts, &len, NULL);
+    assert_int_equal(ns_ledger_apply(f->ledger, gap, len, ts, why), NS_ENOENT);
+    assert_non_null(strstr(why, "missing"));
+    uint8_t wrong[32] = {1};
+    uint8_t *unlinked = signed_entry(&f->a, 3, wrong, NS_ENTRY_STAKE, NANO, ts, &len2, NULL);
+    assert_int_equal(ns_ledger_apply(f->ledger, unlinked, len2, ts, why), NS_EINVAL);
+    assert_non_null(strstr(why, "does not follow"));
+    free(unlinked);
+    uint8_t *good = signed_entry(&f->a, 3, acct.head_hash, NS_ENTRY_STAKE, NANO, ts, &len2, &e3);
+    assert_int_equal(ns_ledger_apply(f->ledger, good, len2, ts, why), NS_OK);
+    assert_int_equal(ns_ledger_apply(f->ledger, good, len2, ts, why), NS_EEXIST);
+    /* the gap is closed now: entry 4 (whose link is wrong) is refused for its link */
+    assert_int_equal(ns_ledger_apply(f->ledger, gap, len, ts, why), NS_EINVAL);
+    free(gap);
+    /* a second, different entry 3: a fork; both kept; the account frozen */
+    uint8_t *fork =
+        signed_entry(&f->a, 3, acct.head_hash, NS_ENTRY_STAKE, 2 * NANO, ts, &len, NULL);
+    assert_int_equal(ns_ledger_apply(f->ledger, fork, len, ts, why), NS_EFORK);
+    assert_int_equal(ns_ledger_account(f->ledger, f->a.node_id, &acct), NS_OK);
+    assert_true(acct.frozen);
+    assert_int_equal(acct.stake.nano, NANO); /* the first entry 3 stands */
+    assert_int_equal(ns_ledger_apply(f->ledger, fork, len, ts, why), NS_EFORK); /* once recorded */
+    int64_t forks = -1;
+    assert_int_equal(ns__ledger_query_int64(f->ledger->db, "SELECT count(*) FROM forks", &forks),
+                     NS_OK);
+    assert_int_equal(forks, 1);
+    uint8_t *next = signed_entry(&f->a, 4, e3.hash, NS_ENTRY_UNSTAKE, NANO, ts, &len, NULL);
+    assert_int_equal(ns_ledger_apply(f->ledger, next, len, ts, why), NS_EINVAL);
+    assert_non_null(strstr(why, "frozen"));
+    free(next);
+    free(fork);
+    free(good);
+    assert_checks_out(f); /* the replay freezes it too */
+}
+
+static void test_forged_tampered_and_foreign_bytes_are_refused(void **state)
+{
+    fixture *f = *state;
+    ns_account acct;
+    assert_int_equal(ns_ledger_account(f->ledger, f->a.node_id, &acct), NS_OK);
+    size_t len;
+    uint8_t *env = signed_entry(&f->a, 1, acct.head_hash, NS_ENTRY_STAKE, 0, T0_MS, &len, NULL);
+    char why[NS_LEDGER_WHY_SIZE];
+    for (size_t i = 0; i < len; i++) {
+        env[i] ^= 0x01;
+        assert_int_not_equal(ns_ledger_apply(f->ledger, env, len, T0_MS, why), NS_OK);
+        env[i] ^= 0x01;
+    }
+    free(env);
+    /* a record of another type */
+    ns_record r = {.type = NS_RECORD_PROOF, .sequence = 1, .timestamp_ms = T0_MS};
+    assert_int_equal(ns_record_sign(&f->a, &r, &env, &len), NS_OK);
+    assert_int_equal(ns_ledger_apply(f->ledger, env, len, T0_MS, why), NS_EINVAL);
+    free(env);
+    /* from the future */
+    env = signed_entry(&f->a, 1, acct.head_hash, NS_ENTRY_STAKE, 0, T0_MS + 10 * MIN, &len, NULL);
+    assert_int_equal(ns_ledger_apply(f->ledger, env, len, T0_MS, why), NS_EFUTURE);
+    free(env);
+    uint64_t height;
+    assert_int_equal(ns_ledger_height(f->ledger, &height), NS_OK);
+    assert_int_equal(height, 0);
+}
+
+/* ---- agreement ---------------------------------------------------------------------------- */
+
+typedef struct collected {
+    uint8_t *buf[64];
+    size_t len[64];
+    size_t n;
+} collected;
+
+static bool collect(void *arg, int64_t id, const uint8_t *buf, size_t len)
+{
+    (void)id;
+    collected *c = arg;
+    assert_true(c->n < 64);
+    c->buf[c->n] = malloc(len);
+    memcpy(c->buf[c->n], buf, len);
+    c->len[c->n++] = len;
+    return true;
+}
+
+/* Another node applying the same entries, in another order that keeps each chain's order (and a
+ * receive after its send), ends in the same state. */
+static void test_same_entries_in_another_order_give_the_same_state(void **state)
+{
+    fixture *f = *state;
+    earn(f, &f->b, 2);
+    earn(f, &f->a, 3);
+    char why[NS_LEDGER_WHY_SIZE];
+    ns_entry send = {.kind = NS_ENTRY_SEND, .amount = {3 * NANO}};
+    memcpy(send.counterparty, f->b.node_id, NS_NODE_ID_BYTES);
+    uint8_t h[NS_SHA256_BYTES];
+    assert_int_equal(append(f, &f->a, send, why, h), NS_OK);
+    ns_entry recv = {.kind = NS_ENTRY_RECEIVE, .amount = {3 * NANO - 3 * NANO / 20}};
+    memcpy(recv.reference, h, NS_SHA256_BYTES);
+    assert_int_equal(append(f, &f->b, recv, why, NULL), NS_OK);
+    collected c = {0};
+    assert_int_equal(ns_ledger_each_entry(f->ledger, 0, collect, &c, NULL), NS_OK);
+    assert_int_equal(c.n, 7);
+
+    char path2[700];
+    snprintf(path2, sizeof path2, "%s/other.db", f->dir);
+    ns_ledger *other;
+    assert_int_equal(ns_ledger_open_at(path2, T0_MS + 999, &other), NS_OK);
+    /* a's entries first (entries 2..5, then the receive's dependency order holds), b's after;
+     * b's receive (the last) before b's claims would be a gap: apply b's claims first */
+    const size_t order[] = {2, 3, 4, 5, 0, 1, 6};
+    for (size_t i = 0; i < 7; i++)
+        assert_int_equal(ns_ledger_apply(other, c.buf[order[i]], c.len[order[i]], f->now, why),
+                         NS_OK);
+    uint8_t ha[NS_SHA256_BYTES], hb[NS_SHA256_BYTES];
+    assert_int_equal(ns_ledger_state_hash(f->ledger, ha), NS_OK);
+    assert_int_equal(ns_ledger_state_hash(other, hb), NS_OK);
+    assert_memory_equal(ha, hb, sizeof ha);
+    ns_ledger_close(other);
+    for (size_t i = 0; i < c.n; i++)
+        free(c.buf[i]);
+}
+
+static void test_check_finds_a_balance_changed_behind_its_back(void **state)
+{
+    fixture *f = *state;
+    earn(f, &f->a, 2);
+    assert_checks_out(f);
+    assert_int_equal(ns__ledger_exec(f->ledger->db, "UPDATE accounts SET balance_nano ="
+                                                    " balance_nano + 1"),
+                     NS_OK);
+    ns_ledger_report rep;
+    assert_int_equal(ns_ledger_check(f->ledger, &rep), NS_OK);
+    assert_false(rep.ok);
+    assert_non_null(strstr(rep.problem, "differs"));
+    assert_int_equal(rep.entries, 2);
+}
+
+#define ENTRY_TEST(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
+int main(void)
+{
+    ns_log_set_level(NS_LOG_WARN);
+    const struct CMUnitTest tests[] = {
+        ENTRY_TEST(test_a_claim_mints_the_reward_after_the_window),
+        ENTRY_TEST(test_claims_that_break_a_rule_change_nothing),
+        ENTRY_TEST(test_send_burns_five_percent_and_receive_takes_the_rest),
+        ENTRY_TEST(test_stake_moves_balance_and_raises_the_reward),
+        ENTRY_TEST(test_chain_gaps_links_duplicates_and_forks),
+        ENTRY_TEST(test_forged_tampered_and_foreign_bytes_are_refused),
+        ENTRY_TEST(test_same_entries_in_another_order_give_the_same_state),
+        ENTRY_TEST(test_check_finds_a_balance_changed_behind_its_back),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
