@@ -16,6 +16,13 @@ for b in "$build"/bench/bench_*; do
     "$b" | grep '^bench ' | sed "s|^bench |$(basename "$b") |" >>"$tmp"
 done
 
+# Solo training and generation of the default model in a real daemon (BENCH_SKIP_TRAIN=1 skips).
+if [ -z "${BENCH_SKIP_TRAIN:-}" ]; then
+    echo "== scripts/bench-train.sh (a minute or two; the first run trains the Genesis tokenizer)" >&2
+    peak=$(sed -n 's/.* sgemm_peak_gflops=\([0-9.]*\) .*/\1/p' "$tmp" | head -1)
+    scripts/bench-train.sh "$build" "$peak" | grep '^bench ' | sed 's|^bench |solo_training |' >>"$tmp"
+fi
+
 # netsim at 10,000 nodes: figures against the issue's goals (the baseline of a simulation is the
 # goal it must meet; the ratio is figure / goal, or goal / figure where lower is better).
 if [ -x "$build/netsim" ] && [ -z "${BENCH_SKIP_NETSIM:-}" ]; then
@@ -82,5 +89,13 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
     echo "- netsim_10k: netsim/scenarios/10k.ini (10,000 nodes, median latency 50 ms, 1 % loss, 10 %"
     echo "  churn per simulated hour); the baseline is the issue's goal, ratio = figure / goal (for"
     echo "  latency goal / figure), so 1.0 or more meets it."
+    echo "- solo_training (scripts/bench-train.sh): the default model in a real neuroshardd on the"
+    echo "  Genesis data, as \`make run\` starts it, measured over a minute of training."
+    echo "  sgemm_peak_tokens_per_s is the rate at which the model's matrix multiplies (6 N + 12 L T C"
+    echo "  operations a token) would run at the sgemm peak of bench_exec, so the ratio is the model"
+    echo "  FLOPs utilisation. train_peak_rss_mib is the daemon's VmHWM (the whole process: libraries,"
+    echo "  OpenBLAS buffers, data, tokenizer) against the trainer's estimate (weights, gradients,"
+    echo "  AdamW moments, one batch's activations and scratch, the KV cache); lower is better."
+    echo "  generate_tokens_per_s: greedy decoding of 100 tokens through the KV cache."
 } >"$out"
 cat "$out"

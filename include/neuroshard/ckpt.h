@@ -262,4 +262,8 @@ NS_MUST_USE int ns_ckpt_load_latest(const char *dir, const ns_ckpt_tensor *weigh
  * *count receives how many (at most max). */
 NS_MUST_USE int ns_ckpt_list(const char *dir, uint64_t *steps, size_t max, size_t *count);
 
+/* SHA-256 of a buffer through the checkpoint writer's code (SHA-NI where the CPU has it, several
+ * times faster than libsodium's portable code): for hashing whole weight buffers. */
+void ns_ckpt_sha256(uint8_t out[NS_SHA256_BYTES], const void *buf, size_t len);
+
 #endif

@@ -32,6 +32,9 @@ NS_MUST_USE int ns_neuro_sub(ns_neuro *out, ns_neuro a, ns_neuro b); /* NS_EOVER
  * "-9223372036.854775808", takes 22 bytes with its NUL. */
 #define NS_NEURO_FORMAT_SIZE 32
 void ns_neuro_format(char *out, size_t out_size, ns_neuro amount); /* out_size >= the size */
+/* "12", "12.5", "0.000000001": digits, and at most nine decimals; NS_EINVAL for anything else
+ * (signs, exponents, spaces), NS_EOVERFLOW beyond the largest amount. */
+NS_MUST_USE int ns_neuro_parse(const char *text, ns_neuro *out);
 
 typedef struct ns_ledger ns_ledger;
 
@@ -46,6 +49,10 @@ NS_MUST_USE int ns_ledger_open(const char *path, ns_ledger **out);
  * integers. */
 NS_MUST_USE int ns_ledger_open_at(const char *path, uint64_t now_ms, ns_ledger **out);
 void ns_ledger_close(ns_ledger *ledger); /* NULL is a no-op */
+/* The challenge window a claim waits for (NS_PONW_WINDOW_MS unless set): a rule of the swarm,
+ * the same on every node of it; test swarms shorten it. The file remembers it, so a check run
+ * on the file alone replays with the same rule. */
+NS_MUST_USE int ns_ledger_set_window(ns_ledger *ledger, uint64_t window_ms);
 
 /* Number of ledger entries applied (0 at genesis). */
 NS_MUST_USE int ns_ledger_height(ns_ledger *ledger, uint64_t *height);
@@ -154,6 +161,53 @@ typedef struct ns_ledger_report {
  * signature and chain link and every rule again, then compares the replayed state (state hash,
  * every account, totals) with this one and checks that supply = minted - burned = held. */
 NS_MUST_USE int ns_ledger_check(ns_ledger *ledger, ns_ledger_report *report);
+
+/* ---- proofs and gossip views (proofs.c) --------------------------------------------------- */
+
+typedef struct ns_proof ns_proof;
+
+/* Keeps a proof that passed the validator (or this node's own), 'pending' until its window
+ * closes at timestamp + NS_PONW_WINDOW_MS. NS_EEXIST when it is kept already. */
+NS_MUST_USE int ns_ledger_proof_put(ns_ledger *ledger, const ns_proof *p, const uint8_t *buf,
+                                    size_t len, uint64_t now_ms);
+/* The author's pending proofs whose window closed by now_ms, oldest first, at most limit. */
+NS_MUST_USE int ns_ledger_proofs_due(ns_ledger *ledger, const uint8_t author[NS_NODE_ID_BYTES],
+                                     uint64_t now_ms, uint32_t limit, ns_ledger_entry_fn fn,
+                                     void *arg);
+/* The end (timestamp) of the author's newest proof kept; 0 when none. */
+NS_MUST_USE int ns_ledger_last_proof_end(ns_ledger *ledger, const uint8_t author[NS_NODE_ID_BYTES],
+                                         uint64_t *end_ms);
+/* status: "pending", "challenged", "accepted", "rejected" or "claimed". */
+NS_MUST_USE int ns_ledger_proof_set_status(ns_ledger *ledger, const uint8_t id[NS_SHA256_BYTES],
+                                           const char *status);
+
+typedef struct ns_ledger_proof_row {
+    uint8_t id[NS_SHA256_BYTES];
+    uint8_t author[NS_NODE_ID_BYTES];
+    char kind[16];
+    uint64_t received_ms;
+    uint64_t window_closes_ms;
+    char status[16];
+} ns_ledger_proof_row;
+typedef bool (*ns_ledger_proof_fn)(void *arg, const ns_ledger_proof_row *row);
+/* The newest proofs kept, at most limit. */
+NS_MUST_USE int ns_ledger_proofs_recent(ns_ledger *ledger, uint32_t limit, ns_ledger_proof_fn fn,
+                                        void *arg);
+
+/* Sends addressed to recipient that it has not taken in yet: fn(arg, id, send hash (32 bytes),
+ * amount as nano in len) -- the entry fn's arguments reused: buf is the hash, len the amount. */
+NS_MUST_USE int ns_ledger_sends_pending(ns_ledger *ledger,
+                                        const uint8_t recipient[NS_NODE_ID_BYTES],
+                                        ns_ledger_entry_fn fn, void *arg);
+
+/* Every account's newest sequence, in node-id order (what a peer compares with its own). */
+typedef bool (*ns_ledger_head_fn)(void *arg, const uint8_t node_id[NS_NODE_ID_BYTES],
+                                  uint64_t sequence);
+NS_MUST_USE int ns_ledger_heads(ns_ledger *ledger, ns_ledger_head_fn fn, void *arg);
+/* An account's entries from from_sequence up, at most limit. */
+NS_MUST_USE int ns_ledger_account_from(ns_ledger *ledger, const uint8_t node_id[NS_NODE_ID_BYTES],
+                                       uint64_t from_sequence, uint32_t limit,
+                                       ns_ledger_entry_fn fn, void *arg);
 
 /* Folds the WAL back into the database file (called on a timer and at shutdown). */
 NS_MUST_USE int ns_ledger_checkpoint(ns_ledger *ledger);

@@ -50,6 +50,8 @@ typedef struct ns_config {
     char dataset[PATH_MAX]; /* a folder of UTF-8 text instead of Genesis; "" = Genesis */
     uint32_t model_layers;  /* 0 = the architecture function decides (S3) */
     uint32_t model_hidden;
+    uint64_t ponw_interval_s; /* between this node's proofs (S9: 60) */
+    uint64_t ponw_window_s;   /* challenge window (S9: 600); the same on every node of a swarm */
 } ns_config;
 
 /* Parses "HOST:PORT" ("127.0.0.1:8421", "[::1]:8421", "localhost:0"). */

@@ -54,6 +54,10 @@ typedef enum {
     NS_FRAME_CONNECT_BACK = 5, /* "dial me back at my address, this port"; body: nonce(8) port(2) */
     NS_FRAME_CONNECT_BACK_RESULT = 6, /* body: nonce(8) status(1): 0 reached, 1 not reached */
     NS_FRAME_APP = 64,                /* first type for later parts (pipeline, sync, ...) */
+    NS_FRAME_LEDGER_ENTRY = 65,       /* body: a ledger entry's signed envelope (gossip) */
+    NS_FRAME_PROOF = 66,              /* body: a proof of neural work's signed envelope (gossip) */
+    NS_FRAME_LEDGER_HEADS = 67,       /* body: n x (account id 32, newest sequence 8 BE) */
+    NS_FRAME_LEDGER_WANT = 68,        /* body: account id 32, first sequence wanted 8 BE */
 } ns_frame_type;
 
 struct ns_frame {

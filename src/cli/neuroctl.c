@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "neuroshard/crypto.h"
+#include "neuroshard/ledger.h"
 #include "neuroshard/node.h"
 
 #define EXIT_FAILED         1
@@ -46,6 +47,11 @@ static const char usage_main[] =
     "  status           what the running node is doing\n"
     "  peers            the peers in the node's routing table\n"
     "  doctor           what works and what does not in joining the swarm, in plain words\n"
+    "  wallet balance   balance, stake and newest entries of this node's account\n"
+    "  wallet send ID AMOUNT | stake AMOUNT | unstake AMOUNT\n"
+    "  wallet history   this account's entries\n"
+    "  ledger check     replay every ledger entry from genesis and check the result\n"
+    "  ponw             the newest proofs of neural work and the validator's verdicts\n"
     "  train status     the node's training: step, loss, tokens/s, ETA\n"
     "  train start|stop switch training on or off\n"
     "  generate TEXT    continue TEXT with the node's model\n"
@@ -110,6 +116,28 @@ static const char usage_generate[] =
     "  --top-p P          ... and among the fewest whose probability reaches P (default 0.95)\n"
     "  --seed S           the same seed, weights and settings give the same text\n"
     "  --json             print the node's answer as it is\n";
+
+static const char usage_wallet_money[] =
+    "usage: neuroctl wallet balance | history [--limit N] | send NODE_ID AMOUNT | stake AMOUNT |\n"
+    "       unstake AMOUNT   [--json]\n"
+    "\n"
+    "balance and history show this node's account (GET /api/wallet). send moves AMOUNT NEURO\n"
+    "(e.g. 1.5) to another node, of which 5 % is burned; stake and unstake move it between the\n"
+    "balance and the stake (POST /api/wallet/..., with the API token). The entries spread to\n"
+    "every node by gossip; docs/ledger.md has the rules.\n";
+
+static const char usage_ledger[] =
+    "usage: neuroctl ledger check [--json]\n"
+    "\n"
+    "Replays every entry from genesis into a fresh ledger and checks each signature, chain link\n"
+    "and rule again, the state hash, every account, and that the NEURO held equals minted minus\n"
+    "burned. Asks the running node; with none running, opens DATA_DIR/ledger.db itself. Exits 1\n"
+    "when a problem is found.\n";
+
+static const char usage_ponw[] = "usage: neuroctl ponw [--json]\n"
+                                 "\n"
+                                 "The newest proofs of neural work this node keeps and how its\n"
+                                 "validator judged the proofs it received (GET /api/ponw).\n";
 
 static const char usage_reload[] = "usage: neuroctl reload\n"
                                    "\n"
@@ -866,6 +894,254 @@ static int cmd_generate(const ctl *c)
     return rc;
 }
 
+/* ---- wallet, ledger, proofs ---------------------------------------------------------------- */
+
+static int print_wallet(json_t *j)
+{
+    printf("account   %s\n", json_string_value(json_object_get(j, "node_id")));
+    printf("balance   %s NEURO\n", json_string_value(json_object_get(j, "balance")));
+    printf("stake     %s NEURO%s\n", json_string_value(json_object_get(j, "stake")),
+           json_is_true(json_object_get(j, "frozen")) ? "   (frozen: the account forked)" : "");
+    json_t *h = json_object_get(j, "history");
+    size_t i;
+    json_t *e;
+    json_array_foreach(h, i, e)
+    {
+        const char *to = json_string_value(json_object_get(e, "to"));
+        printf("  #%-6lld %-8s %18s%s%.16s\n",
+               (long long)json_integer_value(json_object_get(e, "sequence")),
+               json_string_value(json_object_get(e, "kind")),
+               json_string_value(json_object_get(e, "amount")), to != NULL ? "  to " : "",
+               to != NULL ? to : "");
+    }
+    return 0;
+}
+
+static int post_and_print(const ctl *c, const char *path, json_t *body, bool wallet_answer)
+{
+    char *data = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    if (data == NULL)
+        return fail(EXIT_FAILED, "out of memory");
+    long status = 0;
+    char *raw = NULL;
+    int rc = http_call_body(c, "POST", path, data, &status, &raw);
+    free(data);
+    if (rc == 0 && status != 200)
+        rc = api_error(status, raw);
+    if (rc == 0 && has_flag(c, "--json")) {
+        printf("%s\n", raw);
+    } else if (rc == 0) {
+        json_t *j = json_loads(raw, 0, NULL);
+        if (j == NULL)
+            rc = fail(EXIT_FAILED, "the node's answer is not JSON");
+        else if (wallet_answer)
+            rc = print_wallet(j);
+        else
+            printf("sent: entry %s, %s NEURO burned\n",
+                   json_string_value(json_object_get(j, "entry")),
+                   json_string_value(json_object_get(j, "burned")));
+        json_decref(j);
+    }
+    free(raw);
+    return rc;
+}
+
+/* An AMOUNT argument: checked here so that a typo never reaches the node. */
+static int amount_arg(const char *text, json_t **out)
+{
+    ns_neuro n;
+    if (ns_neuro_parse(text, &n) != NS_OK || n.nano <= 0)
+        return fail(EXIT_USAGE, "'%s' is not an amount of NEURO (like 12 or 0.5)", text);
+    *out = json_string(text);
+    return 0;
+}
+
+static int cmd_wallet_money(const ctl *c)
+{
+    const char *what = c->argv[1];
+    static const char *const json_only[] = {"--json", NULL};
+    if (strcmp(what, "balance") == 0 || strcmp(what, "history") == 0) {
+        int first = 2;
+        char path[64] = "/api/wallet";
+        if (c->argc >= 4 && strcmp(c->argv[2], "--limit") == 0) {
+            char *end;
+            long n = strtol(c->argv[3], &end, 10);
+            if (*end != '\0' || n < 1 || n > 1000)
+                return fail(EXIT_USAGE, "--limit needs a number 1..1000");
+            snprintf(path, sizeof path, "/api/wallet?limit=%ld", n);
+            first = 4;
+        } else if (strcmp(what, "balance") == 0) {
+            snprintf(path, sizeof path, "/api/wallet?limit=5");
+        }
+        int rc = check_flags(c, first, json_only, "neuroctl wallet");
+        json_t *j = NULL;
+        char *raw = NULL;
+        if (rc != 0 || (rc = get_json(c, path, &j, &raw)) != 0)
+            return rc;
+        if (has_flag(c, "--json"))
+            printf("%s\n", raw);
+        else
+            rc = print_wallet(j);
+        json_decref(j);
+        free(raw);
+        return rc;
+    }
+    json_t *amount = NULL;
+    if (strcmp(what, "send") == 0) {
+        if (c->argc < 4)
+            return fail(EXIT_USAGE, "usage: neuroctl wallet send NODE_ID AMOUNT");
+        uint8_t id[NS_NODE_ID_BYTES];
+        if (ns_hex_decode(id, sizeof id, c->argv[2]) != NS_OK)
+            return fail(EXIT_USAGE, "'%s' is not a node id (64 hex digits)", c->argv[2]);
+        int rc = amount_arg(c->argv[3], &amount);
+        if (rc == 0)
+            rc = check_flags(c, 4, json_only, "neuroctl wallet send");
+        if (rc != 0) {
+            json_decref(amount);
+            return rc;
+        }
+        return post_and_print(c, "/api/wallet/send",
+                              json_pack("{s:s, s:o}", "to", c->argv[2], "amount", amount), false);
+    }
+    if (c->argc < 3)
+        return fail(EXIT_USAGE, "usage: neuroctl wallet %s AMOUNT", what);
+    int rc = amount_arg(c->argv[2], &amount);
+    if (rc == 0)
+        rc = check_flags(c, 3, json_only, "neuroctl wallet");
+    if (rc != 0) {
+        json_decref(amount);
+        return rc;
+    }
+    return post_and_print(c,
+                          strcmp(what, "stake") == 0 ? "/api/wallet/stake" : "/api/wallet/unstake",
+                          json_pack("{s:o}", "amount", amount), true);
+}
+
+typedef struct check_view {
+    bool ok;
+    long long entries, accounts;
+    const char *minted, *burned, *held, *problem;
+} check_view;
+
+static int print_check(const check_view *v)
+{
+    printf("%s: %lld entries of %lld accounts replayed from genesis\n",
+           v->ok ? "ledger ok" : "LEDGER PROBLEM", v->entries, v->accounts);
+    printf("minted %s, burned %s, held %s NEURO\n", v->minted, v->burned, v->held);
+    if (!v->ok)
+        printf("problem: %s\n", v->problem);
+    return v->ok ? 0 : EXIT_FAILED;
+}
+
+static int print_report(const ctl *c, json_t *j, const char *raw)
+{
+    check_view v = {.ok = json_is_true(json_object_get(j, "ok")),
+                    .entries = (long long)json_integer_value(json_object_get(j, "entries")),
+                    .accounts = (long long)json_integer_value(json_object_get(j, "accounts")),
+                    .minted = json_string_value(json_object_get(j, "minted")),
+                    .burned = json_string_value(json_object_get(j, "burned")),
+                    .held = json_string_value(json_object_get(j, "held")),
+                    .problem = json_string_value(json_object_get(j, "problem"))};
+    if (has_flag(c, "--json")) {
+        printf("%s\n", raw);
+        return v.ok ? 0 : EXIT_FAILED;
+    }
+    return print_check(&v);
+}
+
+/* No node running: open the file (it must exist: a check never creates a ledger). */
+static int ledger_check_offline(const ctl *c)
+{
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/%s", c->data_dir, NS_LEDGER_FILE);
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return fail(EXIT_FAILED, "no ledger at %s", path);
+    ns_ledger *l;
+    int rc = ns_ledger_open(path, &l);
+    if (rc != NS_OK)
+        return fail(EXIT_FAILED, "cannot open %s: %s", path, ns_strerror(rc));
+    ns_ledger_report r;
+    rc = ns_ledger_check(l, &r);
+    ns_ledger_close(l);
+    if (rc != NS_OK)
+        return fail(EXIT_FAILED, "cannot check %s: %s", path, ns_strerror(rc));
+    char m[NS_NEURO_FORMAT_SIZE], b[NS_NEURO_FORMAT_SIZE], h[NS_NEURO_FORMAT_SIZE];
+    ns_neuro_format(m, sizeof m, r.minted);
+    ns_neuro_format(b, sizeof b, r.burned);
+    ns_neuro_format(h, sizeof h, r.held);
+    check_view v = {.ok = r.ok,
+                    .entries = (long long)r.entries,
+                    .accounts = (long long)r.accounts,
+                    .minted = m,
+                    .burned = b,
+                    .held = h,
+                    .problem = r.problem};
+    return print_check(&v);
+}
+
+static int cmd_ledger(const ctl *c)
+{
+    static const char *const json_only[] = {"--json", NULL};
+    if (c->argc < 2 || strcmp(c->argv[1], "check") != 0)
+        return fail(EXIT_USAGE, "usage: neuroctl ledger check [--json]");
+    int rc = check_flags(c, 2, json_only, "neuroctl ledger check");
+    if (rc != 0)
+        return rc;
+    char addr[64];
+    if (c->api == NULL && read_data_file(c, NS_API_ADDR_FILE, addr, sizeof addr) != NS_OK)
+        return ledger_check_offline(c);
+    json_t *j = NULL;
+    char *raw = NULL;
+    http_timeout_s = GENERATE_TIMEOUT_S;
+    if ((rc = get_json(c, "/api/ledger/check", &j, &raw)) != 0)
+        return rc;
+    rc = print_report(c, j, raw);
+    json_decref(j);
+    free(raw);
+    return rc;
+}
+
+static int cmd_ponw(const ctl *c)
+{
+    static const char *const json_only[] = {"--json", NULL};
+    int rc = check_flags(c, 1, json_only, "neuroctl ponw");
+    json_t *j = NULL;
+    char *raw = NULL;
+    if (rc != 0 || (rc = get_json(c, "/api/ponw", &j, &raw)) != 0)
+        return rc;
+    if (has_flag(c, "--json")) {
+        printf("%s\n", raw);
+    } else {
+        printf("proofs made %lld, claimed %lld, claims refused %lld\n",
+               (long long)json_integer_value(json_object_get(j, "proofs_made")),
+               (long long)json_integer_value(json_object_get(j, "claims_made")),
+               (long long)json_integer_value(json_object_get(j, "claims_refused")));
+        printf("verdicts on proofs received:");
+        const char *k;
+        json_t *v;
+        json_object_foreach(json_object_get(j, "verdicts"), k, v)
+        {
+            if (json_integer_value(v) != 0)
+                printf(" %s %lld", k, (long long)json_integer_value(v));
+        }
+        printf("\n");
+        size_t i;
+        json_t *p;
+        json_array_foreach(json_object_get(j, "proofs"), i, p)
+        {
+            printf("  %.16s  by %.16s  %-9s %s\n", json_string_value(json_object_get(p, "id")),
+                   json_string_value(json_object_get(p, "author")),
+                   json_string_value(json_object_get(p, "kind")),
+                   json_string_value(json_object_get(p, "status")));
+        }
+    }
+    json_decref(j);
+    free(raw);
+    return 0;
+}
+
 static int cmd_reload(const ctl *c)
 {
     static const char *const allowed[] = {NULL};
@@ -901,6 +1177,13 @@ static const command commands[] = {
     {"doctor", NULL, cmd_doctor, usage_doctor},
     {"train", NULL, cmd_train, usage_train},
     {"generate", NULL, cmd_generate, usage_generate},
+    {"wallet", "balance", cmd_wallet_money, usage_wallet_money},
+    {"wallet", "history", cmd_wallet_money, usage_wallet_money},
+    {"wallet", "send", cmd_wallet_money, usage_wallet_money},
+    {"wallet", "stake", cmd_wallet_money, usage_wallet_money},
+    {"wallet", "unstake", cmd_wallet_money, usage_wallet_money},
+    {"ledger", NULL, cmd_ledger, usage_ledger},
+    {"ponw", NULL, cmd_ponw, usage_ponw},
 };
 
 static int parse_global(ctl *c, int argc, char *argv[], bool *help)

@@ -43,3 +43,37 @@ void ns_neuro_format(char *out, size_t out_size, ns_neuro amount)
                      nano);
     NS_ASSERT(n > 0 && (size_t)n < out_size);
 }
+
+int ns_neuro_parse(const char *text, ns_neuro *out)
+{
+    /* digits, optionally '.' and 1..9 more digits; nothing else */
+    const char *p = text;
+    uint64_t units = 0, frac = 0;
+    int frac_digits = 0;
+    if (*p < '0' || *p > '9')
+        return NS_EINVAL;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (units > (uint64_t)INT64_MAX / NS_NEURO_NANO_PER_UNIT)
+            return NS_EOVERFLOW;
+        units = units * 10 + (uint64_t)(*p - '0');
+    }
+    if (*p == '.') {
+        p++;
+        if (*p < '0' || *p > '9')
+            return NS_EINVAL;
+        for (; *p >= '0' && *p <= '9'; p++) {
+            if (++frac_digits > 9)
+                return NS_EINVAL;
+            frac = frac * 10 + (uint64_t)(*p - '0');
+        }
+    }
+    if (*p != '\0')
+        return NS_EINVAL;
+    for (int i = frac_digits; i < 9; i++)
+        frac *= 10;
+    unsigned __int128 nano = (unsigned __int128)units * NS_NEURO_NANO_PER_UNIT + frac;
+    if (nano > INT64_MAX)
+        return NS_EOVERFLOW;
+    out->nano = (int64_t)nano;
+    return NS_OK;
+}

@@ -250,8 +250,9 @@ static int query_int(sqlite3 *db, const char *sql, int64_t *out, const char *typ
 
 /* A claim: the account's own proof, its window passed, never claimed, no overlap with another
  * claimed period, at most NS_PONW_PER_HOUR_MAX an hour, plausible work, the exact reward. */
-static int rule_claim(sqlite3 *db, const ns_entry *e, const ns_account *a, char *why)
+static int rule_claim(ns_ledger *ledger, const ns_entry *e, const ns_account *a, char *why)
 {
+    sqlite3 *db = ledger->db;
     ns_proof p;
     int rc = ns_proof_open(e->proof, e->proof_len, REPLAY_NOW_MS, &p);
     if (rc != NS_OK)
@@ -261,7 +262,7 @@ static int rule_claim(sqlite3 *db, const ns_entry *e, const ns_account *a, char 
         return refuse(why, NS_EINVAL, "the claimed proof is malformed: %s", bad);
     if (memcmp(p.author, e->account, NS_NODE_ID_BYTES) != 0)
         return refuse(why, NS_EINVAL, "a proof can only be claimed by its author");
-    if (e->timestamp_ms < p.timestamp_ms + NS_PONW_WINDOW_MS)
+    if (e->timestamp_ms < p.timestamp_ms + ledger->window_ms)
         return refuse(why, NS_EINVAL, "the proof's challenge window is still open");
     ns_ponw_verdict v = ns_ponw_check_work(&p);
     if (v != NS_PONW_ACCEPTED)
@@ -357,12 +358,13 @@ static int rule_receive(sqlite3 *db, const ns_entry *e, char *why)
 }
 
 /* The account after e, or a refusal. */
-static int apply_kind(sqlite3 *db, const ns_entry *e, ns_account *a, char *why)
+static int apply_kind(ns_ledger *ledger, const ns_entry *e, ns_account *a, char *why)
 {
+    sqlite3 *db = ledger->db;
     int rc;
     switch (e->kind) {
     case NS_ENTRY_CLAIM:
-        rc = rule_claim(db, e, a, why);
+        rc = rule_claim(ledger, e, a, why);
         if (rc == NS_OK && ns_neuro_add(&a->balance, a->balance, e->amount) != NS_OK)
             rc = refuse(why, NS_EINVAL, "the balance would overflow");
         return rc;
@@ -418,11 +420,12 @@ static int record_fork(sqlite3 *db, const ns_entry *e, const uint8_t *buf, size_
                        : rc;
 }
 
-static int apply_in_transaction(sqlite3 *db, const ns_entry *e, const uint8_t *buf, size_t len,
-                                uint64_t now_ms, char *why)
+static int apply_in_transaction(ns_ledger *ledger, const ns_entry *e, const uint8_t *buf,
+                                size_t len, uint64_t now_ms, char *why)
 {
+    sqlite3 *db = ledger->db;
     ns_account a;
-    int rc = ns_ledger_account(&(ns_ledger){.db = db}, e->account, &a);
+    int rc = ns_ledger_account(ledger, e->account, &a);
     if (rc != NS_OK)
         return rc;
     if (e->sequence <= a.sequence)
@@ -434,7 +437,7 @@ static int apply_in_transaction(sqlite3 *db, const ns_entry *e, const uint8_t *b
                       (unsigned long long)a.sequence + 1, (unsigned long long)e->sequence - 1);
     if (memcmp(e->prev_hash, a.head_hash, NS_SHA256_BYTES) != 0)
         return refuse(why, NS_EINVAL, "it does not follow the account's newest entry");
-    rc = apply_kind(db, e, &a, why);
+    rc = apply_kind(ledger, e, &a, why);
     if (rc != NS_OK)
         return rc;
     rc = exec_bound(db,
@@ -471,7 +474,7 @@ int ns_ledger_apply(ns_ledger *ledger, const uint8_t *buf, size_t len, uint64_t 
     rc = ns__ledger_exec(db, "BEGIN IMMEDIATE");
     if (rc != NS_OK)
         return rc;
-    rc = apply_in_transaction(db, &e, buf, len, now_ms, why);
+    rc = apply_in_transaction(ledger, &e, buf, len, now_ms, why);
     /* a fork is a finding to keep: its rows commit although the entry is refused */
     int keep = rc == NS_EFORK ? NS_OK : rc;
     int end = ns__ledger_end_transaction(db, keep);
@@ -656,6 +659,7 @@ int ns_ledger_check(ns_ledger *ledger, ns_ledger_report *report)
     int err = ns__ledger_open_memory(&mem);
     if (err != NS_OK)
         return err;
+    mem->window_ms = ledger->window_ms;
     replay r = {.into = mem, .report = report};
     err = ns_ledger_each_entry(ledger, 0, replay_one, &r, NULL);
     if (err == NS_OK && report->ok)

@@ -24,6 +24,7 @@
 #include <sqlite3.h>
 
 #include "ledger_internal.h"
+#include "neuroshard/ponw.h"
 
 #define LEDGER_GENESIS_DOMAIN   "neuroshard/genesis/v1"
 #define LEDGER_PATH_BYTES_MAX   4096
@@ -525,6 +526,18 @@ static void ledger_close_db(sqlite3 *db)
     NS_ASSERT(rc == SQLITE_OK); /* every statement here is finalized before its function returns */
 }
 
+/* The window this file's swarm uses, when one was set. */
+static void ledger_read_window(ns_ledger *ledger)
+{
+    int64_t v = 0;
+    if (ns__ledger_query_int64(ledger->db,
+                               "SELECT coalesce((SELECT value FROM meta WHERE key ="
+                               " 'ponw_window_ms'), 0)",
+                               &v) == NS_OK &&
+        v > 0)
+        ledger->window_ms = (uint64_t)v;
+}
+
 int ns_ledger_open_at(const char *path, uint64_t now_ms, ns_ledger **out)
 {
     NS_ASSERT(path != NULL);
@@ -564,6 +577,8 @@ int ns_ledger_open_at(const char *path, uint64_t now_ms, ns_ledger **out)
     if (is_new)
         NS_LOG_I("ledger", "created path=%s genesis_ms=%" PRIu64, path, now_ms);
     ledger->db = db;
+    ledger->window_ms = NS_PONW_WINDOW_MS;
+    ledger_read_window(ledger);
     *out = ledger;
     return NS_OK;
 }
@@ -585,8 +600,29 @@ int ns__ledger_open_memory(ns_ledger **out)
         return err != NS_OK ? err : NS_ENOMEM;
     }
     ledger->db = db;
+    ledger->window_ms = NS_PONW_WINDOW_MS;
     *out = ledger;
     return NS_OK;
+}
+
+int ns_ledger_set_window(ns_ledger *ledger, uint64_t window_ms)
+{
+    if (window_ms == 0 || window_ms > INT64_MAX)
+        return NS_EINVAL;
+    sqlite3_stmt *stmt;
+    int err = ns__ledger_prepare(ledger->db,
+                                 "INSERT INTO meta (key, value) VALUES ('ponw_window_ms', ?1)"
+                                 " ON CONFLICT (key) DO UPDATE SET value = ?1",
+                                 &stmt);
+    if (err != NS_OK)
+        return err;
+    int rc = sqlite3_bind_int64(stmt, 1, (int64_t)window_ms);
+    err =
+        rc == SQLITE_OK ? ns__ledger_step_done(ledger->db, stmt) : ns__ledger_error(ledger->db, rc);
+    err = ns__ledger_finish(ledger->db, stmt, err);
+    if (err == NS_OK)
+        ledger->window_ms = window_ms;
+    return err;
 }
 
 int ns_ledger_open(const char *path, ns_ledger **out)

@@ -11,6 +11,7 @@
 
 struct ns_ledger {
     sqlite3 *db;
+    uint64_t window_ms; /* the challenge window claims wait for (NS_PONW_WINDOW_MS) */
 };
 
 int ns__ledger_error(sqlite3 *db, int rc);

@@ -37,6 +37,8 @@ static const setting settings[] = {
     {"train", "--train", "NEUROSHARD_TRAIN"},
     {"dataset", "--dataset", "NEUROSHARD_DATASET"},
     {"model", "--model", "NEUROSHARD_MODEL"},
+    {"ponw_interval_s", "--ponw-interval-s", "NEUROSHARD_PONW_INTERVAL_S"},
+    {"ponw_window_s", "--ponw-window-s", "NEUROSHARD_PONW_WINDOW_S"},
 };
 #define SETTINGS_COUNT (sizeof settings / sizeof settings[0])
 
@@ -58,6 +60,10 @@ static const char usage[] =
     "  --dataset DIR        train on the UTF-8 .txt files in DIR instead of Genesis\n"
     "  --model LxH          override the architecture: L layers of hidden size H\n"
     "                       (H a multiple of 64), e.g. 2x128; default auto\n"
+    "  --ponw-interval-s N  seconds between this node's proofs of work (default 60)\n"
+    "  --ponw-window-s N    challenge window before a proof is claimed (default 600); a rule\n"
+    "                       of the swarm: every node of one swarm must use the same (test\n"
+    "                       swarms shorten it)\n"
     "  --bootstrap H:P,...  seed nodes to join through (repeatable; host names allowed);\n"
     "                       none: start a new swarm or find one on the local network\n"
     "  --lan-discovery B    on (default) or off: find peers on the LAN by UDP multicast\n"
@@ -257,6 +263,16 @@ static int config_set(ns_config *cfg, const char *key, const char *value, char *
     } else if (strcmp(key, "model") == 0) {
         rc = parse_model(value, &cfg->model_layers, &cfg->model_hidden);
         snprintf(why, why_size, "model '%s' is not auto or LxH with H a multiple of 64", value);
+    } else if (strcmp(key, "ponw_interval_s") == 0) {
+        rc = parse_u64(value, &cfg->ponw_interval_s);
+        if (rc == NS_OK && (cfg->ponw_interval_s == 0 || cfg->ponw_interval_s > 600))
+            rc = NS_EINVAL;
+        snprintf(why, why_size, "ponw_interval_s '%s' is not a number of seconds in 1..600", value);
+    } else if (strcmp(key, "ponw_window_s") == 0) {
+        rc = parse_u64(value, &cfg->ponw_window_s);
+        if (rc == NS_OK && (cfg->ponw_window_s == 0 || cfg->ponw_window_s > 86400))
+            rc = NS_EINVAL;
+        snprintf(why, why_size, "ponw_window_s '%s' is not a number of seconds in 1..86400", value);
     } else if (strcmp(key, "memory_mb") == 0) {
         rc = parse_u64(value, &cfg->memory_mb);
         snprintf(why, why_size, "memory_mb '%s' is not a whole number", value);
@@ -384,6 +400,8 @@ static void config_defaults(ns_config *cfg)
     cfg->lan_discovery = true;
     cfg->train = true;
     cfg->memory_mb = NS_MEMORY_MB_DEFAULT;
+    cfg->ponw_interval_s = 60;
+    cfg->ponw_window_s = 600;
     strcpy(cfg->network, "neuroshard-genesis");
 }
 

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
@@ -45,6 +46,7 @@ typedef struct node {
     ns_net *net;
     ns_trainer *trainer;
     ns_gen_service *gen;
+    ns_econ *econ;
     struct dht_op *dht_ops; /* API requests waiting on a DHT lookup */
     ns_addr_text api_bound;
     int api_fd; /* bound, not yet served */
@@ -155,7 +157,10 @@ static int open_ledger(node *n)
     int rc = ns_ledger_open(path, &n->ledger);
     switch (rc) {
     case NS_OK:
-        return NS_OK;
+        rc = ns_ledger_set_window(n->ledger, n->cfg.ponw_window_s * 1000);
+        if (rc != NS_OK)
+            refuse("cannot write ledger %s: %s", path, ns_strerror(rc));
+        return rc;
     case NS_ECORRUPT:
         refuse("ledger %s is corrupt; it was left untouched: restore it from a backup or move it "
                "away to start a new one",
@@ -360,6 +365,13 @@ static void answer_model_info(node *n, ns_api_request *req)
                                 "seq_len_max", (int)a.seq_len_max, "params", (json_int_t)a.params));
 }
 
+/* The most resident memory this process has had (getrusage's ru_maxrss, in KiB on Linux). */
+static uint64_t peak_rss_bytes(void)
+{
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? (uint64_t)ru.ru_maxrss * 1024 : 0;
+}
+
 /* Prometheus lines about training and generation; *text is malloc'd. -1 when out of memory. */
 static int train_metrics(node *n, char **text)
 {
@@ -370,6 +382,13 @@ static int train_metrics(node *n, char **text)
     if (n->gen != NULL)
         ns_gen_counts(n->gen, &gen_ok, &gen_err);
     return asprintf(text,
+                    "# HELP neuroshard_process_peak_rss_bytes Most resident memory so far.\n"
+                    "# TYPE neuroshard_process_peak_rss_bytes gauge\n"
+                    "neuroshard_process_peak_rss_bytes %llu\n"
+                    "# HELP neuroshard_train_memory_estimate_bytes What the model should "
+                    "take: weights, gradients, optimizer, activations, KV cache.\n"
+                    "# TYPE neuroshard_train_memory_estimate_bytes gauge\n"
+                    "neuroshard_train_memory_estimate_bytes %llu\n"
                     "# HELP neuroshard_train_running 1 while the trainer makes steps.\n"
                     "# TYPE neuroshard_train_running gauge\n"
                     "neuroshard_train_running %d\n"
@@ -397,10 +416,11 @@ static int train_metrics(node *n, char **text)
                     "# TYPE neuroshard_generate_requests_total counter\n"
                     "neuroshard_generate_requests_total{result=\"ok\"} %llu\n"
                     "neuroshard_generate_requests_total{result=\"error\"} %llu\n",
-                    t.running && t.ready ? 1 : 0, (unsigned long long)t.step,
-                    (unsigned long long)t.checkpoint_step, t.loss, t.val_loss, t.tokens_per_s,
-                    (unsigned long long)t.tokens_seen, (unsigned long long)gen_ok,
-                    (unsigned long long)gen_err);
+                    (unsigned long long)peak_rss_bytes(),
+                    (unsigned long long)t.memory_estimate_bytes, t.running && t.ready ? 1 : 0,
+                    (unsigned long long)t.step, (unsigned long long)t.checkpoint_step, t.loss,
+                    t.val_loss, t.tokens_per_s, (unsigned long long)t.tokens_seen,
+                    (unsigned long long)gen_ok, (unsigned long long)gen_err);
 }
 
 static void answer_metrics(node *n, ns_api_request *req)
@@ -448,11 +468,17 @@ static void answer_metrics(node *n, ns_api_request *req)
         ns_net_metrics(n->net, &net_text, &net_len);
     char *train_text = NULL;
     int train_len = net_len >= 0 ? train_metrics(n, &train_text) : -1;
+    char *econ_text = NULL;
+    int econ_len = train_len < 0     ? -1
+                   : n->econ != NULL ? ns_econ_metrics(n->econ, &econ_text)
+                                     : asprintf(&econ_text, "%s", "");
     char *all = NULL;
-    int all_len = train_len >= 0 ? asprintf(&all, "%s%s%s", text, net_text, train_text) : -1;
+    int all_len =
+        econ_len >= 0 ? asprintf(&all, "%s%s%s%s", text, net_text, train_text, econ_text) : -1;
     free(text);
     free(net_text);
     free(train_text);
+    free(econ_text);
     if (all_len < 0) {
         ns_api_error(req, 500, "out of memory");
         return;
@@ -695,16 +721,17 @@ static void answer_training_status(node *n, ns_api_request *req)
     }
     ns_train_status s;
     ns_trainer_status(n->trainer, &s);
-    json_t *o =
-        json_pack("{s:b, s:b, s:b, s:s, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:I, "
-                  "s:{s:i, s:i, s:i, s:I}, s:i, s:s, s:s}",
-                  "enabled", 1, "ready", s.ready, "running", s.running, "phase", s.phase, "step",
-                  (json_int_t)s.step, "checkpoint_step", (json_int_t)s.checkpoint_step,
-                  "tokens_seen", (json_int_t)s.tokens_seen, "loss", s.loss, "val_loss", s.val_loss,
-                  "tokens_per_s", s.tokens_per_s, "lr", s.lr, "grad_norm", s.grad_norm, "eta_s",
-                  (json_int_t)s.eta_s, "model", "layers", (int)s.layers, "hidden", (int)s.hidden,
-                  "vocab", (int)s.vocab, "params", (json_int_t)s.params, "queued_steps",
-                  (int)s.queued, "role", "solo (genesis, N = 1)", "error", s.error);
+    json_t *o = json_pack(
+        "{s:b, s:b, s:b, s:s, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:I, "
+        "s:{s:i, s:i, s:i, s:I}, s:{s:I, s:I}, s:i, s:s, s:s}",
+        "enabled", 1, "ready", s.ready, "running", s.running, "phase", s.phase, "step",
+        (json_int_t)s.step, "checkpoint_step", (json_int_t)s.checkpoint_step, "tokens_seen",
+        (json_int_t)s.tokens_seen, "loss", s.loss, "val_loss", s.val_loss, "tokens_per_s",
+        s.tokens_per_s, "lr", s.lr, "grad_norm", s.grad_norm, "eta_s", (json_int_t)s.eta_s, "model",
+        "layers", (int)s.layers, "hidden", (int)s.hidden, "vocab", (int)s.vocab, "params",
+        (json_int_t)s.params, "memory", "estimate_bytes", (json_int_t)s.memory_estimate_bytes,
+        "peak_rss_bytes", (json_int_t)peak_rss_bytes(), "queued_steps", (int)s.queued, "role",
+        "solo (genesis, N = 1)", "error", s.error);
     ns_api_reply_json(req, 200, o);
 }
 
@@ -737,6 +764,196 @@ static void answer_train_step(node *n, ns_api_request *req)
         return;
     }
     ns_api_reply_json(req, 202, json_pack("{s:I}", "queued", steps));
+}
+
+/* ---- proofs, wallet, ledger -------------------------------------------------------------- */
+
+static void answer_ponw(node *n, ns_api_request *req)
+{
+    if (n->econ == NULL) {
+        ns_api_error(req, 503, "proofs are not running");
+        return;
+    }
+    ns_api_reply_json(req, 200, ns_econ_ponw_json(n->econ, 50));
+}
+
+typedef struct history_ctx {
+    json_t *list;
+    uint64_t now;
+} history_ctx;
+
+static const char *entry_kind_name(uint32_t kind)
+{
+    static const char *const names[] = {"?", "claim", "send", "receive", "stake", "unstake"};
+    return kind < sizeof names / sizeof names[0] ? names[kind] : "?";
+}
+
+static bool history_add(void *arg, int64_t id, const uint8_t *buf, size_t len)
+{
+    (void)id;
+    history_ctx *c = arg;
+    ns_entry e;
+    if (ns_entry_open(buf, len, UINT64_MAX / 4, &e) != NS_OK)
+        return true;
+    char amount[NS_NEURO_FORMAT_SIZE], hash[2 * NS_SHA256_BYTES + 1];
+    ns_neuro_format(amount, sizeof amount, e.amount);
+    ns_hex_encode(hash, sizeof hash, e.hash, sizeof e.hash);
+    json_t *o = json_pack("{s:I, s:s, s:s, s:I, s:s}", "sequence", (json_int_t)e.sequence, "kind",
+                          entry_kind_name(e.kind), "amount", amount, "timestamp_ms",
+                          (json_int_t)e.timestamp_ms, "hash", hash);
+    if (o != NULL && e.kind == NS_ENTRY_SEND) {
+        char to[NS_NODE_ID_HEX_SIZE];
+        ns_hex_encode(to, sizeof to, e.counterparty, NS_NODE_ID_BYTES);
+        json_object_set_new(o, "to", json_string(to));
+    }
+    json_array_append_new(c->list, o);
+    return true;
+}
+
+/* GET /api/wallet: this node's balance, stake and newest entries (?limit=N, default 20). */
+static void answer_wallet(node *n, ns_api_request *req)
+{
+    ns_account a;
+    if (ns_ledger_account(n->ledger, n->key.node_id, &a) != NS_OK) {
+        ns_api_error(req, 500, "ledger query failed");
+        return;
+    }
+    const char *lim = ns_api_arg(req, "limit");
+    long limit = lim != NULL ? strtol(lim, NULL, 10) : 20;
+    if (limit < 1 || limit > 1000) {
+        ns_api_error(req, 400, "limit must be 1..1000");
+        return;
+    }
+    history_ctx c = {json_array(), 0};
+    if (ns_ledger_account_entries(n->ledger, n->key.node_id, (uint32_t)limit, history_add, &c) !=
+        NS_OK) {
+        json_decref(c.list);
+        ns_api_error(req, 500, "ledger query failed");
+        return;
+    }
+    char bal[NS_NEURO_FORMAT_SIZE], stake[NS_NEURO_FORMAT_SIZE];
+    ns_neuro_format(bal, sizeof bal, a.balance);
+    ns_neuro_format(stake, sizeof stake, a.stake);
+    ns_api_reply_json(req, 200,
+                      json_pack("{s:s, s:s, s:s, s:I, s:b, s:o}", "node_id", n->node_id_hex,
+                                "balance", bal, "stake", stake, "sequence", (json_int_t)a.sequence,
+                                "frozen", a.frozen, "history", c.list));
+}
+
+/* An amount field: a decimal string ("1.5") or a whole number of NEURO. */
+static int body_amount(json_t *body, ns_neuro *out)
+{
+    json_t *v = json_object_get(body, "amount");
+    if (json_is_string(v))
+        return ns_neuro_parse(json_string_value(v), out);
+    if (json_is_integer(v) && json_integer_value(v) > 0 &&
+        json_integer_value(v) <= INT64_MAX / NS_NEURO_NANO_PER_UNIT) {
+        out->nano = json_integer_value(v) * NS_NEURO_NANO_PER_UNIT;
+        return NS_OK;
+    }
+    return NS_EINVAL;
+}
+
+/* POST /api/wallet/send {"to": NODE_ID, "amount": "1.5"} */
+static void answer_send(node *n, ns_api_request *req)
+{
+    json_t *j = json_loadb((const char *)req->body, req->body_len, 0, NULL);
+    const char *to_hex = json_string_value(json_object_get(j, "to"));
+    uint8_t to[NS_NODE_ID_BYTES];
+    ns_neuro amount;
+    if (j == NULL || to_hex == NULL || ns_hex_decode(to, sizeof to, to_hex) != NS_OK ||
+        body_amount(j, &amount) != NS_OK || amount.nano <= 0) {
+        json_decref(j);
+        ns_api_error(req, 400,
+                     "body must be JSON like {\"to\": \"<64 hex digits>\", \"amount\": \"1.5\"}");
+        return;
+    }
+    json_decref(j);
+    char why[NS_LEDGER_WHY_SIZE] = "";
+    uint8_t hash[NS_SHA256_BYTES];
+    int rc = n->econ != NULL ? ns_econ_send(n->econ, to, amount, why, hash) : NS_EINVAL;
+    if (rc != NS_OK) {
+        ns_api_error(req, rc == NS_EINVAL ? 409 : 500, why[0] != '\0' ? why : ns_strerror(rc));
+        return;
+    }
+    char hex[2 * NS_SHA256_BYTES + 1], fee[NS_NEURO_FORMAT_SIZE];
+    ns_hex_encode(hex, sizeof hex, hash, sizeof hash);
+    ns_neuro_format(fee, sizeof fee, ns_ledger_send_fee(amount));
+    ns_api_reply_json(req, 200, json_pack("{s:s, s:s}", "entry", hex, "burned", fee));
+}
+
+static void stake_or_unstake(node *n, ns_api_request *req, bool unstake)
+{
+    json_t *j = json_loadb((const char *)req->body, req->body_len, 0, NULL);
+    ns_neuro amount;
+    if (j == NULL || body_amount(j, &amount) != NS_OK || amount.nano <= 0) {
+        json_decref(j);
+        ns_api_error(req, 400, "body must be JSON like {\"amount\": \"10\"}");
+        return;
+    }
+    json_decref(j);
+    char why[NS_LEDGER_WHY_SIZE] = "";
+    int rc = n->econ != NULL ? ns_econ_stake(n->econ, amount, unstake, why) : NS_EINVAL;
+    if (rc != NS_OK) {
+        ns_api_error(req, rc == NS_EINVAL ? 409 : 500, why[0] != '\0' ? why : ns_strerror(rc));
+        return;
+    }
+    answer_wallet(n, req);
+}
+
+static void answer_stake(node *n, ns_api_request *req)
+{
+    stake_or_unstake(n, req, false);
+}
+
+static void answer_unstake(node *n, ns_api_request *req)
+{
+    stake_or_unstake(n, req, true);
+}
+
+/* GET /api/ledger: height, totals and the state hash every honest node shares. */
+static void answer_ledger(node *n, ns_api_request *req)
+{
+    uint64_t height;
+    ns_neuro minted, burned;
+    uint8_t hash[NS_SHA256_BYTES];
+    if (ns_ledger_height(n->ledger, &height) != NS_OK ||
+        ns_ledger_totals(n->ledger, &minted, &burned) != NS_OK ||
+        ns_ledger_state_hash(n->ledger, hash) != NS_OK) {
+        ns_api_error(req, 500, "ledger query failed");
+        return;
+    }
+    char m[NS_NEURO_FORMAT_SIZE], b[NS_NEURO_FORMAT_SIZE], h[2 * NS_SHA256_BYTES + 1];
+    ns_neuro_format(m, sizeof m, minted);
+    ns_neuro_format(b, sizeof b, burned);
+    ns_hex_encode(h, sizeof h, hash, sizeof hash);
+    ns_api_reply_json(req, 200,
+                      json_pack("{s:I, s:s, s:s, s:s}", "height", (json_int_t)height, "minted", m,
+                                "burned", b, "state_hash", h));
+}
+
+/* The report of ns_ledger_check as JSON (neuroctl ledger check prints it). */
+json_t *ns_ledger_report_json(const ns_ledger_report *r)
+{
+    char m[NS_NEURO_FORMAT_SIZE], b[NS_NEURO_FORMAT_SIZE], h[NS_NEURO_FORMAT_SIZE];
+    ns_neuro_format(m, sizeof m, r->minted);
+    ns_neuro_format(b, sizeof b, r->burned);
+    ns_neuro_format(h, sizeof h, r->held);
+    return json_pack("{s:b, s:I, s:I, s:s, s:s, s:s, s:s}", "ok", r->ok, "entries",
+                     (json_int_t)r->entries, "accounts", (json_int_t)r->accounts, "minted", m,
+                     "burned", b, "held", h, "problem", r->problem);
+}
+
+/* GET /api/ledger/check: replays every entry from genesis (ns_ledger_check). */
+static void answer_ledger_check(node *n, ns_api_request *req)
+{
+    ns_ledger_report r;
+    int rc = ns_ledger_check(n->ledger, &r);
+    if (rc != NS_OK) {
+        ns_api_error(req, 500, ns_strerror(rc));
+        return;
+    }
+    ns_api_reply_json(req, 200, ns_ledger_report_json(&r));
 }
 
 /* POST /generate_text: text from the model (generate.c). */
@@ -799,6 +1016,13 @@ static const route routes[] = {
     {"POST", "/train_step", answer_train_step},
     {"POST", "/api/train", answer_train_switch},
     {"POST", "/generate_text", answer_generate},
+    {"GET", "/api/ponw", answer_ponw},
+    {"GET", "/api/wallet", answer_wallet},
+    {"POST", "/api/wallet/send", answer_send},
+    {"POST", "/api/wallet/stake", answer_stake},
+    {"POST", "/api/wallet/unstake", answer_unstake},
+    {"GET", "/api/ledger", answer_ledger},
+    {"GET", "/api/ledger/check", answer_ledger_check},
 };
 
 static void api_handler(void *arg, ns_api_request *req)
@@ -884,6 +1108,8 @@ static void node_stop(node *n, const char *why)
     n->trainer = NULL;
     ns_gen_stop(n->gen); /* answers what the trainer finished, before the API goes */
     n->gen = NULL;
+    ns_econ_stop(n->econ); /* before the network: it sends on the peer links */
+    n->econ = NULL;
     ns_net_stop(n->net, true); /* first: no DHT callback comes after this */
     ns_api_stop(n->api);       /* answers requests still waiting on the DHT with 503 */
     n->api = NULL;
@@ -952,6 +1178,15 @@ static int node_start(node *n)
     watch_signals(n);
     start_chores(n);
     start_training(n);
+    ns_econ_config ec = {.ledger = n->ledger,
+                         .key = &n->key,
+                         .net = n->net,
+                         .uvenv = &n->uvenv,
+                         .trainer = &n->trainer,
+                         .started_ms = ns_env_now(&n->uvenv.env),
+                         .proof_interval_ms = n->cfg.ponw_interval_s * 1000};
+    if (ns_econ_start(&n->econ, &ec) != NS_OK)
+        NS_LOG_E("ponw", "proofs and ledger gossip not started: out of memory");
     char api[NS_HOST_SIZE + 16];
     ns_addr_format(api, sizeof api, &n->api_bound);
     char peers[NS_ADDR_TEXT_SIZE];

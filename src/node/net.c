@@ -44,6 +44,8 @@
 #define NET_CHECK_INTERVAL_MS        (10 * 60 * 1000)
 #define NET_PROBES_MAX               8 /* connect-back probes this node runs for others at once */
 #define NET_SEED_ADDRS_MAX           4
+#define NET_PEER_LINKS               6    /* peer links kept open for gossip (ledger, proofs) */
+#define NET_PEER_LINKS_MS            5000 /* how often to top them up */
 
 typedef enum {
     CONN_PEER = 0,  /* an ordinary link */
@@ -120,7 +122,11 @@ struct ns_net {
     seed_state seeds[NS_BOOTSTRAP_MAX];
     size_t seed_count;
     uint64_t backoff_ms;
-    uint64_t bootstrap_timer, lan_timer, health_timer, resign_timer, save_timer, check_timer;
+    uint64_t bootstrap_timer, lan_timer, health_timer, resign_timer, save_timer, check_timer,
+        links_timer;
+    ns_net_frame_fn app_frame; /* frames of type >= NS_FRAME_APP on peer links */
+    ns_net_link_fn app_link;   /* a peer link came up */
+    void *app_arg;
     bool bootstrapped;
     reach_state reach;
     uint8_t udp_buf[NET_READ_BYTES_MAX];
@@ -427,6 +433,8 @@ static void link_established(void *arg, const uint8_t peer_id[NS_ID_BYTES], cons
     id_hex(hex, peer_id);
     ns_addr_to_text(where, sizeof where, &c->remote);
     NS_LOG_D("net", "link up peer=%.16s addr=%s outbound=%d", hex, where, (int)c->outbound);
+    if (c->purpose == CONN_PEER && c->net->app_link != NULL)
+        c->net->app_link(c->net->app_arg, peer_id);
     if (c->purpose == CONN_PROBE) {
         probe_finished(c, true);
         ns_link_close(c->link);
@@ -475,7 +483,11 @@ static void link_frame(void *arg, const ns_frame *f)
         }
         return;
     default:
-        c->net->frames_unknown++;
+        if (f->type >= NS_FRAME_APP && c->purpose == CONN_PEER && c->has_peer_id &&
+            c->net->app_frame != NULL)
+            c->net->app_frame(c->net->app_arg, c->peer_id, f);
+        else
+            c->net->frames_unknown++;
         return;
     }
 }
@@ -826,6 +838,77 @@ static void health_timer_fired(void *arg, uint64_t now_ms)
         ns_env_timer(&net->uvenv->env, now_ms + NET_HEALTH_MS, health_timer_fired, net);
 }
 
+/* ---- peer links for gossip ---------------------------------------------------------------- */
+
+static size_t peer_links(const ns_net *net)
+{
+    size_t n = 0;
+    for (const net_conn *c = net->conns; c != NULL; c = c->next)
+        n += !c->closing && c->purpose == CONN_PEER;
+    return n;
+}
+
+static bool linked_or_dialing(const ns_net *net, const uint8_t id[NS_ID_BYTES])
+{
+    for (const net_conn *c = net->conns; c != NULL; c = c->next) {
+        if (c->closing || c->purpose != CONN_PEER)
+            continue;
+        if ((c->has_peer_id && memcmp(c->peer_id, id, NS_ID_BYTES) == 0) ||
+            (c->outbound && memcmp(c->expected, id, NS_ID_BYTES) == 0))
+            return true;
+    }
+    return false;
+}
+
+/* Dials contacts of the routing table, in random order, until NET_PEER_LINKS links are open or
+ * being opened, so that gossip reaches the swarm. */
+static void links_timer_fired(void *arg, uint64_t now_ms)
+{
+    ns_net *net = arg;
+    net->links_timer = 0;
+    ns_dht_contact contacts[64];
+    size_t n = ns_dht_contacts(net->dht, contacts, 64);
+    for (size_t i = n; i > 1; i--) { /* Fisher-Yates */
+        size_t j = randombytes_uniform((uint32_t)i);
+        ns_dht_contact t = contacts[i - 1];
+        contacts[i - 1] = contacts[j];
+        contacts[j] = t;
+    }
+    for (size_t i = 0; i < n && peer_links(net) < NET_PEER_LINKS; i++) {
+        if (contacts[i].fails == 0 && !linked_or_dialing(net, contacts[i].node_id))
+            dial(net, &contacts[i].addr, contacts[i].node_id, CONN_PEER, NULL, 0);
+    }
+    net->links_timer =
+        ns_env_timer(&net->uvenv->env, now_ms + NET_PEER_LINKS_MS, links_timer_fired, net);
+}
+
+void ns_net_set_app(ns_net *net, ns_net_frame_fn on_frame, ns_net_link_fn on_link, void *arg)
+{
+    net->app_frame = on_frame;
+    net->app_link = on_link;
+    net->app_arg = arg;
+}
+
+size_t ns_net_broadcast(ns_net *net, const ns_frame *f, const uint8_t *except)
+{
+    size_t sent = 0;
+    for (net_conn *c = net->conns; c != NULL; c = c->next) {
+        if (c->closing || c->purpose != CONN_PEER || !c->has_peer_id ||
+            !ns_link_established(c->link))
+            continue;
+        if (except != NULL && memcmp(c->peer_id, except, NS_ID_BYTES) == 0)
+            continue;
+        sent += ns_link_send(c->link, f) == NS_OK;
+    }
+    return sent;
+}
+
+int ns_net_send_frame(ns_net *net, const uint8_t peer_id[NS_ID_BYTES], const ns_frame *f)
+{
+    net_conn *c = conn_by_peer(net, peer_id, CONN_PEER);
+    return c != NULL ? ns_link_send(c->link, f) : NS_ENOENT;
+}
+
 /* ---- LAN discovery ------------------------------------------------------------------------ */
 
 static void lan_announce(ns_net *net)
@@ -1065,6 +1148,7 @@ int ns_net_start(ns_net **out, uv_loop_t *loop, ns_uv_env *uvenv, const ns_confi
     net->resign_timer = ns_env_timer(env, now + NET_RECORD_RESIGN_MS, resign_timer_fired, net);
     net->save_timer = ns_env_timer(env, now + NET_SAVE_MS, save_timer_fired, net);
     net->check_timer = ns_env_timer(env, now + NET_CHECK_FIRST_MS, check_timer_fired, net);
+    net->links_timer = ns_env_timer(env, now + NET_BOOTSTRAP_FIRST_MS, links_timer_fired, net);
     char where[NS_ADDR_TEXT_SIZE];
     ns_addr_to_text(where, sizeof where, &net->bound);
     NS_LOG_D("net", "listening udp=%s tcp=%s seeds=%zu lan=%s network=%s", where, where,
@@ -1080,13 +1164,16 @@ void ns_net_stop(ns_net *net, bool save)
         save_table(net);
     const ns_env *env = &net->uvenv->env;
     uint64_t *timers[] = {&net->bootstrap_timer, &net->lan_timer,  &net->health_timer,
-                          &net->resign_timer,    &net->save_timer, &net->check_timer};
+                          &net->resign_timer,    &net->save_timer, &net->check_timer,
+                          &net->links_timer};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++) {
         if (*timers[i] != 0)
             ns_env_timer_cancel(env, *timers[i]);
         *timers[i] = 0;
     }
     net->uvenv->send = NULL;
+    net->app_frame = NULL;
+    net->app_link = NULL;
     for (size_t i = 0; i < net->seed_count; i++) {
         if (net->seeds[i].resolving)
             uv_cancel((uv_req_t *)&net->seeds[i].gai);

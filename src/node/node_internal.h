@@ -16,7 +16,9 @@
 #include "neuroshard/base.h"
 #include "neuroshard/crypto.h"
 #include "neuroshard/exec.h"
+#include "neuroshard/ledger.h"
 #include "neuroshard/node.h"
+#include "neuroshard/wire.h"
 
 /* ---- ns_env over libuv -------------------------------------------------------------------- */
 
@@ -119,6 +121,17 @@ json_t *ns_net_peers_json(ns_net *net);
 json_t *ns_net_doctor_json(ns_net *net);
 /* Prometheus lines about the network; *text is malloc'd. */
 void ns_net_metrics(ns_net *net, char **text, int *len);
+/* Peer links (kept at a few, dialed from the routing table) carry frames of type >= NS_FRAME_APP
+ * to on_frame; on_link hears of every peer link that comes up. Both run on the loop thread. */
+typedef void (*ns_net_frame_fn)(void *arg, const uint8_t peer_id[NS_NODE_ID_BYTES],
+                                const ns_frame *f);
+typedef void (*ns_net_link_fn)(void *arg, const uint8_t peer_id[NS_NODE_ID_BYTES]);
+void ns_net_set_app(ns_net *net, ns_net_frame_fn on_frame, ns_net_link_fn on_link, void *arg);
+/* Sends f on every established peer link but except's (may be NULL); how many took it. */
+size_t ns_net_broadcast(ns_net *net, const ns_frame *f, const uint8_t *except);
+/* NS_ENOENT when no link to that peer is up. */
+NS_MUST_USE int ns_net_send_frame(ns_net *net, const uint8_t peer_id[NS_NODE_ID_BYTES],
+                                  const ns_frame *f);
 
 /* ---- solo training (train.c) ------------------------------------------------------------- */
 
@@ -146,6 +159,9 @@ typedef struct ns_train_status {
     double loss, val_loss, tokens_per_s, lr, grad_norm;
     uint32_t layers, hidden, vocab;
     uint64_t params;
+    /* what the model should take: parameters, gradients, AdamW moments, activations and
+     * scratch of one batch (ns_stage_memory_bytes), plus generation's key/value cache */
+    uint64_t memory_estimate_bytes;
 } ns_train_status;
 
 typedef struct ns_trainer ns_trainer;
@@ -163,6 +179,24 @@ void ns_trainer_set_running(ns_trainer *t, bool on);
 NS_MUST_USE int ns_trainer_queue_steps(ns_trainer *t, uint32_t steps);
 /* Stops after the step in progress, writes a checkpoint, joins, frees. NULL is a no-op. */
 void ns_trainer_stop(ns_trainer *t);
+/* What the trainer did in one period, for a training proof (ponw.h). */
+typedef struct ns_train_work {
+    uint64_t batches; /* optimizer steps */
+    uint64_t tokens;
+    uint64_t batch_first; /* data position of the first step: epoch and index */
+    uint64_t data_epoch;
+    float loss_first, loss_last;
+    uint32_t layers;
+    uint64_t layer_latency_us; /* a layer's forward, estimated from the step time (S2 tier) */
+    uint8_t model_before[NS_SHA256_BYTES], model_after[NS_SHA256_BYTES];
+    uint8_t input_hash[NS_SHA256_BYTES];  /* of the last step's token ids */
+    uint8_t output_hash[NS_SHA256_BYTES]; /* of its loss */
+} ns_train_work;
+
+/* Takes the work period the trainer closed since the last call (true), and asks it to close the
+ * current one at its next step (hashing the weights on its own thread). false: nothing closed. */
+bool ns_trainer_take_work(ns_trainer *t, ns_train_work *out);
+
 /* ---- text generation (train.c, on the trainer's model) ------------------------------------ */
 
 #define NS_GEN_TOKENS_MAX       1024 /* max_tokens of one request */
@@ -205,6 +239,33 @@ struct ns_gen_job {
 NS_MUST_USE int ns_trainer_generate(ns_trainer *t, ns_gen_job *job);
 /* Frees what the trainer put in a job's answer and the request's buffers (not the job). */
 void ns_gen_job_clear(ns_gen_job *job);
+
+/* ---- proofs of neural work and the ledger's gossip (econ.c) -------------------------------- */
+
+typedef struct ns_econ ns_econ;
+typedef struct ns_econ_config {
+    ns_ledger *ledger;
+    const ns_key *key;
+    ns_net *net;
+    ns_uv_env *uvenv;
+    ns_trainer *const *trainer; /* the node's trainer pointer (it may come and go) */
+    uint64_t started_ms;
+    uint64_t proof_interval_ms; /* 0: NS_PONW_INTERVAL_MS */
+} ns_econ_config;
+
+/* Starts signing proofs, claiming them and gossiping entries and proofs over net's peer links. */
+NS_MUST_USE int ns_econ_start(ns_econ **out, const ns_econ_config *cfg);
+void ns_econ_stop(ns_econ *e); /* NULL is a no-op */
+/* This node's account: a send (NS_EINVAL with why for a refused one) and stake or unstake. */
+NS_MUST_USE int ns_econ_send(ns_econ *e, const uint8_t to[NS_NODE_ID_BYTES], ns_neuro amount,
+                             char *why, uint8_t hash[NS_SHA256_BYTES]);
+NS_MUST_USE int ns_econ_stake(ns_econ *e, ns_neuro amount, bool unstake, char *why);
+/* ns_ledger_check's report as JSON (daemon.c). */
+json_t *ns_ledger_report_json(const ns_ledger_report *r);
+/* GET /api/ponw: the newest proofs kept and the validator's verdicts. */
+json_t *ns_econ_ponw_json(ns_econ *e, uint32_t limit);
+/* Prometheus lines; *text malloc'd; -1 when out of memory. */
+int ns_econ_metrics(ns_econ *e, char **text);
 
 /* POST /generate_text (generate.c): checks a request, queues it on the trainer, answers it on
  * the loop thread when the trainer is done. */

@@ -66,6 +66,11 @@ struct ns_trainer {
     ns_ckpt_tensor *weights, *moments;
     size_t weight_count, moment_count;
     ns_kv_cache *kv; /* generation's, made at the first request */
+    /* work periods for proofs: the open one is the trainer thread's; closed and the flags are
+     * guarded by lock */
+    ns_train_work period;
+    ns_train_work closed;
+    bool close_wanted, closed_ready;
     char ckpt_dir[PATH_MAX + 32];
     char csv_path[PATH_MAX + 32];
 };
@@ -495,6 +500,48 @@ static void record_step(ns_trainer *t, uint64_t step, float loss, const ns_optim
     append_csv(t, step, loss, isnan(val) ? t->status.val_loss : val, rep->lr, tok_s);
 }
 
+/* ---- work periods for proofs -------------------------------------------------------------- */
+
+static void hash_model(ns_trainer *t, uint8_t out[NS_SHA256_BYTES])
+{
+    size_t n;
+    const float *w = ns_stage_param_buffer(t->stage, &n);
+    ns_ckpt_sha256(out, w, n * sizeof *w);
+}
+
+/* After a step: counts it into the open period, and closes the period when the loop asked. */
+static void note_work(ns_trainer *t, ns_data_pos before, float loss, double step_s)
+{
+    ns_train_work *p = &t->period;
+    if (p->batches == 0) {
+        p->batch_first = before.index;
+        p->data_epoch = before.epoch;
+        p->loss_first = loss;
+    }
+    p->batches++;
+    p->tokens += (uint64_t)TRAIN_BATCH * TRAIN_SEQ;
+    p->loss_last = loss;
+    p->layers = ns_stage_config_of(t->stage)->arch.layers;
+    /* forward + backward is about three forwards of every layer */
+    p->layer_latency_us = (uint64_t)(step_s * 1e6 / (3.0 * p->layers));
+    ns_sha256(p->input_hash, t->inputs, sizeof *t->inputs * TRAIN_BATCH * TRAIN_SEQ);
+    ns_sha256(p->output_hash, &loss, sizeof loss);
+    pthread_mutex_lock(&t->lock);
+    bool close = t->close_wanted;
+    pthread_mutex_unlock(&t->lock);
+    if (!close)
+        return;
+    hash_model(t, p->model_after);
+    pthread_mutex_lock(&t->lock);
+    t->closed = *p;
+    t->closed_ready = true;
+    t->close_wanted = false;
+    pthread_mutex_unlock(&t->lock);
+    ns_train_work next = {0};
+    memcpy(next.model_before, p->model_after, NS_SHA256_BYTES);
+    *p = next;
+}
+
 /* ---- generation --------------------------------------------------------------------------- */
 
 static void job_fail(ns_gen_job *job, int status, const char *fmt, ...)
@@ -667,7 +714,14 @@ static void *trainer_main(void *arg)
         return NULL;
     }
     const ns_arch *a = &ns_stage_config_of(t->stage)->arch;
+    uint64_t stage_bytes = 0, kv_bytes = 0;
+    if (ns_stage_memory_bytes(ns_stage_config_of(t->stage), &stage_bytes) != NS_OK ||
+        ns_kv_cache_memory_bytes(t->stage, ns_stage_config_of(t->stage)->seq_len_max, &kv_bytes) !=
+            NS_OK)
+        stage_bytes = kv_bytes = 0; /* cannot happen for a stage that exists: shown as unknown */
+    hash_model(t, t->period.model_before);
     pthread_mutex_lock(&t->lock);
+    t->status.memory_estimate_bytes = stage_bytes + kv_bytes;
     t->status.ready = true;
     t->status.layers = a->layers;
     t->status.hidden = a->hidden;
@@ -695,11 +749,14 @@ static void *trainer_main(void *arg)
         float loss;
         ns_optim_report rep;
         double t0 = wall_s();
+        ns_data_pos before = ns_data_loader_pos(t->loader);
         if (train_step(t, &loss, &rep) != NS_OK || !isfinite(loss)) {
             set_error(t, "a training step failed (loss not finite or a shape error)");
             break;
         }
-        record_step(t, ns_stage_optim_step(t->stage), loss, &rep, wall_s() - t0);
+        double step_s = wall_s() - t0;
+        record_step(t, ns_stage_optim_step(t->stage), loss, &rep, step_s);
+        note_work(t, before, loss, step_s);
         if (++since_ckpt >= t->cfg.checkpoint_every && save_checkpoint(t) == NS_OK)
             since_ckpt = 0;
     }
@@ -782,6 +839,18 @@ int ns_trainer_queue_steps(ns_trainer *t, uint32_t steps)
     pthread_cond_signal(&t->wake);
     pthread_mutex_unlock(&t->lock);
     return rc;
+}
+
+bool ns_trainer_take_work(ns_trainer *t, ns_train_work *out)
+{
+    pthread_mutex_lock(&t->lock);
+    bool got = t->closed_ready;
+    if (got)
+        *out = t->closed;
+    t->closed_ready = false;
+    t->close_wanted = true;
+    pthread_mutex_unlock(&t->lock);
+    return got;
 }
 
 int ns_trainer_generate(ns_trainer *t, ns_gen_job *job)

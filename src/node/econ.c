@@ -1,0 +1,596 @@
+/*
+ * econ.c: the node's part in Proof of Neural Work and the NEURO ledger, on the loop thread.
+ *
+ * Every NS_PONW_INTERVAL_MS the node signs a proof of what it did since its last one (uptime,
+ * and the trainer's closed work period when it trained), passes it through its own validator,
+ * keeps it and sends it to its peers. When a proof's challenge window has closed, the node
+ * appends a claim of its reward to its account chain. Entries and proofs spread by gossip over
+ * the peer links (net.c): a new one is applied or validated and passed on to the other peers; one
+ * that depends on entries not here yet waits in a bounded pool while the node asks the sender
+ * for the account's missing entries; when a link comes up both sides exchange their accounts'
+ * newest sequences and ask for what they lack, so a node that was offline catches up. Sends to
+ * this node are taken in (a receive entry) as soon as they are applied.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "neuroshard/ponw.h"
+#include "neuroshard/swarm.h"
+#include "node_internal.h"
+
+#define ECON_CLAIM_MS        15000 /* how often to look for proofs to claim */
+#define ECON_PENDING_MAX     4096  /* entries waiting for what they depend on */
+#define ECON_WANT_LIMIT      256   /* entries sent for one WANT */
+#define ECON_HEADS_PER_FRAME 1024
+#define ECON_VALIDATOR_NODES 100000
+
+typedef struct pending_entry {
+    uint8_t *buf;
+    size_t len;
+} pending_entry;
+
+struct ns_econ {
+    ns_econ_config cfg;
+    ns_ponw_validator *validator;
+    uint64_t proof_timer, claim_timer;
+    uint64_t last_end_ms; /* the end of this node's newest proof */
+    uint32_t last_tier;
+    pending_entry pending[ECON_PENDING_MAX];
+    size_t pending_count;
+    /* counters for /metrics and /api/ponw */
+    uint64_t proofs_made, claims_made, claims_refused, entries_in, entries_applied, entries_refused,
+        entries_waiting_dropped, forks_seen, receives_made;
+};
+
+/* Ledger and link calls whose failure only costs this round (the next one tries again). */
+static void note(const char *what, int rc)
+{
+    if (rc != NS_OK && rc != NS_ENOENT)
+        NS_LOG_W("ledger", "%s failed: %s", what, ns_strerror(rc));
+}
+
+static uint64_t now_ms(const ns_econ *e)
+{
+    return ns_env_now(&e->cfg.uvenv->env);
+}
+
+static void send_frame(ns_econ *e, const uint8_t *peer, uint32_t type, const uint8_t *body,
+                       size_t len)
+{
+    ns_frame f = {.type = type, .body = body, .body_len = len};
+    if (peer != NULL)
+        note("sending to a peer", ns_net_send_frame(e->cfg.net, peer, &f));
+    else
+        (void)ns_net_broadcast(e->cfg.net, &f, NULL);
+}
+
+static void broadcast_except(ns_econ *e, uint32_t type, const uint8_t *body, size_t len,
+                             const uint8_t *except)
+{
+    ns_frame f = {.type = type, .body = body, .body_len = len};
+    (void)ns_net_broadcast(e->cfg.net, &f, except);
+}
+
+static void put_u64be(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+static uint64_t get_u64be(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* ---- applying entries ----------------------------------------------------------------------- */
+
+static void after_applied(ns_econ *e, const uint8_t *buf, size_t len);
+
+static void want(ns_econ *e, const uint8_t *peer, const uint8_t account[NS_NODE_ID_BYTES])
+{
+    ns_account a;
+    if (peer == NULL || ns_ledger_account(e->cfg.ledger, account, &a) != NS_OK)
+        return;
+    uint8_t body[NS_NODE_ID_BYTES + 8];
+    memcpy(body, account, NS_NODE_ID_BYTES);
+    put_u64be(body + NS_NODE_ID_BYTES, a.sequence + 1);
+    send_frame(e, peer, NS_FRAME_LEDGER_WANT, body, sizeof body);
+}
+
+static void pending_add(ns_econ *e, const uint8_t *buf, size_t len)
+{
+    if (e->pending_count == ECON_PENDING_MAX) { /* drop the oldest: a peer will offer it again */
+        free(e->pending[0].buf);
+        memmove(e->pending, e->pending + 1, sizeof e->pending[0] * (ECON_PENDING_MAX - 1));
+        e->pending_count--;
+        e->entries_waiting_dropped++;
+    }
+    uint8_t *copy = malloc(len);
+    if (copy == NULL)
+        return;
+    memcpy(copy, buf, len);
+    e->pending[e->pending_count++] = (pending_entry){copy, len};
+}
+
+/* Applies one entry from a peer (from NULL: this node's own); passes on what is new. */
+static int apply_entry(ns_econ *e, const uint8_t *buf, size_t len, const uint8_t *from)
+{
+    char why[NS_LEDGER_WHY_SIZE];
+    int rc = ns_ledger_apply(e->cfg.ledger, buf, len, now_ms(e), why);
+    switch (rc) {
+    case NS_OK:
+        e->entries_applied++;
+        broadcast_except(e, NS_FRAME_LEDGER_ENTRY, buf, len, from);
+        after_applied(e, buf, len);
+        break;
+    case NS_EFORK:
+        e->forks_seen++;
+        NS_LOG_W("ledger", "fork: %s", why);
+        broadcast_except(e, NS_FRAME_LEDGER_ENTRY, buf, len, from);
+        break;
+    case NS_EEXIST:
+        break;
+    case NS_ENOENT: {
+        ns_entry en;
+        pending_add(e, buf, len);
+        if (ns_entry_open(buf, len, now_ms(e), &en) == NS_OK)
+            want(e, from, en.account);
+        break;
+    }
+    default:
+        e->entries_refused++;
+        NS_LOG_D("ledger", "entry refused: %s", why[0] != '\0' ? why : ns_strerror(rc));
+        break;
+    }
+    return rc;
+}
+
+/* Retries the waiting entries until a pass applies none. */
+static void retry_pending(ns_econ *e)
+{
+    bool progress = true;
+    while (progress && e->pending_count > 0) {
+        progress = false;
+        for (size_t i = 0; i < e->pending_count;) {
+            pending_entry p = e->pending[i];
+            char why[NS_LEDGER_WHY_SIZE];
+            int rc = ns_ledger_apply(e->cfg.ledger, p.buf, p.len, now_ms(e), why);
+            if (rc == NS_ENOENT) {
+                i++;
+                continue;
+            }
+            memmove(e->pending + i, e->pending + i + 1,
+                    sizeof e->pending[0] * (e->pending_count - i - 1));
+            e->pending_count--;
+            if (rc == NS_OK) {
+                e->entries_applied++;
+                progress = true;
+                broadcast_except(e, NS_FRAME_LEDGER_ENTRY, p.buf, p.len, NULL);
+                after_applied(e, p.buf, p.len);
+            }
+            free(p.buf);
+        }
+    }
+}
+
+/* Appends an entry of this node's account and sends it to every peer. */
+static int append_own(ns_econ *e, ns_entry *en, char *why)
+{
+    uint8_t *buf;
+    size_t len;
+    int rc = ns_ledger_append(e->cfg.ledger, e->cfg.key, en, now_ms(e), &buf, &len, why);
+    if (rc != NS_OK)
+        return rc;
+    e->entries_applied++;
+    broadcast_except(e, NS_FRAME_LEDGER_ENTRY, buf, len, NULL);
+    after_applied(e, buf, len);
+    free(buf);
+    return NS_OK;
+}
+
+typedef struct receive_ctx {
+    ns_econ *e;
+} receive_ctx;
+
+static bool receive_one(void *arg, int64_t id, const uint8_t *hash, size_t amount)
+{
+    (void)id;
+    ns_econ *e = ((receive_ctx *)arg)->e;
+    ns_entry en = {.kind = NS_ENTRY_RECEIVE, .amount = {(int64_t)amount}};
+    memcpy(en.reference, hash, NS_SHA256_BYTES);
+    char why[NS_LEDGER_WHY_SIZE];
+    if (append_own(e, &en, why) == NS_OK) {
+        e->receives_made++;
+        char text[NS_NEURO_FORMAT_SIZE];
+        ns_neuro_format(text, sizeof text, en.amount);
+        NS_LOG_I("wallet", "received %s NEURO", text);
+    }
+    return true;
+}
+
+/* Takes in every send to this node not taken in yet. */
+static void receive_all(ns_econ *e)
+{
+    receive_ctx ctx = {e};
+    note("finding sends to take in",
+         ns_ledger_sends_pending(e->cfg.ledger, e->cfg.key->node_id, receive_one, &ctx));
+}
+
+static void after_applied(ns_econ *e, const uint8_t *buf, size_t len)
+{
+    ns_entry en;
+    if (ns_entry_open(buf, len, now_ms(e), &en) != NS_OK)
+        return;
+    if (en.kind == NS_ENTRY_SEND &&
+        memcmp(en.counterparty, e->cfg.key->node_id, NS_NODE_ID_BYTES) == 0)
+        receive_all(e);
+}
+
+/* ---- gossip frames -------------------------------------------------------------------------- */
+
+typedef struct send_ctx {
+    ns_econ *e;
+    const uint8_t *peer;
+} send_ctx;
+
+static bool send_entry_to(void *arg, int64_t id, const uint8_t *buf, size_t len)
+{
+    (void)id;
+    send_ctx *c = arg;
+    send_frame(c->e, c->peer, NS_FRAME_LEDGER_ENTRY, buf, len);
+    return true;
+}
+
+typedef struct heads_ctx {
+    ns_econ *e;
+    const uint8_t *peer;
+    uint8_t *body;
+    size_t n;
+} heads_ctx;
+
+static void heads_flush(heads_ctx *c)
+{
+    if (c->n > 0)
+        send_frame(c->e, c->peer, NS_FRAME_LEDGER_HEADS, c->body, c->n * 40);
+    c->n = 0;
+}
+
+static bool heads_add(void *arg, const uint8_t node_id[NS_NODE_ID_BYTES], uint64_t sequence)
+{
+    heads_ctx *c = arg;
+    memcpy(c->body + c->n * 40, node_id, NS_NODE_ID_BYTES);
+    put_u64be(c->body + c->n * 40 + 32, sequence);
+    if (++c->n == ECON_HEADS_PER_FRAME)
+        heads_flush(c);
+    return true;
+}
+
+static void on_link(void *arg, const uint8_t peer_id[NS_NODE_ID_BYTES])
+{
+    ns_econ *e = arg;
+    heads_ctx c = {.e = e, .peer = peer_id, .body = malloc(ECON_HEADS_PER_FRAME * 40)};
+    if (c.body == NULL)
+        return;
+    note("listing accounts", ns_ledger_heads(e->cfg.ledger, heads_add, &c));
+    heads_flush(&c);
+    free(c.body);
+}
+
+static void on_heads(ns_econ *e, const uint8_t *peer, const ns_frame *f)
+{
+    if (f->body_len % 40 != 0)
+        return;
+    for (size_t i = 0; i < f->body_len / 40; i++) {
+        const uint8_t *id = f->body + i * 40;
+        ns_account a;
+        if (ns_ledger_account(e->cfg.ledger, id, &a) == NS_OK && get_u64be(id + 32) > a.sequence)
+            want(e, peer, id);
+    }
+}
+
+static void on_want(ns_econ *e, const uint8_t *peer, const ns_frame *f)
+{
+    if (f->body_len != NS_NODE_ID_BYTES + 8)
+        return;
+    send_ctx c = {e, peer};
+    note("reading entries for a peer",
+         ns_ledger_account_from(e->cfg.ledger, f->body, get_u64be(f->body + NS_NODE_ID_BYTES),
+                                ECON_WANT_LIMIT, send_entry_to, &c));
+}
+
+static void on_proof(ns_econ *e, const uint8_t *peer, const ns_frame *f)
+{
+    ns_proof p;
+    ns_ponw_verdict v = ns_ponw_validate(e->validator, f->body, f->body_len, now_ms(e), &p);
+    if (v != NS_PONW_ACCEPTED) {
+        if (v != NS_PONW_DUPLICATE)
+            NS_LOG_D("ponw", "proof refused: %s", ns_ponw_verdict_name(v));
+        return;
+    }
+    if (ns_ledger_proof_put(e->cfg.ledger, &p, f->body, f->body_len, now_ms(e)) == NS_OK)
+        broadcast_except(e, NS_FRAME_PROOF, f->body, f->body_len, peer);
+}
+
+static void on_frame(void *arg, const uint8_t peer_id[NS_NODE_ID_BYTES], const ns_frame *f)
+{
+    ns_econ *e = arg;
+    switch (f->type) {
+    case NS_FRAME_LEDGER_ENTRY:
+        e->entries_in++;
+        if (apply_entry(e, f->body, f->body_len, peer_id) == NS_OK)
+            retry_pending(e);
+        return;
+    case NS_FRAME_PROOF:
+        on_proof(e, peer_id, f);
+        return;
+    case NS_FRAME_LEDGER_HEADS:
+        on_heads(e, peer_id, f);
+        return;
+    case NS_FRAME_LEDGER_WANT:
+        on_want(e, peer_id, f);
+        return;
+    default:
+        return;
+    }
+}
+
+/* ---- this node's proofs and claims ---------------------------------------------------------- */
+
+static void make_proof(ns_econ *e, uint64_t now)
+{
+    uint64_t start = e->last_end_ms;
+    if (now <= start + 1000)
+        return;
+    if (now - start > NS_PONW_PERIOD_MS_MAX)
+        start = now - NS_PONW_PERIOD_MS_MAX;
+    ns_proof p = {.type = NS_PROOF_UPTIME,
+                  .sequence = now,
+                  .timestamp_ms = now,
+                  .period_start_ms = start,
+                  .uptime_s = (now - start) / 1000,
+                  .tier = e->last_tier};
+    randombytes_buf(&p.nonce, sizeof p.nonce);
+    ns_train_work w;
+    ns_trainer *t = e->cfg.trainer != NULL ? *e->cfg.trainer : NULL;
+    if (t != NULL && ns_trainer_take_work(t, &w) && w.batches > 0) {
+        p.type = NS_PROOF_TRAINING;
+        p.tokens = w.tokens;
+        p.batches = w.batches;
+        p.layers = w.layers;
+        p.has_embed = p.has_head = true; /* solo: the whole model */
+        p.tier = e->last_tier = (uint32_t)ns_tier_for_latency_us(w.layer_latency_us);
+        p.has_training = true;
+        ns_training_commit *c = &p.training;
+        memcpy(c->model_hash_before, w.model_before, NS_SHA256_BYTES);
+        memcpy(c->model_hash_after, w.model_after, NS_SHA256_BYTES);
+        c->batch_first = w.batch_first;
+        c->batch_count = (uint32_t)w.batches;
+        c->data_epoch = w.data_epoch;
+        c->loss_before = w.loss_first;
+        c->loss_after = w.loss_last;
+        c->micro_batches = 1;
+        memcpy(c->activation_in[0], w.input_hash, NS_SHA256_BYTES);
+        memcpy(c->activation_out[0], w.output_hash, NS_SHA256_BYTES);
+        /* solo training: the weight change is fixed by the weights before and after */
+        uint8_t both[2 * NS_SHA256_BYTES];
+        memcpy(both, w.model_before, NS_SHA256_BYTES);
+        memcpy(both + NS_SHA256_BYTES, w.model_after, NS_SHA256_BYTES);
+        ns_sha256(c->delta_hash, both, sizeof both);
+        c->layer_first = 0;
+        c->layer_last = w.layers;
+        c->exec_mode = NS_EXEC_FAST;
+    }
+    uint8_t *buf;
+    size_t len;
+    if (ns_proof_check(&p) != NULL || ns_proof_sign(e->cfg.key, &p, &buf, &len) != NS_OK) {
+        NS_LOG_W("ponw", "cannot make a proof: %s", ns_proof_check(&p));
+        return;
+    }
+    ns_proof checked;
+    ns_ponw_verdict v = ns_ponw_validate(e->validator, buf, len, now, &checked);
+    if (v == NS_PONW_ACCEPTED &&
+        ns_ledger_proof_put(e->cfg.ledger, &checked, buf, len, now) == NS_OK) {
+        e->proofs_made++;
+        e->last_end_ms = now;
+        send_frame(e, NULL, NS_FRAME_PROOF, buf, len);
+        NS_LOG_D("ponw", "proof type=%u batches=%llu uptime_s=%llu", p.type,
+                 (unsigned long long)p.batches, (unsigned long long)p.uptime_s);
+    } else {
+        NS_LOG_W("ponw", "own proof refused: %s", ns_ponw_verdict_name(v));
+    }
+    free(buf);
+}
+
+static void proof_timer_fired(void *arg, uint64_t now)
+{
+    ns_econ *e = arg;
+    e->proof_timer = 0;
+    make_proof(e, now);
+    e->proof_timer =
+        ns_env_timer(&e->cfg.uvenv->env, now + e->cfg.proof_interval_ms, proof_timer_fired, e);
+}
+
+static bool claim_one(void *arg, int64_t id, const uint8_t *buf, size_t len)
+{
+    (void)id;
+    ns_econ *e = arg;
+    ns_proof p;
+    ns_account a;
+    ns_neuro reward;
+    if (ns_proof_open(buf, len, now_ms(e), &p) != NS_OK ||
+        ns_ledger_account(e->cfg.ledger, e->cfg.key->node_id, &a) != NS_OK ||
+        ns_ponw_reward(&p, a.stake, &reward) != NS_OK)
+        return true;
+    ns_entry en = {.kind = NS_ENTRY_CLAIM, .amount = reward, .proof = buf, .proof_len = len};
+    char why[NS_LEDGER_WHY_SIZE];
+    int rc = append_own(e, &en, why);
+    if (rc == NS_OK) {
+        e->claims_made++;
+        note("marking a proof", ns_ledger_proof_set_status(e->cfg.ledger, p.id, "claimed"));
+    } else if (rc == NS_EINVAL) {
+        e->claims_refused++;
+        NS_LOG_W("ponw", "claim refused: %s", why);
+        note("marking a proof", ns_ledger_proof_set_status(e->cfg.ledger, p.id, "rejected"));
+    }
+    return rc == NS_OK || rc == NS_EINVAL; /* stop on a file error; try again later */
+}
+
+/* Claims are looked for every ECON_CLAIM_MS, or every proof interval when that is shorter. */
+static uint64_t claim_every(const ns_econ *e)
+{
+    return e->cfg.proof_interval_ms < ECON_CLAIM_MS ? e->cfg.proof_interval_ms : ECON_CLAIM_MS;
+}
+
+static void claim_timer_fired(void *arg, uint64_t now)
+{
+    ns_econ *e = arg;
+    e->claim_timer = 0;
+    note("finding proofs to claim",
+         ns_ledger_proofs_due(e->cfg.ledger, e->cfg.key->node_id, now, 64, claim_one, e));
+    e->claim_timer = ns_env_timer(&e->cfg.uvenv->env, now + claim_every(e), claim_timer_fired, e);
+}
+
+/* ---- the wallet ----------------------------------------------------------------------------- */
+
+int ns_econ_send(ns_econ *e, const uint8_t to[NS_NODE_ID_BYTES], ns_neuro amount, char *why,
+                 uint8_t hash[NS_SHA256_BYTES])
+{
+    ns_entry en = {.kind = NS_ENTRY_SEND, .amount = amount};
+    memcpy(en.counterparty, to, NS_NODE_ID_BYTES);
+    int rc = append_own(e, &en, why);
+    if (rc == NS_OK)
+        memcpy(hash, en.hash, NS_SHA256_BYTES);
+    return rc;
+}
+
+int ns_econ_stake(ns_econ *e, ns_neuro amount, bool unstake, char *why)
+{
+    ns_entry en = {.kind = unstake ? NS_ENTRY_UNSTAKE : NS_ENTRY_STAKE, .amount = amount};
+    return append_own(e, &en, why);
+}
+
+/* ---- the service ---------------------------------------------------------------------------- */
+
+typedef struct last_ctx {
+    uint64_t end;
+} last_ctx;
+
+int ns_econ_start(ns_econ **out, const ns_econ_config *cfg)
+{
+    ns_econ *e = calloc(1, sizeof *e);
+    if (e == NULL)
+        return NS_ENOMEM;
+    e->cfg = *cfg;
+    if (e->cfg.proof_interval_ms == 0)
+        e->cfg.proof_interval_ms = NS_PONW_INTERVAL_MS;
+    int rc = ns_ponw_validator_new(&e->validator, ECON_VALIDATOR_NODES);
+    if (rc != NS_OK) {
+        free(e);
+        return rc;
+    }
+    uint64_t now = now_ms(e);
+    uint64_t last = 0;
+    note("finding the last proof",
+         ns_ledger_last_proof_end(e->cfg.ledger, e->cfg.key->node_id, &last));
+    e->last_end_ms = last > now ? now : (last > cfg->started_ms ? last : cfg->started_ms);
+    e->last_tier = NS_TIER_T5;
+    ns_net_set_app(cfg->net, on_frame, on_link, e);
+    receive_all(e);
+    e->proof_timer =
+        ns_env_timer(&cfg->uvenv->env, now + e->cfg.proof_interval_ms, proof_timer_fired, e);
+    e->claim_timer = ns_env_timer(&cfg->uvenv->env, now + claim_every(e), claim_timer_fired, e);
+    *out = e;
+    return NS_OK;
+}
+
+void ns_econ_stop(ns_econ *e)
+{
+    if (e == NULL)
+        return;
+    const ns_env *env = &e->cfg.uvenv->env;
+    if (e->proof_timer != 0)
+        ns_env_timer_cancel(env, e->proof_timer);
+    if (e->claim_timer != 0)
+        ns_env_timer_cancel(env, e->claim_timer);
+    for (size_t i = 0; i < e->pending_count; i++)
+        free(e->pending[i].buf);
+    ns_ponw_validator_free(e->validator);
+    free(e);
+}
+
+typedef struct proofs_json_ctx {
+    json_t *list;
+} proofs_json_ctx;
+
+static bool proof_row_json(void *arg, const ns_ledger_proof_row *row)
+{
+    proofs_json_ctx *c = arg;
+    char id[2 * NS_SHA256_BYTES + 1], author[2 * NS_NODE_ID_BYTES + 1];
+    ns_hex_encode(id, sizeof id, row->id, sizeof row->id);
+    ns_hex_encode(author, sizeof author, row->author, sizeof row->author);
+    json_array_append_new(c->list,
+                          json_pack("{s:s, s:s, s:s, s:I, s:I, s:s}", "id", id, "author", author,
+                                    "kind", row->kind, "received_ms", (json_int_t)row->received_ms,
+                                    "window_closes_ms", (json_int_t)row->window_closes_ms, "status",
+                                    row->status));
+    return true;
+}
+
+json_t *ns_econ_ponw_json(ns_econ *e, uint32_t limit)
+{
+    proofs_json_ctx c = {json_array()};
+    note("listing proofs", ns_ledger_proofs_recent(e->cfg.ledger, limit, proof_row_json, &c));
+    json_t *verdicts = json_object();
+    for (int v = 0; v < NS_PONW_VERDICTS_; v++)
+        json_object_set_new(
+            verdicts, ns_ponw_verdict_name((ns_ponw_verdict)v),
+            json_integer((json_int_t)ns_ponw_verdict_count(e->validator, (ns_ponw_verdict)v)));
+    return json_pack("{s:o, s:o, s:I, s:I, s:I, s:I}", "proofs", c.list, "verdicts", verdicts,
+                     "proofs_made", (json_int_t)e->proofs_made, "claims_made",
+                     (json_int_t)e->claims_made, "claims_refused", (json_int_t)e->claims_refused,
+                     "interval_ms", (json_int_t)e->cfg.proof_interval_ms);
+}
+
+int ns_econ_metrics(ns_econ *e, char **text)
+{
+    char *verdicts = NULL;
+    size_t vlen = 0;
+    FILE *f = open_memstream(&verdicts, &vlen);
+    if (f == NULL)
+        return -1;
+    for (int v = 0; v < NS_PONW_VERDICTS_; v++)
+        fprintf(f, "neuroshard_ponw_proofs_total{verdict=\"%s\"} %llu\n",
+                ns_ponw_verdict_name((ns_ponw_verdict)v),
+                (unsigned long long)ns_ponw_verdict_count(e->validator, (ns_ponw_verdict)v));
+    fclose(f);
+    int n = asprintf(text,
+                     "# HELP neuroshard_ponw_proofs_total Proofs checked, by verdict.\n"
+                     "# TYPE neuroshard_ponw_proofs_total counter\n%s"
+                     "# HELP neuroshard_ponw_claims_total This node's claims, by outcome.\n"
+                     "# TYPE neuroshard_ponw_claims_total counter\n"
+                     "neuroshard_ponw_claims_total{result=\"applied\"} %llu\n"
+                     "neuroshard_ponw_claims_total{result=\"refused\"} %llu\n"
+                     "# HELP neuroshard_ledger_gossip_entries_total Entries from peers.\n"
+                     "# TYPE neuroshard_ledger_gossip_entries_total counter\n"
+                     "neuroshard_ledger_gossip_entries_total{result=\"received\"} %llu\n"
+                     "neuroshard_ledger_gossip_entries_total{result=\"refused\"} %llu\n"
+                     "neuroshard_ledger_gossip_entries_total{result=\"dropped_waiting\"} %llu\n"
+                     "# HELP neuroshard_ledger_entries_waiting Entries waiting for a parent.\n"
+                     "# TYPE neuroshard_ledger_entries_waiting gauge\n"
+                     "neuroshard_ledger_entries_waiting %zu\n"
+                     "# HELP neuroshard_ledger_forks_total Forked accounts seen.\n"
+                     "# TYPE neuroshard_ledger_forks_total counter\n"
+                     "neuroshard_ledger_forks_total %llu\n",
+                     verdicts, (unsigned long long)e->claims_made,
+                     (unsigned long long)e->claims_refused, (unsigned long long)e->entries_in,
+                     (unsigned long long)e->entries_refused,
+                     (unsigned long long)e->entries_waiting_dropped, e->pending_count,
+                     (unsigned long long)e->forks_seen);
+    free(verdicts);
+    return n;
+}
