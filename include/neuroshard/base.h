@@ -47,7 +47,8 @@ enum {
     NS_EOVERFLOW = -21,   /* an arithmetic result does not fit */
     NS_ELIMIT = -22,      /* a table, queue or retry limit was reached */
     NS_EFORK = -23,       /* two signed entries with one sequence: the account forked */
-    NS_ERR_COUNT_ = 24
+    NS_EWAIT = -24,       /* not yet: it can be done once something it waits for is done */
+    NS_ERR_COUNT_ = 25
 };
 
 const char *ns_strerror(int err);

@@ -17,7 +17,7 @@
 
 #define NS_LEDGER_FILE           "ledger.db"
 #define NS_LEDGER_APPLICATION_ID 0x4E53484Cu /* "NSHL" */
-#define NS_LEDGER_SCHEMA_VERSION 2
+#define NS_LEDGER_SCHEMA_VERSION 3
 
 /* An amount of NEURO in nano-NEURO (1e-9). Checked arithmetic only. */
 typedef struct ns_neuro {
@@ -53,6 +53,9 @@ void ns_ledger_close(ns_ledger *ledger); /* NULL is a no-op */
  * the same on every node of it; test swarms shorten it. The file remembers it, so a check run
  * on the file alone replays with the same rule. */
 NS_MUST_USE int ns_ledger_set_window(ns_ledger *ledger, uint64_t window_ms);
+/* What a challenge bonds (NS_LEDGER_CHALLENGE_BOND unless set): a rule of the swarm like the
+ * window, remembered by the file; test swarms lower it. */
+NS_MUST_USE int ns_ledger_set_bond(ns_ledger *ledger, ns_neuro bond);
 
 /* Number of ledger entries applied (0 at genesis). */
 NS_MUST_USE int ns_ledger_height(ns_ledger *ledger, uint64_t *height);
@@ -69,17 +72,25 @@ NS_MUST_USE int ns_ledger_genesis(ns_ledger *ledger, uint64_t *created_ms,
 NS_MUST_USE int ns_ledger_state_hash(ns_ledger *ledger, uint8_t hash[NS_SHA256_BYTES]);
 /* ---- entries (entries.c, docs/ledger.md) -------------------------------------------------- */
 
+typedef struct ns_proof ns_proof; /* ponw.h */
+
 /* Each account keeps its own hash-linked chain of signed entries (records of type
  * NS_RECORD_LEDGER_ENTRY, body proto/ledger.proto): sequence 1, 2, ... each naming the hash of
  * the one before (the genesis hash before the first). The state is a pure function of the
  * entries applied, so nodes that applied the same entries have the same state hash. */
 typedef enum ns_entry_kind {
-    NS_ENTRY_CLAIM = 1,   /* mints the reward of the account's own proof, after its window */
-    NS_ENTRY_SEND = 2,    /* moves amount out; the recipient may take in amount - fee */
-    NS_ENTRY_RECEIVE = 3, /* takes in a send addressed to the account */
-    NS_ENTRY_STAKE = 4,   /* moves amount from the balance into the stake */
-    NS_ENTRY_UNSTAKE = 5, /* and back */
+    NS_ENTRY_CLAIM = 1,     /* mints the reward of the account's own proof, after its window */
+    NS_ENTRY_SEND = 2,      /* moves amount out; the recipient may take in amount - fee */
+    NS_ENTRY_RECEIVE = 3,   /* takes in a send addressed to the account */
+    NS_ENTRY_STAKE = 4,     /* moves amount from the balance into the stake */
+    NS_ENTRY_UNSTAKE = 5,   /* and back */
+    NS_ENTRY_CHALLENGE = 6, /* accuses a training proof of fraud within its window: by a
+                             * later proof of its author that contradicts it (evidence), or
+                             * by recompute (reference: the recomputed hash, judged by each
+                             * node's own recompute); bonds the swarm's bond of the stake */
 } ns_entry_kind;
+
+#define NS_LEDGER_CHALLENGE_BOND ((int64_t)10 * NS_NEURO_NANO_PER_UNIT) /* S9: 10 NEURO */
 
 #define NS_LEDGER_FEE_PPM         50000u /* 5 % of every send is burned (S10) */
 #define NS_LEDGER_ENTRY_BYTES_MAX (NS_RECORD_BYTES_MAX)
@@ -94,9 +105,11 @@ typedef struct ns_entry {
     uint8_t prev_hash[NS_SHA256_BYTES];
     ns_neuro amount;
     uint8_t counterparty[NS_NODE_ID_BYTES]; /* send */
-    uint8_t reference[NS_SHA256_BYTES];     /* receive */
-    const uint8_t *proof; /* claim: the proof's envelope (into the caller's buffer) */
+    uint8_t reference[NS_SHA256_BYTES];     /* receive: the send; challenge: the recomputed hash */
+    const uint8_t *proof; /* claim, challenge: the proof's envelope (into the caller's buffer) */
     size_t proof_len;
+    const uint8_t *evidence; /* challenge by continuity: a later proof of the same author */
+    size_t evidence_len;
 } ns_entry;
 
 /* The burn of a send of amount: 5 %, rounded up, so that every spend burns something. */
@@ -120,11 +133,24 @@ typedef struct ns_account {
 NS_MUST_USE int ns_ledger_account(ns_ledger *ledger, const uint8_t node_id[NS_NODE_ID_BYTES],
                                   ns_account *out);
 
+/* What recomputing a challenged training proof gave this node (its own recompute, or a judgement
+ * it stored when it applied the challenge). */
+typedef enum ns_judgement {
+    NS_JUDGE_UNKNOWN = 0, /* not recomputed yet: the challenge waits (NS_EWAIT) */
+    NS_JUDGE_FRAUD = 1,   /* the recompute does not give the proof's weights after */
+    NS_JUDGE_HONEST = 2,  /* it does: the challenge is false */
+} ns_judgement;
+typedef ns_judgement (*ns_ledger_judge_fn)(void *arg, const ns_proof *proof,
+                                           const uint8_t recomputed[NS_SHA256_BYTES]);
+/* Who judges challenges for this ledger: without one, every challenge waits. */
+void ns_ledger_set_judge(ns_ledger *ledger, ns_ledger_judge_fn fn, void *arg);
+
 /* Applies one signed entry at now_ms, in one transaction. Returns:
  *   NS_OK      applied;
  *   NS_EEXIST  this very entry was applied before (nothing changes);
  *   NS_ENOENT  it depends on what is not here yet: an earlier entry of its account, or the send a
  *              receive takes in (keep it and try again when that arrives);
+ *   NS_EWAIT   a challenge this node has not judged yet (keep it; try again after its recompute);
  *   NS_EFORK   another entry with its account and sequence was applied: both are kept as the
  *              fraud proof and the account is frozen;
  *   NS_EINVAL  it breaks a rule (why says which) and changes nothing;
@@ -164,8 +190,6 @@ NS_MUST_USE int ns_ledger_check(ns_ledger *ledger, ns_ledger_report *report);
 
 /* ---- proofs and gossip views (proofs.c) --------------------------------------------------- */
 
-typedef struct ns_proof ns_proof;
-
 /* Keeps a proof that passed the validator (or this node's own), 'pending' until its window
  * closes at timestamp + NS_PONW_WINDOW_MS. NS_EEXIST when it is kept already. */
 NS_MUST_USE int ns_ledger_proof_put(ns_ledger *ledger, const ns_proof *p, const uint8_t *buf,
@@ -174,6 +198,25 @@ NS_MUST_USE int ns_ledger_proof_put(ns_ledger *ledger, const ns_proof *p, const 
 NS_MUST_USE int ns_ledger_proofs_due(ns_ledger *ledger, const uint8_t author[NS_NODE_ID_BYTES],
                                      uint64_t now_ms, uint32_t limit, ns_ledger_entry_fn fn,
                                      void *arg);
+/* The signed envelope of a proof kept (*out malloc'd); NS_ENOENT when it is not kept. */
+NS_MUST_USE int ns_ledger_proof_record(ns_ledger *ledger, const uint8_t id[NS_SHA256_BYTES],
+                                       uint8_t **out, size_t *out_len);
+/* Every challenge judged: the proof, its prover and challenger, fraud or not, what was slashed. */
+typedef struct ns_ledger_judgement {
+    uint8_t proof_id[NS_SHA256_BYTES];
+    uint8_t prover[NS_NODE_ID_BYTES];
+    uint8_t challenger[NS_NODE_ID_BYTES];
+    bool fraud;
+    ns_neuro slashed;
+} ns_ledger_judgement;
+typedef bool (*ns_ledger_judgement_fn)(void *arg, const ns_ledger_judgement *j);
+NS_MUST_USE int ns_ledger_judgements(ns_ledger *ledger, ns_ledger_judgement_fn fn, void *arg);
+/* The author's newest training proof kept that ended before before_ms (*out malloc'd);
+ * NS_ENOENT when there is none. */
+NS_MUST_USE int ns_ledger_previous_training_proof(ns_ledger *ledger,
+                                                  const uint8_t author[NS_NODE_ID_BYTES],
+                                                  uint64_t before_ms, uint8_t **out,
+                                                  size_t *out_len);
 /* The end (timestamp) of the author's newest proof kept; 0 when none. */
 NS_MUST_USE int ns_ledger_last_proof_end(ns_ledger *ledger, const uint8_t author[NS_NODE_ID_BYTES],
                                          uint64_t *end_ms);

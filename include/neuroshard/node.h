@@ -52,6 +52,11 @@ typedef struct ns_config {
     uint32_t model_hidden;
     uint64_t ponw_interval_s; /* between this node's proofs (S9: 60) */
     uint64_t ponw_window_s;   /* challenge window (S9: 600); the same on every node of a swarm */
+    bool verifier;            /* --role verify: recompute a sample of peers' training proofs */
+    int64_t verify_ppm;       /* proofs a verifier checks, per million; -1: S9 by swarm size */
+    bool exec_fast;           /* train in the fast mode (unverifiable, so unpaid for training) */
+    int64_t ponw_bond_nano;   /* a challenge's bond (S9: 10 NEURO); the same on every node */
+    uint32_t threads;         /* compute threads; 0: one a core */
 } ns_config;
 
 /* Parses "HOST:PORT" ("127.0.0.1:8421", "[::1]:8421", "localhost:0"). */

@@ -137,6 +137,14 @@ ns_ponw_verdict ns_ponw_validate(ns_ponw_validator *v, const uint8_t *buf, size_
                                  uint64_t now_ms, ns_proof *p);
 uint64_t ns_ponw_verdict_count(const ns_ponw_validator *v, ns_ponw_verdict verdict);
 
+/* Whether two training proofs of one author contradict each other, so that the earlier one (a)
+ * is fraud without any recompute: b comes after a, holds the same layers, and starts from a step
+ * before the end a claims (a claimed batches it did not train), or from exactly that step but
+ * from other weights than a says it ended with (a claimed weights it did not compute). A gap
+ * (b starting later: steps never proved, e.g. after a crash) is no contradiction. NULL when they
+ * are consistent or not comparable, else the reason. */
+const char *ns_ponw_contradiction(const ns_proof *a, const ns_proof *b);
+
 /* ---- rewards (S10) ------------------------------------------------------------------------ */
 
 #define NS_PONW_PPM 1000000u /* multipliers in parts per million */

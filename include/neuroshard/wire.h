@@ -58,6 +58,9 @@ typedef enum {
     NS_FRAME_PROOF = 66,              /* body: a proof of neural work's signed envelope (gossip) */
     NS_FRAME_LEDGER_HEADS = 67,       /* body: n x (account id 32, newest sequence 8 BE) */
     NS_FRAME_LEDGER_WANT = 68,        /* body: account id 32, first sequence wanted 8 BE */
+    NS_FRAME_VERIFY_GET = 69,         /* body: checkpoint step 8 BE, file 1, offset 8 BE */
+    NS_FRAME_VERIFY_PART = 70,        /* body: the request's 17 bytes, file size 8 BE (0: not here);
+                                       * tensor: U8 [n], up to 1 MiB of the file from offset */
 } ns_frame_type;
 
 struct ns_frame {

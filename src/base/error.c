@@ -35,9 +35,10 @@ static const char *const error_text[NS_ERR_COUNT_] = {
     [-NS_EOVERFLOW] = "arithmetic overflow",
     [-NS_ELIMIT] = "limit reached",
     [-NS_EFORK] = "the account forked (two entries with one sequence)",
+    [-NS_EWAIT] = "not yet: it waits for something to be done first",
 };
 
-static_assert(-NS_EFORK + 1 == NS_ERR_COUNT_, "every error code needs its text");
+static_assert(-NS_EWAIT + 1 == NS_ERR_COUNT_, "every error code needs its text");
 
 const char *ns_strerror(int err)
 {

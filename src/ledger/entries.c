@@ -24,12 +24,12 @@
 
 static const char *const kind_names[] = {
     [NS_ENTRY_CLAIM] = "claim", [NS_ENTRY_SEND] = "send",       [NS_ENTRY_RECEIVE] = "receive",
-    [NS_ENTRY_STAKE] = "stake", [NS_ENTRY_UNSTAKE] = "unstake",
+    [NS_ENTRY_STAKE] = "stake", [NS_ENTRY_UNSTAKE] = "unstake", [NS_ENTRY_CHALLENGE] = "challenge",
 };
 
 static bool kind_known(uint32_t kind)
 {
-    return kind >= NS_ENTRY_CLAIM && kind <= NS_ENTRY_UNSTAKE;
+    return kind >= NS_ENTRY_CLAIM && kind <= NS_ENTRY_CHALLENGE;
 }
 
 static int refuse(char *why, int rc, const char *fmt, ...) NS_PRINTF(3, 4);
@@ -71,10 +71,12 @@ int ns_entry_sign(const ns_key *key, ns_entry *e, uint8_t **out, size_t *out_len
     m.amount_nano = (uint64_t)e->amount.nano;
     if (e->kind == NS_ENTRY_SEND)
         m.counterparty = bin(e->counterparty, NS_NODE_ID_BYTES);
-    if (e->kind == NS_ENTRY_RECEIVE)
+    if (e->kind == NS_ENTRY_RECEIVE || e->kind == NS_ENTRY_CHALLENGE)
         m.reference = bin(e->reference, NS_SHA256_BYTES);
-    if (e->kind == NS_ENTRY_CLAIM)
+    if (e->kind == NS_ENTRY_CLAIM || e->kind == NS_ENTRY_CHALLENGE)
         m.proof = bin(e->proof, e->proof_len);
+    if (e->kind == NS_ENTRY_CHALLENGE && e->evidence_len > 0)
+        m.evidence = bin(e->evidence, e->evidence_len);
     size_t n = neuroshard__entry__get_packed_size(&m);
     if (n > NS_RECORD_BODY_BYTES_MAX)
         return NS_ETOOBIG;
@@ -101,6 +103,8 @@ static bool fields_fit_kind(const Neuroshard__Entry *m)
 {
     bool has_party = m->counterparty.len != 0, has_ref = m->reference.len != 0,
          has_proof = m->proof.len != 0;
+    if (m->evidence.len != 0 && m->kind != NS_ENTRY_CHALLENGE)
+        return false;
     switch (m->kind) {
     case NS_ENTRY_CLAIM:
         return has_proof && !has_party && !has_ref;
@@ -111,9 +115,21 @@ static bool fields_fit_kind(const Neuroshard__Entry *m)
     case NS_ENTRY_STAKE:
     case NS_ENTRY_UNSTAKE:
         return !has_party && !has_ref && !has_proof;
+    case NS_ENTRY_CHALLENGE:
+        return has_proof && m->reference.len == NS_SHA256_BYTES && !has_party;
     default:
         return false;
     }
+}
+
+static size_t varint_len(size_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
 }
 
 int ns_entry_open(const uint8_t *buf, size_t len, uint64_t now_ms, ns_entry *e)
@@ -143,10 +159,17 @@ int ns_entry_open(const uint8_t *buf, size_t len, uint64_t now_ms, ns_entry *e)
             memcpy(out.counterparty, m->counterparty.data, NS_NODE_ID_BYTES);
         if (m->reference.len != 0)
             memcpy(out.reference, m->reference.data, NS_SHA256_BYTES);
+        /* protobuf-c copied them; the canonical encoding writes fields in number order, so
+         * evidence (7) ends the body and proof (6) ends just before evidence's tag and length */
+        size_t end = r.body_len;
+        if (m->evidence.len != 0) {
+            out.evidence = r.body + end - m->evidence.len;
+            out.evidence_len = m->evidence.len;
+            NS_ASSERT(memcmp(out.evidence, m->evidence.data, m->evidence.len) == 0);
+            end -= m->evidence.len + 1 + varint_len(m->evidence.len);
+        }
         if (m->proof.len != 0) {
-            /* protobuf-c copied it; the canonical encoding ends with the highest-numbered field,
-             * so the same bytes end the body in buf */
-            out.proof = r.body + r.body_len - m->proof.len;
+            out.proof = r.body + end - m->proof.len;
             out.proof_len = m->proof.len;
             NS_ASSERT(memcmp(out.proof, m->proof.data, m->proof.len) == 0);
         }
@@ -273,6 +296,12 @@ static int rule_claim(ns_ledger *ledger, const ns_entry *e, const ns_account *a,
         return rc;
     if (n != 0)
         return refuse(why, NS_EINVAL, "the proof was claimed already");
+    rc = query_int(db, "SELECT count(*) FROM judgements WHERE proof_id = ?1 AND verdict = 'fraud'",
+                   &n, "b", p.id);
+    if (rc != NS_OK)
+        return rc;
+    if (n != 0)
+        return refuse(why, NS_EINVAL, "the proof was judged fraudulent");
     rc = query_int(db,
                    "SELECT count(*) FROM claims WHERE author = ?1 AND period_start_ms < ?2"
                    " AND period_end_ms > ?3",
@@ -357,6 +386,115 @@ static int rule_receive(sqlite3 *db, const ns_entry *e, char *why)
     return exec_bound(db, "UPDATE sends SET received = 1 WHERE hash = ?1", "b", e->reference);
 }
 
+/* Moves delta_balance and delta_stake (either may be negative) on another account's row, creating
+ * it when it has none; its chain (sequence, head) is untouched. */
+static int adjust(sqlite3 *db, const uint8_t id[NS_NODE_ID_BYTES], int64_t delta_balance,
+                  int64_t delta_stake)
+{
+    uint8_t genesis[NS_SHA256_BYTES];
+    ns__ledger_genesis_hash(genesis);
+    /* an UPDATE first: an INSERT's own row would be checked (and refused) with a negative delta
+     * before any conflict is resolved; an account with no row has nothing to take away */
+    int rc = exec_bound(db,
+                        "UPDATE accounts SET balance_nano = balance_nano + ?2,"
+                        " stake_nano = stake_nano + ?3 WHERE node_id = ?1",
+                        "bii", id, delta_balance, delta_stake);
+    if (rc == NS_OK)
+        rc = exec_bound(db,
+                        "INSERT OR IGNORE INTO accounts (node_id, balance_nano, stake_nano,"
+                        " sequence, head_hash) VALUES (?1, max(?2, 0), max(?3, 0), 0, ?4)",
+                        "biib", id, delta_balance, delta_stake, genesis);
+    return rc;
+}
+
+static int burn(sqlite3 *db, const uint8_t entry_hash[NS_SHA256_BYTES], int64_t amount)
+{
+    if (amount <= 0)
+        return NS_OK;
+    return exec_bound(db,
+                      "INSERT INTO burns (cause, entry_hash, amount_nano) VALUES ('slash', ?1, ?2)",
+                      "bi", entry_hash, amount);
+}
+
+/* A challenge: a training proof of another account, within a day, not judged before, the bond
+ * in the challenger's stake. This node's judge decides (S9, S10): fraud slashes the prover twice
+ * the proof's reward (stake first, then balance), half burned and half to the challenger; an
+ * honest proof costs the challenger its bond, half to the prover and half burned. */
+static int rule_challenge(ns_ledger *ledger, const ns_entry *e, ns_account *a, char *why)
+{
+    sqlite3 *db = ledger->db;
+    if (e->amount.nano != ledger->bond_nano)
+        return refuse(why, NS_EINVAL, "a challenge bonds exactly the swarm's bond (10 NEURO)");
+    if (a->stake.nano < ledger->bond_nano)
+        return refuse(why, NS_EINVAL, "a challenge needs the bond (10 NEURO) staked");
+    ns_proof p;
+    int rc = ns_proof_open(e->proof, e->proof_len, REPLAY_NOW_MS, &p);
+    if (rc != NS_OK || ns_proof_check(&p) != NULL || p.type != NS_PROOF_TRAINING)
+        return refuse(why, NS_EINVAL, "the challenged proof is not a valid training proof");
+    if (memcmp(p.author, e->account, NS_NODE_ID_BYTES) == 0)
+        return refuse(why, NS_EINVAL, "a challenge of one's own proof");
+    if (e->timestamp_ms > p.timestamp_ms + ledger->window_ms)
+        return refuse(why, NS_EINVAL, "the proof's challenge window has closed");
+    int64_t n = 0;
+    rc = query_int(db, "SELECT count(*) FROM judgements WHERE proof_id = ?1", &n, "b", p.id);
+    if (rc != NS_OK)
+        return rc;
+    if (n != 0)
+        return refuse(why, NS_EINVAL, "the proof was judged already");
+    ns_judgement verdict;
+    if (e->evidence_len > 0) {
+        /* by continuity: the two signed proofs are the whole case, every node decides alike */
+        ns_proof q;
+        rc = ns_proof_open(e->evidence, e->evidence_len, REPLAY_NOW_MS, &q);
+        if (rc != NS_OK || ns_proof_check(&q) != NULL)
+            return refuse(why, NS_EINVAL, "the evidence is not a valid proof");
+        if (ns_ponw_contradiction(&p, &q) == NULL)
+            return refuse(why, NS_EINVAL, "the evidence does not contradict the proof");
+        verdict = NS_JUDGE_FRAUD;
+    } else {
+        verdict = ledger->judge != NULL ? ledger->judge(ledger->judge_arg, &p, e->reference)
+                                        : NS_JUDGE_UNKNOWN;
+    }
+    if (verdict == NS_JUDGE_UNKNOWN)
+        return refuse(why, NS_EWAIT, "waiting for this node's own recompute of the proof");
+    int64_t slashed;
+    if (verdict == NS_JUDGE_FRAUD) {
+        ns_account prover;
+        ns_neuro reward;
+        rc = ns_ledger_account(ledger, p.author, &prover);
+        if (rc != NS_OK)
+            return rc;
+        if (ns_ponw_reward(&p, prover.stake, &reward) != NS_OK)
+            reward.nano = INT64_MAX / 2;
+        int64_t want = reward.nano > INT64_MAX / 2 ? INT64_MAX : 2 * reward.nano;
+        int64_t from_stake = want < prover.stake.nano ? want : prover.stake.nano;
+        int64_t from_balance =
+            want - from_stake < prover.balance.nano ? want - from_stake : prover.balance.nano;
+        slashed = from_stake + from_balance;
+        int64_t burned = slashed / 2;
+        rc = adjust(db, p.author, -from_balance, -from_stake);
+        if (rc == NS_OK)
+            rc = burn(db, e->hash, burned);
+        if (rc == NS_OK &&
+            ns_neuro_add(&a->balance, a->balance, (ns_neuro){slashed - burned}) != NS_OK)
+            rc = refuse(why, NS_EINVAL, "the balance would overflow");
+    } else {
+        slashed = ledger->bond_nano;
+        int64_t burned = slashed / 2;
+        a->stake.nano -= slashed;
+        rc = adjust(db, p.author, slashed - burned, 0);
+        if (rc == NS_OK)
+            rc = burn(db, e->hash, burned);
+    }
+    if (rc != NS_OK)
+        return rc;
+    return exec_bound(db,
+                      "INSERT INTO judgements (proof_id, prover, challenger, verdict, slashed_nano,"
+                      " entry_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                      "bbbtib", p.id, p.author, e->account,
+                      verdict == NS_JUDGE_FRAUD ? "fraud" : "honest", slashed, e->hash);
+}
+
 /* The account after e, or a refusal. */
 static int apply_kind(ns_ledger *ledger, const ns_entry *e, ns_account *a, char *why)
 {
@@ -390,6 +528,8 @@ static int apply_kind(ns_ledger *ledger, const ns_entry *e, ns_account *a, char 
         a->stake.nano -= e->amount.nano;
         a->balance.nano += e->amount.nano;
         return NS_OK;
+    case NS_ENTRY_CHALLENGE:
+        return rule_challenge(ledger, e, a, why);
     default:
         return refuse(why, NS_EINVAL, "unknown kind");
     }
@@ -454,6 +594,12 @@ static int apply_in_transaction(ns_ledger *ledger, const ns_entry *e, const uint
             "bitibbBi", e->account, (int64_t)e->sequence, kind_names[e->kind], e->amount.nano,
             e->prev_hash, e->hash, buf, len, (int64_t)(now_ms > INT64_MAX ? 0 : now_ms));
     return rc;
+}
+
+void ns_ledger_set_judge(ns_ledger *ledger, ns_ledger_judge_fn fn, void *arg)
+{
+    ledger->judge = fn;
+    ledger->judge_arg = arg;
 }
 
 int ns_ledger_apply(ns_ledger *ledger, const uint8_t *buf, size_t len, uint64_t now_ms, char *why)
@@ -564,6 +710,22 @@ typedef struct replay {
     int err;
 } replay;
 
+/* A replay judges as the ledger did when it applied each challenge. */
+static ns_judgement judge_as_recorded(void *arg, const ns_proof *proof,
+                                      const uint8_t recomputed[NS_SHA256_BYTES])
+{
+    (void)recomputed;
+    ns_ledger *source = arg;
+    int64_t fraud = -1;
+    int rc = query_int(source->db,
+                       "SELECT CASE verdict WHEN 'fraud' THEN 1 ELSE 0 END FROM judgements"
+                       " WHERE proof_id = ?1 UNION ALL SELECT -1 LIMIT 1",
+                       &fraud, "b", proof->id);
+    if (rc != NS_OK || fraud < 0)
+        return NS_JUDGE_UNKNOWN;
+    return fraud == 1 ? NS_JUDGE_FRAUD : NS_JUDGE_HONEST;
+}
+
 static bool replay_one(void *arg, int64_t id, const uint8_t *buf, size_t len)
 {
     replay *r = arg;
@@ -660,6 +822,8 @@ int ns_ledger_check(ns_ledger *ledger, ns_ledger_report *report)
     if (err != NS_OK)
         return err;
     mem->window_ms = ledger->window_ms;
+    mem->bond_nano = ledger->bond_nano;
+    ns_ledger_set_judge(mem, judge_as_recorded, ledger);
     replay r = {.into = mem, .report = report};
     err = ns_ledger_each_entry(ledger, 0, replay_one, &r, NULL);
     if (err == NS_OK && report->ok)

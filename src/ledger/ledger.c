@@ -140,6 +140,37 @@ static const char *const migrations[] = {
           ") STRICT;"
           "ALTER TABLE accounts ADD COLUMN frozen INTEGER NOT NULL DEFAULT 0"
           "  CHECK (frozen IN (0, 1));",
+    /*
+     * Version 3: challenges of proofs by recompute.
+     *   entries     rebuilt (SQLite cannot change a CHECK in place) to allow kind 'challenge'.
+     *   judgements  one row a challenged proof: this node's recompute found it fraudulent (the
+     *               prover was slashed) or honest (the challenger lost its bond).
+     */
+    [3] = "CREATE TABLE entries_v3 ("
+          "  id INTEGER PRIMARY KEY,"
+          "  account BLOB NOT NULL REFERENCES accounts (node_id),"
+          "  sequence INTEGER NOT NULL CHECK (sequence >= 1),"
+          "  kind TEXT NOT NULL CHECK (kind IN ('claim', 'send', 'receive', 'stake', 'unstake',"
+          "                                     'challenge', 'vote', 'burn', 'slash')),"
+          "  amount_nano INTEGER NOT NULL CHECK (amount_nano >= 0),"
+          "  prev_hash BLOB NOT NULL CHECK (length(prev_hash) = 32),"
+          "  hash BLOB NOT NULL UNIQUE CHECK (length(hash) = 32),"
+          "  record BLOB NOT NULL,"
+          "  applied_ms INTEGER NOT NULL CHECK (applied_ms >= 0),"
+          "  UNIQUE (account, sequence)"
+          ") STRICT;"
+          "INSERT INTO entries_v3 SELECT * FROM entries;"
+          "DROP TABLE entries;"
+          "ALTER TABLE entries_v3 RENAME TO entries;"
+          "CREATE INDEX entries_by_kind ON entries (kind);"
+          "CREATE TABLE judgements ("
+          "  proof_id BLOB PRIMARY KEY NOT NULL CHECK (length(proof_id) = 32),"
+          "  prover BLOB NOT NULL CHECK (length(prover) = 32),"
+          "  challenger BLOB NOT NULL CHECK (length(challenger) = 32),"
+          "  verdict TEXT NOT NULL CHECK (verdict IN ('fraud', 'honest')),"
+          "  slashed_nano INTEGER NOT NULL CHECK (slashed_nano >= 0),"
+          "  entry_hash BLOB NOT NULL CHECK (length(entry_hash) = 32)"
+          ") STRICT, WITHOUT ROWID;",
 };
 
 static_assert(sizeof migrations / sizeof migrations[0] == NS_LEDGER_SCHEMA_VERSION + 1,
@@ -526,7 +557,7 @@ static void ledger_close_db(sqlite3 *db)
     NS_ASSERT(rc == SQLITE_OK); /* every statement here is finalized before its function returns */
 }
 
-/* The window this file's swarm uses, when one was set. */
+/* The rules this file's swarm uses, where they were set. */
 static void ledger_read_window(ns_ledger *ledger)
 {
     int64_t v = 0;
@@ -536,6 +567,13 @@ static void ledger_read_window(ns_ledger *ledger)
                                &v) == NS_OK &&
         v > 0)
         ledger->window_ms = (uint64_t)v;
+    v = 0;
+    if (ns__ledger_query_int64(ledger->db,
+                               "SELECT coalesce((SELECT value FROM meta WHERE key ="
+                               " 'challenge_bond_nano'), 0)",
+                               &v) == NS_OK &&
+        v > 0)
+        ledger->bond_nano = v;
 }
 
 int ns_ledger_open_at(const char *path, uint64_t now_ms, ns_ledger **out)
@@ -578,6 +616,7 @@ int ns_ledger_open_at(const char *path, uint64_t now_ms, ns_ledger **out)
         NS_LOG_I("ledger", "created path=%s genesis_ms=%" PRIu64, path, now_ms);
     ledger->db = db;
     ledger->window_ms = NS_PONW_WINDOW_MS;
+    ledger->bond_nano = NS_LEDGER_CHALLENGE_BOND;
     ledger_read_window(ledger);
     *out = ledger;
     return NS_OK;
@@ -601,27 +640,46 @@ int ns__ledger_open_memory(ns_ledger **out)
     }
     ledger->db = db;
     ledger->window_ms = NS_PONW_WINDOW_MS;
+    ledger->bond_nano = NS_LEDGER_CHALLENGE_BOND;
     *out = ledger;
     return NS_OK;
+}
+
+/* Writes a rule of the swarm into meta, so that a check of the file alone replays with it. */
+static int ledger_set_rule(ns_ledger *ledger, const char *key, int64_t value)
+{
+    sqlite3_stmt *stmt;
+    int err = ns__ledger_prepare(ledger->db,
+                                 "INSERT INTO meta (key, value) VALUES (?1, ?2)"
+                                 " ON CONFLICT (key) DO UPDATE SET value = ?2",
+                                 &stmt);
+    if (err != NS_OK)
+        return err;
+    int rc = sqlite3_bind_text(stmt, 1, key, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(stmt, 2, value);
+    err =
+        rc == SQLITE_OK ? ns__ledger_step_done(ledger->db, stmt) : ns__ledger_error(ledger->db, rc);
+    return ns__ledger_finish(ledger->db, stmt, err);
 }
 
 int ns_ledger_set_window(ns_ledger *ledger, uint64_t window_ms)
 {
     if (window_ms == 0 || window_ms > INT64_MAX)
         return NS_EINVAL;
-    sqlite3_stmt *stmt;
-    int err = ns__ledger_prepare(ledger->db,
-                                 "INSERT INTO meta (key, value) VALUES ('ponw_window_ms', ?1)"
-                                 " ON CONFLICT (key) DO UPDATE SET value = ?1",
-                                 &stmt);
-    if (err != NS_OK)
-        return err;
-    int rc = sqlite3_bind_int64(stmt, 1, (int64_t)window_ms);
-    err =
-        rc == SQLITE_OK ? ns__ledger_step_done(ledger->db, stmt) : ns__ledger_error(ledger->db, rc);
-    err = ns__ledger_finish(ledger->db, stmt, err);
+    int err = ledger_set_rule(ledger, "ponw_window_ms", (int64_t)window_ms);
     if (err == NS_OK)
         ledger->window_ms = window_ms;
+    return err;
+}
+
+int ns_ledger_set_bond(ns_ledger *ledger, ns_neuro bond)
+{
+    if (bond.nano <= 0)
+        return NS_EINVAL;
+    int err = ledger_set_rule(ledger, "challenge_bond_nano", bond.nano);
+    if (err == NS_OK)
+        ledger->bond_nano = bond.nano;
     return err;
 }
 

@@ -12,6 +12,9 @@
 struct ns_ledger {
     sqlite3 *db;
     uint64_t window_ms; /* the challenge window claims wait for (NS_PONW_WINDOW_MS) */
+    int64_t bond_nano;  /* what a challenge bonds (NS_LEDGER_CHALLENGE_BOND) */
+    ns_ledger_judge_fn judge;
+    void *judge_arg;
 };
 
 int ns__ledger_error(sqlite3 *db, int rc);

@@ -4,6 +4,7 @@
  * of the account chains (every account's newest sequence, an account's entries from a sequence).
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ledger_internal.h"
@@ -226,5 +227,78 @@ int ns_ledger_last_proof_end(ns_ledger *ledger, const uint8_t author[NS_NODE_ID_
         int64_t closes = sqlite3_column_int64(stmt, 0);
         *end_ms = closes >= (int64_t)ledger->window_ms ? (uint64_t)closes - ledger->window_ms : 0;
     }
+    return ns__ledger_finish(db, stmt, err);
+}
+
+/* The record of the one row sql (with ?1 a 32-byte blob and ?2 an integer) finds. */
+static int one_record(ns_ledger *ledger, const char *sql, const uint8_t *key, int64_t arg,
+                      uint8_t **out, size_t *out_len)
+{
+    sqlite3 *db = ledger->db;
+    sqlite3_stmt *stmt;
+    int err = ns__ledger_prepare(db, sql, &stmt);
+    if (err != NS_OK)
+        return err;
+    if (sqlite3_bind_blob(stmt, 1, key, NS_SHA256_BYTES, SQLITE_STATIC) != SQLITE_OK ||
+        (sqlite3_bind_parameter_count(stmt) >= 2 && sqlite3_bind_int64(stmt, 2, arg) != SQLITE_OK))
+        err = NS_EIO;
+    int rc = err == NS_OK ? sqlite3_step(stmt) : SQLITE_DONE;
+    if (err == NS_OK && rc == SQLITE_ROW) {
+        size_t n = (size_t)sqlite3_column_bytes(stmt, 0);
+        uint8_t *copy = malloc(n > 0 ? n : 1);
+        if (copy == NULL) {
+            err = NS_ENOMEM;
+        } else {
+            memcpy(copy, sqlite3_column_blob(stmt, 0), n);
+            *out = copy;
+            *out_len = n;
+        }
+    } else if (err == NS_OK) {
+        err = rc == SQLITE_DONE ? NS_ENOENT : ns__ledger_error(db, rc);
+    }
+    return ns__ledger_finish(db, stmt, err);
+}
+
+int ns_ledger_proof_record(ns_ledger *ledger, const uint8_t id[NS_SHA256_BYTES], uint8_t **out,
+                           size_t *out_len)
+{
+    return one_record(ledger, "SELECT record FROM proofs WHERE proof_id = ?1", id, 0, out, out_len);
+}
+
+int ns_ledger_previous_training_proof(ns_ledger *ledger, const uint8_t author[NS_NODE_ID_BYTES],
+                                      uint64_t before_ms, uint8_t **out, size_t *out_len)
+{
+    /* a proof's window closes at its end + the window: the newest ending before before_ms */
+    return one_record(ledger,
+                      "SELECT record FROM proofs WHERE author = ?1 AND kind = 'training' AND"
+                      " window_closes_ms < ?2 ORDER BY window_closes_ms DESC LIMIT 1",
+                      author, (int64_t)(before_ms + ledger->window_ms), out, out_len);
+}
+
+int ns_ledger_judgements(ns_ledger *ledger, ns_ledger_judgement_fn fn, void *arg)
+{
+    sqlite3 *db = ledger->db;
+    sqlite3_stmt *stmt;
+    int err = ns__ledger_prepare(db,
+                                 "SELECT proof_id, prover, challenger, verdict = 'fraud',"
+                                 " slashed_nano FROM judgements ORDER BY proof_id",
+                                 &stmt);
+    if (err != NS_OK)
+        return err;
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        ns_ledger_judgement j = {.fraud = sqlite3_column_int64(stmt, 3) != 0};
+        err = ns__ledger_column_blob(stmt, 0, j.proof_id, sizeof j.proof_id);
+        if (err == NS_OK)
+            err = ns__ledger_column_blob(stmt, 1, j.prover, sizeof j.prover);
+        if (err == NS_OK)
+            err = ns__ledger_column_blob(stmt, 2, j.challenger, sizeof j.challenger);
+        if (err == NS_OK)
+            err = ns__ledger_column_amount(stmt, 4, &j.slashed);
+        if (err != NS_OK || !fn(arg, &j))
+            break;
+    }
+    if (err == NS_OK && rc != SQLITE_ROW && rc != SQLITE_DONE)
+        err = ns__ledger_error(db, rc);
     return ns__ledger_finish(db, stmt, err);
 }

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "neuroshard/exec.h"
+#include "neuroshard/ledger.h"
 #include "neuroshard/node.h"
 
 #define CONFIG_FLAGS_MAX 64
@@ -39,6 +41,11 @@ static const setting settings[] = {
     {"model", "--model", "NEUROSHARD_MODEL"},
     {"ponw_interval_s", "--ponw-interval-s", "NEUROSHARD_PONW_INTERVAL_S"},
     {"ponw_window_s", "--ponw-window-s", "NEUROSHARD_PONW_WINDOW_S"},
+    {"role", "--role", "NEUROSHARD_ROLE"},
+    {"verify_ppm", "--verify-ppm", "NEUROSHARD_VERIFY_PPM"},
+    {"exec_mode", "--exec-mode", "NEUROSHARD_EXEC_MODE"},
+    {"ponw_bond", "--ponw-bond", "NEUROSHARD_PONW_BOND"},
+    {"threads", "--threads", "NEUROSHARD_THREADS"},
 };
 #define SETTINGS_COUNT (sizeof settings / sizeof settings[0])
 
@@ -64,6 +71,16 @@ static const char usage[] =
     "  --ponw-window-s N    challenge window before a proof is claimed (default 600); a rule\n"
     "                       of the swarm: every node of one swarm must use the same (test\n"
     "                       swarms shorten it)\n"
+    "  --threads N          compute threads for training (default: one a core)\n"
+    "  --ponw-bond AMOUNT   NEURO a challenge bonds (default 10); a rule of the swarm, like\n"
+    "                       the window\n"
+    "  --role R             train (default), or verify: also recompute a sample of peers'\n"
+    "                       training proofs and challenge the false ones (needs 10 NEURO\n"
+    "                       staked)\n"
+    "  --verify-ppm N       how many proofs in a million a verifier checks (default: S9's\n"
+    "                       share for the swarm's size)\n"
+    "  --exec-mode M        reproducible (default: work a verifier can recompute bit for bit)\n"
+    "                       or fast (about 15 % faster, but its training earns nothing)\n"
     "  --bootstrap H:P,...  seed nodes to join through (repeatable; host names allowed);\n"
     "                       none: start a new swarm or find one on the local network\n"
     "  --lan-discovery B    on (default) or off: find peers on the LAN by UDP multicast\n"
@@ -273,6 +290,41 @@ static int config_set(ns_config *cfg, const char *key, const char *value, char *
         if (rc == NS_OK && (cfg->ponw_window_s == 0 || cfg->ponw_window_s > 86400))
             rc = NS_EINVAL;
         snprintf(why, why_size, "ponw_window_s '%s' is not a number of seconds in 1..86400", value);
+    } else if (strcmp(key, "role") == 0) {
+        rc = strcmp(value, "train") == 0 || strcmp(value, "verify") == 0 ? NS_OK : NS_EINVAL;
+        if (rc == NS_OK)
+            cfg->verifier = strcmp(value, "verify") == 0;
+        snprintf(why, why_size, "role '%s' is not train or verify", value);
+    } else if (strcmp(key, "verify_ppm") == 0) {
+        uint64_t v = 0;
+        rc = parse_u64(value, &v);
+        if (rc == NS_OK && v > 1000000)
+            rc = NS_EINVAL;
+        if (rc == NS_OK)
+            cfg->verify_ppm = (int64_t)v;
+        snprintf(why, why_size, "verify_ppm '%s' is not a number in 0..1000000", value);
+    } else if (strcmp(key, "threads") == 0) {
+        uint64_t v = 0;
+        rc = parse_u64(value, &v);
+        if (rc == NS_OK && (v == 0 || v > NS_EXEC_THREADS_MAX))
+            rc = NS_EINVAL;
+        if (rc == NS_OK)
+            cfg->threads = (uint32_t)v;
+        snprintf(why, why_size, "threads '%s' is not a number in 1..%d", value,
+                 NS_EXEC_THREADS_MAX);
+    } else if (strcmp(key, "ponw_bond") == 0) {
+        ns_neuro bond = {0};
+        rc = ns_neuro_parse(value, &bond);
+        if (rc == NS_OK && bond.nano <= 0)
+            rc = NS_EINVAL;
+        if (rc == NS_OK)
+            cfg->ponw_bond_nano = bond.nano;
+        snprintf(why, why_size, "ponw_bond '%s' is not an amount of NEURO above 0", value);
+    } else if (strcmp(key, "exec_mode") == 0) {
+        rc = strcmp(value, "fast") == 0 || strcmp(value, "reproducible") == 0 ? NS_OK : NS_EINVAL;
+        if (rc == NS_OK)
+            cfg->exec_fast = strcmp(value, "fast") == 0;
+        snprintf(why, why_size, "exec_mode '%s' is not reproducible or fast", value);
     } else if (strcmp(key, "memory_mb") == 0) {
         rc = parse_u64(value, &cfg->memory_mb);
         snprintf(why, why_size, "memory_mb '%s' is not a whole number", value);
@@ -402,6 +454,8 @@ static void config_defaults(ns_config *cfg)
     cfg->memory_mb = NS_MEMORY_MB_DEFAULT;
     cfg->ponw_interval_s = 60;
     cfg->ponw_window_s = 600;
+    cfg->verify_ppm = -1;
+    cfg->ponw_bond_nano = 10 * NS_NEURO_NANO_PER_UNIT;
     strcpy(cfg->network, "neuroshard-genesis");
 }
 

@@ -158,6 +158,8 @@ static int open_ledger(node *n)
     switch (rc) {
     case NS_OK:
         rc = ns_ledger_set_window(n->ledger, n->cfg.ponw_window_s * 1000);
+        if (rc == NS_OK)
+            rc = ns_ledger_set_bond(n->ledger, (ns_neuro){n->cfg.ponw_bond_nano});
         if (rc != NS_OK)
             refuse("cannot write ledger %s: %s", path, ns_strerror(rc));
         return rc;
@@ -273,6 +275,10 @@ static void train_config(const node *n, ns_train_config *tc)
     tc->model_layers = n->cfg.model_layers;
     tc->model_hidden = n->cfg.model_hidden;
     tc->start_running = true;
+    tc->exec_mode = n->cfg.exec_fast ? NS_EXEC_FAST : NS_EXEC_REPRODUCIBLE;
+    tc->threads = n->cfg.threads;
+    tc->window_ms = n->cfg.ponw_window_s * 1000;
+    tc->interval_ms = n->cfg.ponw_interval_s * 1000;
 }
 
 /* A model that would not fit is refused before anything is allocated or written. */
@@ -784,7 +790,8 @@ typedef struct history_ctx {
 
 static const char *entry_kind_name(uint32_t kind)
 {
-    static const char *const names[] = {"?", "claim", "send", "receive", "stake", "unstake"};
+    static const char *const names[] = {"?",     "claim",   "send",     "receive",
+                                        "stake", "unstake", "challenge"};
     return kind < sizeof names / sizeof names[0] ? names[kind] : "?";
 }
 
@@ -814,7 +821,16 @@ static bool history_add(void *arg, int64_t id, const uint8_t *buf, size_t len)
 static void answer_wallet(node *n, ns_api_request *req)
 {
     ns_account a;
-    if (ns_ledger_account(n->ledger, n->key.node_id, &a) != NS_OK) {
+    uint8_t id[NS_NODE_ID_BYTES];
+    memcpy(id, n->key.node_id, sizeof id);
+    const char *other = ns_api_arg(req, "account");
+    if (other != NULL && ns_hex_decode(id, sizeof id, other) != NS_OK) {
+        ns_api_error(req, 400, "account must be a node id (64 hex digits)");
+        return;
+    }
+    char id_hex[NS_NODE_ID_HEX_SIZE];
+    ns_hex_encode(id_hex, sizeof id_hex, id, sizeof id);
+    if (ns_ledger_account(n->ledger, id, &a) != NS_OK) {
         ns_api_error(req, 500, "ledger query failed");
         return;
     }
@@ -825,8 +841,7 @@ static void answer_wallet(node *n, ns_api_request *req)
         return;
     }
     history_ctx c = {json_array(), 0};
-    if (ns_ledger_account_entries(n->ledger, n->key.node_id, (uint32_t)limit, history_add, &c) !=
-        NS_OK) {
+    if (ns_ledger_account_entries(n->ledger, id, (uint32_t)limit, history_add, &c) != NS_OK) {
         json_decref(c.list);
         ns_api_error(req, 500, "ledger query failed");
         return;
@@ -835,9 +850,9 @@ static void answer_wallet(node *n, ns_api_request *req)
     ns_neuro_format(bal, sizeof bal, a.balance);
     ns_neuro_format(stake, sizeof stake, a.stake);
     ns_api_reply_json(req, 200,
-                      json_pack("{s:s, s:s, s:s, s:I, s:b, s:o}", "node_id", n->node_id_hex,
-                                "balance", bal, "stake", stake, "sequence", (json_int_t)a.sequence,
-                                "frozen", a.frozen, "history", c.list));
+                      json_pack("{s:s, s:s, s:s, s:I, s:b, s:o}", "node_id", id_hex, "balance", bal,
+                                "stake", stake, "sequence", (json_int_t)a.sequence, "frozen",
+                                a.frozen, "history", c.list));
 }
 
 /* An amount field: a decimal string ("1.5") or a whole number of NEURO. */
@@ -911,6 +926,20 @@ static void answer_unstake(node *n, ns_api_request *req)
     stake_or_unstake(n, req, true);
 }
 
+static bool judgement_add(void *arg, const ns_ledger_judgement *j)
+{
+    char id[2 * NS_SHA256_BYTES + 1], prover[NS_NODE_ID_HEX_SIZE], by[NS_NODE_ID_HEX_SIZE],
+        slashed[NS_NEURO_FORMAT_SIZE];
+    ns_hex_encode(id, sizeof id, j->proof_id, sizeof j->proof_id);
+    ns_hex_encode(prover, sizeof prover, j->prover, sizeof j->prover);
+    ns_hex_encode(by, sizeof by, j->challenger, sizeof j->challenger);
+    ns_neuro_format(slashed, sizeof slashed, j->slashed);
+    json_array_append_new(arg, json_pack("{s:s, s:s, s:s, s:s, s:s}", "proof", id, "prover", prover,
+                                         "challenger", by, "verdict", j->fraud ? "fraud" : "honest",
+                                         "slashed", slashed));
+    return true;
+}
+
 /* GET /api/ledger: height, totals and the state hash every honest node shares. */
 static void answer_ledger(node *n, ns_api_request *req)
 {
@@ -927,9 +956,15 @@ static void answer_ledger(node *n, ns_api_request *req)
     ns_neuro_format(m, sizeof m, minted);
     ns_neuro_format(b, sizeof b, burned);
     ns_hex_encode(h, sizeof h, hash, sizeof hash);
+    json_t *judged = json_array();
+    if (ns_ledger_judgements(n->ledger, judgement_add, judged) != NS_OK) {
+        json_decref(judged);
+        ns_api_error(req, 500, "ledger query failed");
+        return;
+    }
     ns_api_reply_json(req, 200,
-                      json_pack("{s:I, s:s, s:s, s:s}", "height", (json_int_t)height, "minted", m,
-                                "burned", b, "state_hash", h));
+                      json_pack("{s:I, s:s, s:s, s:s, s:o}", "height", (json_int_t)height, "minted",
+                                m, "burned", b, "state_hash", h, "judgements", judged));
 }
 
 /* The report of ns_ledger_check as JSON (neuroctl ledger check prints it). */
@@ -1184,7 +1219,14 @@ static int node_start(node *n)
                          .uvenv = &n->uvenv,
                          .trainer = &n->trainer,
                          .started_ms = ns_env_now(&n->uvenv.env),
-                         .proof_interval_ms = n->cfg.ponw_interval_s * 1000};
+                         .proof_interval_ms = n->cfg.ponw_interval_s * 1000,
+                         .verifier = n->cfg.verifier,
+                         .verify_ppm = n->cfg.verify_ppm,
+                         .cheat = getenv("NEUROSHARD_TEST_CHEAT"),
+                         .bond = {n->cfg.ponw_bond_nano},
+                         .window_ms = n->cfg.ponw_window_s * 1000};
+    train_config(n, &ec.verify.train);
+    snprintf(ec.verify.data_dir, sizeof ec.verify.data_dir, "%s", n->cfg.data_dir);
     if (ns_econ_start(&n->econ, &ec) != NS_OK)
         NS_LOG_E("ponw", "proofs and ledger gossip not started: out of memory");
     char api[NS_HOST_SIZE + 16];

@@ -16,6 +16,7 @@
 
 #include <sodium.h>
 
+#include "neuroshard/dht.h"
 #include "neuroshard/ponw.h"
 #include "neuroshard/swarm.h"
 #include "node_internal.h"
@@ -34,7 +35,9 @@ typedef struct pending_entry {
 struct ns_econ {
     ns_econ_config cfg;
     ns_ponw_validator *validator;
-    uint64_t proof_timer, claim_timer;
+    ns_verifier *verifier;
+    uint64_t proof_timer, claim_timer, verify_timer;
+    uint64_t challenges_made, frauds_seen;
     uint64_t last_end_ms; /* the end of this node's newest proof */
     uint32_t last_tier;
     pending_entry pending[ECON_PENDING_MAX];
@@ -47,7 +50,9 @@ struct ns_econ {
 /* Ledger and link calls whose failure only costs this round (the next one tries again). */
 static void note(const char *what, int rc)
 {
-    if (rc != NS_OK && rc != NS_ENOENT)
+    if (rc == NS_ELIMIT) /* a peer's link is full: it catches up through heads and wants */
+        NS_LOG_D("ledger", "%s failed: %s", what, ns_strerror(rc));
+    else if (rc != NS_OK && rc != NS_ENOENT)
         NS_LOG_W("ledger", "%s failed: %s", what, ns_strerror(rc));
 }
 
@@ -104,6 +109,9 @@ static void want(ns_econ *e, const uint8_t *peer, const uint8_t account[NS_NODE_
 
 static void pending_add(ns_econ *e, const uint8_t *buf, size_t len)
 {
+    for (size_t i = 0; i < e->pending_count; i++)
+        if (e->pending[i].len == len && memcmp(e->pending[i].buf, buf, len) == 0)
+            return;                             /* waiting already */
     if (e->pending_count == ECON_PENDING_MAX) { /* drop the oldest: a peer will offer it again */
         free(e->pending[0].buf);
         memmove(e->pending, e->pending + 1, sizeof e->pending[0] * (ECON_PENDING_MAX - 1));
@@ -135,10 +143,18 @@ static int apply_entry(ns_econ *e, const uint8_t *buf, size_t len, const uint8_t
         break;
     case NS_EEXIST:
         break;
-    case NS_ENOENT: {
-        ns_entry en;
+    case NS_EWAIT: /* a challenge this node is still judging */
         pending_add(e, buf, len);
-        if (ns_entry_open(buf, len, now_ms(e), &en) == NS_OK)
+        break;
+    case NS_ENOENT: {
+        /* a gap in its account's chain: ask the sender for what is missing (a receive whose
+         * send is missing waits: the send comes by its own account's gossip) */
+        ns_entry en;
+        ns_account a;
+        pending_add(e, buf, len);
+        if (ns_entry_open(buf, len, now_ms(e), &en) == NS_OK &&
+            ns_ledger_account(e->cfg.ledger, en.account, &a) == NS_OK &&
+            en.sequence > a.sequence + 1)
             want(e, from, en.account);
         break;
     }
@@ -160,7 +176,7 @@ static void retry_pending(ns_econ *e)
             pending_entry p = e->pending[i];
             char why[NS_LEDGER_WHY_SIZE];
             int rc = ns_ledger_apply(e->cfg.ledger, p.buf, p.len, now_ms(e), why);
-            if (rc == NS_ENOENT) {
+            if (rc == NS_ENOENT || rc == NS_EWAIT) {
                 i++;
                 continue;
             }
@@ -303,6 +319,44 @@ static void on_want(ns_econ *e, const uint8_t *peer, const ns_frame *f)
                                 ECON_WANT_LIMIT, send_entry_to, &c));
 }
 
+static int append_own(ns_econ *e, ns_entry *en, char *why);
+
+/* A verifier compares a peer's training proof with the author's previous one: a contradiction
+ * (steps or weights that do not follow on) is fraud that needs no recompute, and becomes a
+ * challenge carrying both signed proofs. */
+static void check_continuity(ns_econ *e, const ns_proof *p, const uint8_t *buf, size_t len)
+{
+    uint8_t *prev = NULL;
+    size_t prev_len = 0;
+    if (ns_ledger_previous_training_proof(e->cfg.ledger, p->author, p->timestamp_ms, &prev,
+                                          &prev_len) != NS_OK)
+        return;
+    ns_proof a;
+    const char *why_fraud = NULL;
+    if (ns_proof_open(prev, prev_len, now_ms(e), &a) == NS_OK)
+        why_fraud = ns_ponw_contradiction(&a, p);
+    if (why_fraud != NULL) {
+        char author[17];
+        ns_hex_encode(author, sizeof author, p->author, 8);
+        NS_LOG_I("verify", "fraud by %s…: %s", author, why_fraud);
+        e->frauds_seen++;
+        ns_entry en = {.kind = NS_ENTRY_CHALLENGE,
+                       .amount = e->cfg.bond,
+                       .proof = prev,
+                       .proof_len = prev_len,
+                       .evidence = buf,
+                       .evidence_len = len};
+        char why[NS_LEDGER_WHY_SIZE];
+        if (append_own(e, &en, why) == NS_OK) {
+            e->challenges_made++;
+            NS_LOG_I("verify", "challenged the proof: the prover is slashed");
+        } else {
+            NS_LOG_W("verify", "fraud found but not challenged: %s", why);
+        }
+    }
+    free(prev);
+}
+
 static void on_proof(ns_econ *e, const uint8_t *peer, const ns_frame *f)
 {
     ns_proof p;
@@ -314,6 +368,15 @@ static void on_proof(ns_econ *e, const uint8_t *peer, const ns_frame *f)
     }
     if (ns_ledger_proof_put(e->cfg.ledger, &p, f->body, f->body_len, now_ms(e)) == NS_OK)
         broadcast_except(e, NS_FRAME_PROOF, f->body, f->body_len, peer);
+    if (e->cfg.verifier && p.type == NS_PROOF_TRAINING)
+        check_continuity(e, &p, f->body, f->body_len);
+    if (e->cfg.verifier && p.type == NS_PROOF_TRAINING) {
+        int64_t ppm = e->cfg.verify_ppm >= 0
+                          ? e->cfg.verify_ppm
+                          : ns_ponw_challenge_ppm(ns_dht_contact_count(ns_net_dht(e->cfg.net)) + 1);
+        if ((int64_t)randombytes_uniform(NS_PONW_PPM) < ppm)
+            ns_verifier_check(e->verifier, &p, true);
+    }
 }
 
 static void on_frame(void *arg, const uint8_t peer_id[NS_NODE_ID_BYTES], const ns_frame *f)
@@ -334,12 +397,33 @@ static void on_frame(void *arg, const uint8_t peer_id[NS_NODE_ID_BYTES], const n
     case NS_FRAME_LEDGER_WANT:
         on_want(e, peer_id, f);
         return;
+    case NS_FRAME_VERIFY_GET:
+    case NS_FRAME_VERIFY_PART:
+        ns_verifier_on_frame(e->verifier, peer_id, f);
+        return;
     default:
         return;
     }
 }
 
 /* ---- this node's proofs and claims ---------------------------------------------------------- */
+
+/* NEUROSHARD_TEST_CHEAT: what a lying node does, so that tests can show it is caught. "batches":
+ * claims ten times the batches it trained; "delta": claims weights it never computed. */
+static void cheat(const ns_econ *e, ns_proof *p)
+{
+    if (e->cfg.cheat == NULL || e->cfg.cheat[0] == '\0')
+        return;
+    if (strcmp(e->cfg.cheat, "batches") == 0) {
+        p->batches *= 10;
+        p->training.batch_count *= 10;
+        if (p->tokens < p->batches)
+            p->tokens = p->batches;
+    } else if (strcmp(e->cfg.cheat, "delta") == 0) {
+        randombytes_buf(p->training.model_hash_after, NS_SHA256_BYTES);
+    }
+    NS_LOG_W("ponw", "NEUROSHARD_TEST_CHEAT=%s: this proof lies", e->cfg.cheat);
+}
 
 static void make_proof(ns_econ *e, uint64_t now)
 {
@@ -357,7 +441,10 @@ static void make_proof(ns_econ *e, uint64_t now)
     randombytes_buf(&p.nonce, sizeof p.nonce);
     ns_train_work w;
     ns_trainer *t = e->cfg.trainer != NULL ? *e->cfg.trainer : NULL;
-    if (t != NULL && ns_trainer_take_work(t, &w) && w.batches > 0) {
+    ns_work_state ws = t != NULL ? ns_trainer_take_work(t, &w) : NS_WORK_NONE;
+    if (ws == NS_WORK_OPEN)
+        return; /* a training period is open: its proof comes when it closes */
+    if (ws == NS_WORK_CLOSED && w.batches > 0 && w.exec_mode == NS_EXEC_REPRODUCIBLE) {
         p.type = NS_PROOF_TRAINING;
         p.tokens = w.tokens;
         p.batches = w.batches;
@@ -368,7 +455,7 @@ static void make_proof(ns_econ *e, uint64_t now)
         ns_training_commit *c = &p.training;
         memcpy(c->model_hash_before, w.model_before, NS_SHA256_BYTES);
         memcpy(c->model_hash_after, w.model_after, NS_SHA256_BYTES);
-        c->batch_first = w.batch_first;
+        c->batch_first = w.ckpt_step; /* the checkpoint the steps start from */
         c->batch_count = (uint32_t)w.batches;
         c->data_epoch = w.data_epoch;
         c->loss_before = w.loss_first;
@@ -383,7 +470,8 @@ static void make_proof(ns_econ *e, uint64_t now)
         ns_sha256(c->delta_hash, both, sizeof both);
         c->layer_first = 0;
         c->layer_last = w.layers;
-        c->exec_mode = NS_EXEC_FAST;
+        c->exec_mode = w.exec_mode;
+        cheat(e, &p);
     }
     uint8_t *buf;
     size_t len;
@@ -455,6 +543,59 @@ static void claim_timer_fired(void *arg, uint64_t now)
     e->claim_timer = ns_env_timer(&e->cfg.uvenv->env, now + claim_every(e), claim_timer_fired, e);
 }
 
+/* ---- verification and challenges ----------------------------------------------------------- */
+
+/* The ledger's judge: this node's own recompute; until it has one, the challenge waits while a
+ * recompute is queued. */
+static ns_judgement judge(void *arg, const ns_proof *proof,
+                          const uint8_t recomputed[NS_SHA256_BYTES])
+{
+    (void)recomputed;
+    ns_econ *e = arg;
+    ns_judgement j = ns_verifier_verdict(e->verifier, proof->id, NULL);
+    if (j == NS_JUDGE_UNKNOWN)
+        ns_verifier_check(e->verifier, proof, false);
+    return j;
+}
+
+/* A check ended. Fraud found by a spot check becomes a challenge (with 10 NEURO staked); any
+ * verdict may let challenges waiting on it apply. */
+static void verdict_done(void *arg, const ns_proof *p, ns_judgement verdict,
+                         const uint8_t recomputed[NS_SHA256_BYTES], bool spot_check)
+{
+    ns_econ *e = arg;
+    if (verdict == NS_JUDGE_FRAUD && spot_check) {
+        uint8_t *env = NULL;
+        size_t len = 0;
+        if (ns_ledger_proof_record(e->cfg.ledger, p->id, &env, &len) != NS_OK) {
+            NS_LOG_W("verify", "fraud found but the proof is no longer kept");
+        } else {
+            ns_entry en = {
+                .kind = NS_ENTRY_CHALLENGE, .amount = e->cfg.bond, .proof = env, .proof_len = len};
+            memcpy(en.reference, recomputed, NS_SHA256_BYTES);
+            char why[NS_LEDGER_WHY_SIZE];
+            int rc = append_own(e, &en, why);
+            if (rc == NS_OK) {
+                e->challenges_made++;
+                NS_LOG_I("verify", "challenged a fraudulent proof; the prover is slashed");
+            } else {
+                NS_LOG_W("verify", "fraud found but not challenged: %s", why);
+            }
+            free(env);
+        }
+    }
+    retry_pending(e);
+}
+
+static void verify_timer_fired(void *arg, uint64_t now)
+{
+    ns_econ *e = arg;
+    e->verify_timer = 0;
+    ns_verifier_tick(e->verifier);
+    retry_pending(e);
+    e->verify_timer = ns_env_timer(&e->cfg.uvenv->env, now + 2000, verify_timer_fired, e);
+}
+
 /* ---- the wallet ----------------------------------------------------------------------------- */
 
 int ns_econ_send(ns_econ *e, const uint8_t to[NS_NODE_ID_BYTES], ns_neuro amount, char *why,
@@ -493,6 +634,20 @@ int ns_econ_start(ns_econ **out, const ns_econ_config *cfg)
         free(e);
         return rc;
     }
+    ns_verifier_config vc = cfg->verify;
+    vc.uvenv = cfg->uvenv;
+    vc.net = cfg->net;
+    vc.done = verdict_done;
+    vc.arg = e;
+    vc.window_ms = cfg->window_ms;
+    memcpy(vc.self, cfg->key->node_id, NS_NODE_ID_BYTES);
+    rc = ns_verifier_new(&e->verifier, cfg->uvenv->loop, &vc);
+    if (rc != NS_OK) {
+        ns_ponw_validator_free(e->validator);
+        free(e);
+        return rc;
+    }
+    ns_ledger_set_judge(cfg->ledger, judge, e);
     uint64_t now = now_ms(e);
     uint64_t last = 0;
     note("finding the last proof",
@@ -504,6 +659,7 @@ int ns_econ_start(ns_econ **out, const ns_econ_config *cfg)
     e->proof_timer =
         ns_env_timer(&cfg->uvenv->env, now + e->cfg.proof_interval_ms, proof_timer_fired, e);
     e->claim_timer = ns_env_timer(&cfg->uvenv->env, now + claim_every(e), claim_timer_fired, e);
+    e->verify_timer = ns_env_timer(&cfg->uvenv->env, now + 2000, verify_timer_fired, e);
     *out = e;
     return NS_OK;
 }
@@ -517,6 +673,10 @@ void ns_econ_stop(ns_econ *e)
         ns_env_timer_cancel(env, e->proof_timer);
     if (e->claim_timer != 0)
         ns_env_timer_cancel(env, e->claim_timer);
+    if (e->verify_timer != 0)
+        ns_env_timer_cancel(env, e->verify_timer);
+    ns_ledger_set_judge(e->cfg.ledger, NULL, NULL);
+    ns_verifier_free(e->verifier);
     for (size_t i = 0; i < e->pending_count; i++)
         free(e->pending[i].buf);
     ns_ponw_validator_free(e->validator);
@@ -550,10 +710,15 @@ json_t *ns_econ_ponw_json(ns_econ *e, uint32_t limit)
         json_object_set_new(
             verdicts, ns_ponw_verdict_name((ns_ponw_verdict)v),
             json_integer((json_int_t)ns_ponw_verdict_count(e->validator, (ns_ponw_verdict)v)));
-    return json_pack("{s:o, s:o, s:I, s:I, s:I, s:I}", "proofs", c.list, "verdicts", verdicts,
-                     "proofs_made", (json_int_t)e->proofs_made, "claims_made",
-                     (json_int_t)e->claims_made, "claims_refused", (json_int_t)e->claims_refused,
-                     "interval_ms", (json_int_t)e->cfg.proof_interval_ms);
+    uint64_t checked, fraud, failed;
+    ns_verifier_counts(e->verifier, &checked, &fraud, &failed);
+    return json_pack(
+        "{s:o, s:o, s:I, s:I, s:I, s:I, s:{s:b, s:I, s:I, s:I, s:I}}", "proofs", c.list, "verdicts",
+        verdicts, "proofs_made", (json_int_t)e->proofs_made, "claims_made",
+        (json_int_t)e->claims_made, "claims_refused", (json_int_t)e->claims_refused, "interval_ms",
+        (json_int_t)e->cfg.proof_interval_ms, "verifier", "on", e->cfg.verifier, "recomputed",
+        (json_int_t)checked, "fraud_found", (json_int_t)(fraud + e->frauds_seen), "unjudged",
+        (json_int_t)failed, "challenges_made", (json_int_t)e->challenges_made);
 }
 
 int ns_econ_metrics(ns_econ *e, char **text)

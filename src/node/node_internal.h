@@ -135,8 +135,9 @@ NS_MUST_USE int ns_net_send_frame(ns_net *net, const uint8_t peer_id[NS_NODE_ID_
 
 /* ---- solo training (train.c) ------------------------------------------------------------- */
 
-#define NS_TRAIN_CKPT_EVERY 100 /* steps between checkpoints */
-#define NS_TRAIN_QUEUED_MAX 10000
+#define NS_TRAIN_CKPT_EVERY       100 /* steps between checkpoints */
+#define NS_TRAIN_QUEUED_MAX       10000
+#define NS_TRAIN_REPLAY_STEPS_MAX 100000 /* steps one proof's recompute may take */
 
 typedef struct ns_train_config {
     char data_dir[PATH_MAX];
@@ -148,6 +149,10 @@ typedef struct ns_train_config {
     uint32_t model_layers;      /* 0 = the architecture function decides */
     uint32_t model_hidden;
     bool start_running;
+    ns_exec_mode exec_mode;  /* NS_EXEC_REPRODUCIBLE: its work can be verified by recompute */
+    uint64_t window_ms;      /* the challenge window: a period's checkpoint is kept this long */
+    uint64_t interval_ms;    /* how often proofs are made (work periods close at most so often) */
+    uint64_t ckpt_budget_mb; /* disk for the checkpoints kept (0: 2048) */
 } ns_train_config;
 
 typedef struct ns_train_status {
@@ -179,8 +184,11 @@ void ns_trainer_set_running(ns_trainer *t, bool on);
 NS_MUST_USE int ns_trainer_queue_steps(ns_trainer *t, uint32_t steps);
 /* Stops after the step in progress, writes a checkpoint, joins, frees. NULL is a no-op. */
 void ns_trainer_stop(ns_trainer *t);
-/* What the trainer did in one period, for a training proof (ponw.h). */
+/* What the trainer did in one period, for a training proof (ponw.h): the steps from the
+ * checkpoint at step ckpt_step to the checkpoint written when the period closed. */
 typedef struct ns_train_work {
+    uint64_t ckpt_step; /* the optimizer step the period starts from (a checkpoint) */
+    uint32_t exec_mode;
     uint64_t batches; /* optimizer steps */
     uint64_t tokens;
     uint64_t batch_first; /* data position of the first step: epoch and index */
@@ -193,9 +201,22 @@ typedef struct ns_train_work {
     uint8_t output_hash[NS_SHA256_BYTES]; /* of its loss */
 } ns_train_work;
 
-/* Takes the work period the trainer closed since the last call (true), and asks it to close the
- * current one at its next step (hashing the weights on its own thread). false: nothing closed. */
-bool ns_trainer_take_work(ns_trainer *t, ns_train_work *out);
+typedef enum ns_work_state {
+    NS_WORK_NONE = 0,   /* no steps since the last period: an uptime proof */
+    NS_WORK_OPEN = 1,   /* steps, in a period not closed yet: no proof this time */
+    NS_WORK_CLOSED = 2, /* *out is a closed period: a training proof */
+} ns_work_state;
+/* Takes the work period the trainer closed since the last call, and asks it to close the current
+ * one at its next step (checkpoint and weight hash on its own thread). */
+ns_work_state ns_trainer_take_work(ns_trainer *t, ns_train_work *out);
+
+/* Recomputes `steps` training steps from the checkpoint at ckpt_path with this node's copy of
+ * the data (cfg as the trainer would open it), in the reproducible mode: what a verifier does
+ * with a training proof (S9). *before and *after get the SHA-256 of the weights. Runs on the
+ * calling thread; err names what failed. */
+NS_MUST_USE int ns_train_replay(const ns_train_config *cfg, const char *ckpt_path, uint64_t steps,
+                                uint8_t before[NS_SHA256_BYTES], uint8_t after[NS_SHA256_BYTES],
+                                char *err, size_t err_size);
 
 /* ---- text generation (train.c, on the trainer's model) ------------------------------------ */
 
@@ -240,6 +261,38 @@ NS_MUST_USE int ns_trainer_generate(ns_trainer *t, ns_gen_job *job);
 /* Frees what the trainer put in a job's answer and the request's buffers (not the job). */
 void ns_gen_job_clear(ns_gen_job *job);
 
+/* ---- verification by recompute (verify.c) ------------------------------------------------- */
+
+typedef struct ns_verifier ns_verifier;
+/* Called on the loop thread when a check ends: NS_JUDGE_UNKNOWN when it could not be done. */
+typedef void (*ns_verdict_fn)(void *arg, const ns_proof *p, ns_judgement verdict,
+                              const uint8_t recomputed[NS_SHA256_BYTES], bool spot_check);
+typedef struct ns_verifier_config {
+    ns_uv_env *uvenv;
+    ns_net *net;
+    ns_train_config train; /* this node's data, as its trainer opens it */
+    char data_dir[PATH_MAX];
+    uint8_t self[NS_NODE_ID_BYTES];
+    uint64_t window_ms; /* a spot check later than a proof's window is pointless */
+    ns_verdict_fn done;
+    void *arg;
+} ns_verifier_config;
+
+NS_MUST_USE int ns_verifier_new(ns_verifier **out, uv_loop_t *loop, const ns_verifier_config *cfg);
+/* Waits for a recompute in progress, drops queued jobs; the loop must run once more to free. */
+void ns_verifier_free(ns_verifier *v);
+/* Queues a training proof for recompute (spot_check: chosen by this node, else to judge a
+ * challenge); a proof judged or queued already is ignored. */
+void ns_verifier_check(ns_verifier *v, const ns_proof *p, bool spot_check);
+/* The verdict kept for a proof (recomputed gets the hash this node computed), or UNKNOWN. */
+ns_judgement ns_verifier_verdict(const ns_verifier *v, const uint8_t id[NS_SHA256_BYTES],
+                                 uint8_t recomputed[NS_SHA256_BYTES]);
+/* VERIFY_GET (served from DATA/checkpoints) and VERIFY_PART frames from a peer link. */
+void ns_verifier_on_frame(ns_verifier *v, const uint8_t peer[NS_NODE_ID_BYTES], const ns_frame *f);
+/* Asks again or gives up on a job that stalled: call every few seconds. */
+void ns_verifier_tick(ns_verifier *v);
+void ns_verifier_counts(const ns_verifier *v, uint64_t *checked, uint64_t *fraud, uint64_t *failed);
+
 /* ---- proofs of neural work and the ledger's gossip (econ.c) -------------------------------- */
 
 typedef struct ns_econ ns_econ;
@@ -251,6 +304,12 @@ typedef struct ns_econ_config {
     ns_trainer *const *trainer; /* the node's trainer pointer (it may come and go) */
     uint64_t started_ms;
     uint64_t proof_interval_ms; /* 0: NS_PONW_INTERVAL_MS */
+    bool verifier;              /* --role verify: spot-check peers' training proofs */
+    int64_t verify_ppm;         /* -1: S9's share for the swarm's size */
+    const char *cheat;          /* NEUROSHARD_TEST_CHEAT: a lying node, for tests only */
+    ns_neuro bond;              /* what this swarm's challenges bond */
+    uint64_t window_ms;         /* this swarm's challenge window */
+    ns_verifier_config verify;  /* uvenv, net and done are filled in by ns_econ_start */
 } ns_econ_config;
 
 /* Starts signing proofs, claiming them and gossiping entries and proofs over net's peer links. */

@@ -68,9 +68,13 @@ struct ns_trainer {
     ns_kv_cache *kv; /* generation's, made at the first request */
     /* work periods for proofs: the open one is the trainer thread's; closed and the flags are
      * guarded by lock */
+    uint32_t keep;          /* checkpoints kept: enough for the window, within the budget */
+    uint64_t period_min_ms; /* a work period lasts at least this */
     ns_train_work period;
     ns_train_work closed;
     bool close_wanted, closed_ready;
+    uint64_t open_batches; /* period.batches, readable under lock */
+    double last_close_s;
     char ckpt_dir[PATH_MAX + 32];
     char csv_path[PATH_MAX + 32];
 };
@@ -181,6 +185,16 @@ int ns_trainer_check(const ns_train_config *cfg, char *err, size_t err_size)
 {
     ns_stage_config sc;
     return plan_model(cfg, &sc, err, err_size);
+}
+
+/* The optimizer of solo training: a verifier's recompute uses the same. */
+static void trainer_optim(ns_optim_config *o)
+{
+    ns_optim_config_default(o);
+    o->lr_max = 1e-3;
+    o->lr_min = 1e-4;
+    o->warmup_steps = 50;
+    o->decay_steps = TRAIN_DECAY_STEPS;
 }
 
 /* ---- setup on the trainer thread ---------------------------------------------------------- */
@@ -316,7 +330,7 @@ static int open_model(ns_trainer *t, char *err)
     ns_stage_config sc;
     int rc = plan_model(&t->cfg, &sc, err, NS_DATA_ERR_BYTES);
     if (rc == NS_OK)
-        rc = ns_exec_new(&t->exec, t->cfg.threads, NS_EXEC_FAST);
+        rc = ns_exec_new(&t->exec, t->cfg.threads, t->cfg.exec_mode);
     if (rc == NS_OK)
         rc = ns_stage_new(&t->stage, t->exec, &sc);
     if (rc != NS_OK) {
@@ -366,7 +380,7 @@ static int save_checkpoint(ns_trainer *t)
     char err[NS_CKPT_ERR_SIZE];
     ns_ckpt_info info;
     int rc = ns_ckpt_save(t->ckpt_dir, t->weights, t->weight_count, t->moments, t->moment_count,
-                          &state, &config, TRAIN_KEEP, &info, err, sizeof err);
+                          &state, &config, t->keep, &info, err, sizeof err);
     if (rc != NS_OK) {
         NS_LOG_E("train", "checkpoint failed: %s", err);
         return rc;
@@ -509,8 +523,33 @@ static void hash_model(ns_trainer *t, uint8_t out[NS_SHA256_BYTES])
     ns_ckpt_sha256(out, w, n * sizeof *w);
 }
 
-/* After a step: counts it into the open period, and closes the period when the loop asked. */
-static void note_work(ns_trainer *t, ns_data_pos before, float loss, double step_s)
+/* How many checkpoints to keep and how long a work period must last: every proof still in its
+ * challenge window needs the checkpoint its period starts from (window / period + 2 of them),
+ * and they must fit the disk budget: a large model gets longer periods (at most 10 minutes). */
+static void plan_retention(ns_trainer *t)
+{
+    size_t np, no;
+    (void)ns_stage_params(t->stage, &np);
+    (void)ns_stage_optim_state(t->stage, &no);
+    uint64_t ckpt_bytes = (uint64_t)(np + no) * sizeof(float) + 1;
+    uint64_t fit = t->cfg.ckpt_budget_mb * MIB / ckpt_bytes;
+    uint64_t interval = t->cfg.interval_ms > 0 ? t->cfg.interval_ms : 60000;
+    uint64_t want = t->cfg.window_ms / interval + 3;
+    uint64_t keep = want < fit ? want : fit;
+    if (keep < 3)
+        keep = 3;
+    t->keep = (uint32_t)(keep > TRAIN_KEEP ? keep : TRAIN_KEEP);
+    t->period_min_ms = keep >= want ? 0 : t->cfg.window_ms / (keep - 2);
+    if (t->period_min_ms > 10 * 60 * 1000)
+        t->period_min_ms = 10 * 60 * 1000;
+    NS_LOG_I("train", "checkpoints kept=%u work period at least %llus (budget %llu MiB)", t->keep,
+             (unsigned long long)(t->period_min_ms / 1000),
+             (unsigned long long)t->cfg.ckpt_budget_mb);
+}
+
+/* After a step: counts it into the open period; when the loop asked and the period has lasted
+ * period_min_ms, writes a checkpoint and closes the period there. true when it checkpointed. */
+static bool note_work(ns_trainer *t, ns_data_pos before, float loss, double step_s)
 {
     ns_train_work *p = &t->period;
     if (p->batches == 0) {
@@ -522,24 +561,30 @@ static void note_work(ns_trainer *t, ns_data_pos before, float loss, double step
     p->tokens += (uint64_t)TRAIN_BATCH * TRAIN_SEQ;
     p->loss_last = loss;
     p->layers = ns_stage_config_of(t->stage)->arch.layers;
+    p->exec_mode = (uint32_t)ns_exec_mode_of(t->exec);
     /* forward + backward is about three forwards of every layer */
     p->layer_latency_us = (uint64_t)(step_s * 1e6 / (3.0 * p->layers));
     ns_sha256(p->input_hash, t->inputs, sizeof *t->inputs * TRAIN_BATCH * TRAIN_SEQ);
     ns_sha256(p->output_hash, &loss, sizeof loss);
+    double now = wall_s();
     pthread_mutex_lock(&t->lock);
-    bool close = t->close_wanted;
+    t->open_batches = p->batches;
+    bool close = t->close_wanted && (now - t->last_close_s) * 1000.0 >= (double)t->period_min_ms;
     pthread_mutex_unlock(&t->lock);
-    if (!close)
-        return;
+    if (!close || save_checkpoint(t) != NS_OK)
+        return false;
     hash_model(t, p->model_after);
     pthread_mutex_lock(&t->lock);
     t->closed = *p;
     t->closed_ready = true;
     t->close_wanted = false;
+    t->open_batches = 0;
+    t->last_close_s = now;
     pthread_mutex_unlock(&t->lock);
-    ns_train_work next = {0};
+    ns_train_work next = {.ckpt_step = ns_stage_optim_step(t->stage)};
     memcpy(next.model_before, p->model_after, NS_SHA256_BYTES);
     *p = next;
+    return true;
 }
 
 /* ---- generation --------------------------------------------------------------------------- */
@@ -719,6 +764,12 @@ static void *trainer_main(void *arg)
         ns_kv_cache_memory_bytes(t->stage, ns_stage_config_of(t->stage)->seq_len_max, &kv_bytes) !=
             NS_OK)
         stage_bytes = kv_bytes = 0; /* cannot happen for a stage that exists: shown as unknown */
+    plan_retention(t);
+    /* the first work period starts from a checkpoint too, so that a verifier can recompute it */
+    t->period.ckpt_step = ns_stage_optim_step(t->stage);
+    if (ns_stage_optim_step(t->stage) == 0)
+        (void)save_checkpoint(t);
+    t->last_close_s = wall_s();
     hash_model(t, t->period.model_before);
     pthread_mutex_lock(&t->lock);
     t->status.memory_estimate_bytes = stage_bytes + kv_bytes;
@@ -756,8 +807,9 @@ static void *trainer_main(void *arg)
         }
         double step_s = wall_s() - t0;
         record_step(t, ns_stage_optim_step(t->stage), loss, &rep, step_s);
-        note_work(t, before, loss, step_s);
-        if (++since_ckpt >= t->cfg.checkpoint_every && save_checkpoint(t) == NS_OK)
+        if (note_work(t, before, loss, step_s))
+            since_ckpt = 0;
+        else if (++since_ckpt >= t->cfg.checkpoint_every && save_checkpoint(t) == NS_OK)
             since_ckpt = 0;
     }
     if (since_ckpt > 0)
@@ -765,6 +817,109 @@ static void *trainer_main(void *arg)
     set_phase(t, "stopped");
     cancel_jobs(t, "the node is shutting down");
     return NULL;
+}
+
+/* ---- recomputing a proof's steps (a verifier's work) -------------------------------------- */
+
+/* The stage a checkpoint's config describes, for a batch of the trainer's shape. */
+static int stage_config_of(const ns_ckpt_llama_config *c, ns_stage_config *sc)
+{
+    memset(sc, 0, sizeof *sc);
+    sc->arch = (ns_arch){.layers = c->num_hidden_layers,
+                         .hidden = c->hidden_size,
+                         .heads = c->num_attention_heads,
+                         .kv_heads = c->num_key_value_heads,
+                         .intermediate = c->intermediate_size,
+                         .vocab = c->vocab_size,
+                         .seq_len_max = c->max_position_embeddings};
+    sc->layer_first = 0;
+    sc->layer_last = c->num_hidden_layers;
+    sc->batch_max = TRAIN_BATCH;
+    sc->seq_len_max = TRAIN_SEQ;
+    sc->micro_batches_max = 1;
+    uint64_t need;
+    int rc = ns_stage_memory_bytes(sc, &need);
+    if (rc != NS_OK)
+        return rc;
+    uint64_t avail = available_bytes();
+    return avail != 0 && need > avail / 2 ? NS_ELIMIT : NS_OK;
+}
+
+int ns_train_replay(const ns_train_config *cfg, const char *ckpt_path, uint64_t steps,
+                    uint8_t before[NS_SHA256_BYTES], uint8_t after[NS_SHA256_BYTES], char *err,
+                    size_t err_size)
+{
+    if (steps == 0 || steps > NS_TRAIN_REPLAY_STEPS_MAX) {
+        snprintf(err, err_size, "%llu steps is not something to recompute",
+                 (unsigned long long)steps);
+        return NS_EINVAL;
+    }
+    ns_trainer *t = calloc(1, sizeof *t);
+    if (t == NULL)
+        return NS_ENOMEM;
+    t->cfg = *cfg;
+    if (t->cfg.threads == 0)
+        t->cfg.threads = 1;
+    trainer_optim(&t->optim);
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_cond_init(&t->wake, NULL);
+    char derr[NS_DATA_ERR_BYTES] = "";
+    int rc = open_data(t, derr);
+    if (rc == NS_OK)
+        rc = open_tokenizer(t, derr);
+    if (rc == NS_OK)
+        rc = open_loaders(t, derr);
+    if (rc != NS_OK)
+        snprintf(err, err_size, "this node's data: %s", derr[0] != '\0' ? derr : ns_strerror(rc));
+    ns_ckpt *ck = NULL;
+    if (rc == NS_OK)
+        rc = ns_ckpt_open(ckpt_path, &ck, err, err_size);
+    ns_stage_config sc;
+    if (rc == NS_OK && (rc = stage_config_of(ns_ckpt_get_config(ck), &sc)) != NS_OK)
+        snprintf(err, err_size, "the checkpoint's model cannot be built here: %s", ns_strerror(rc));
+    if (rc == NS_OK)
+        rc = ns_exec_new(&t->exec, t->cfg.threads, NS_EXEC_REPRODUCIBLE);
+    if (rc == NS_OK)
+        rc = ns_stage_new(&t->stage, t->exec, &sc);
+    size_t np = 0, no = 0;
+    if (rc == NS_OK) {
+        const ns_named_tensor *params = ns_stage_params(t->stage, &np);
+        const ns_named_tensor *moments = ns_stage_optim_state(t->stage, &no);
+        t->weights = ckpt_views(params, np);
+        t->moments = ckpt_views(moments, no);
+        t->batch = malloc(sizeof *t->batch * TRAIN_BATCH * (TRAIN_SEQ + 1));
+        t->inputs = malloc(sizeof *t->inputs * TRAIN_BATCH * TRAIN_SEQ);
+        t->targets = malloc(sizeof *t->targets * TRAIN_BATCH * TRAIN_SEQ);
+        if (t->weights == NULL || t->moments == NULL || t->batch == NULL || t->inputs == NULL ||
+            t->targets == NULL)
+            rc = NS_ENOMEM;
+    }
+    if (rc == NS_OK)
+        rc = ns_ckpt_read(ck, t->weights, np, t->moments, no, err, err_size);
+    if (rc == NS_OK) {
+        const ns_ckpt_state *st = ns_ckpt_get_state(ck);
+        ns_stage_set_optim_step(t->stage, st->step);
+        ns_data_pos pos = {.epoch = st->data_epoch, .index = st->data_offset};
+        if ((rc = ns_data_loader_seek(t->loader, pos)) != NS_OK)
+            snprintf(err, err_size, "the checkpoint's data position is not in this node's data");
+    }
+    if (rc == NS_OK) {
+        hash_model(t, before);
+        for (uint64_t i = 0; rc == NS_OK && i < steps; i++) {
+            float loss;
+            ns_optim_report rep;
+            rc = train_step(t, &loss, &rep);
+            if (rc == NS_OK && !isfinite(loss))
+                rc = NS_EINVAL;
+        }
+        if (rc == NS_OK)
+            hash_model(t, after);
+        else
+            snprintf(err, err_size, "a recomputed step failed: %s", ns_strerror(rc));
+    }
+    ns_ckpt_close(ck);
+    ns_trainer_stop(t);
+    return rc;
 }
 
 /* ---- the loop thread's side --------------------------------------------------------------- */
@@ -784,13 +939,12 @@ int ns_trainer_start(ns_trainer **out, const ns_train_config *cfg, char *err, si
     }
     if (t->cfg.checkpoint_every == 0)
         t->cfg.checkpoint_every = NS_TRAIN_CKPT_EVERY;
+    if (t->cfg.ckpt_budget_mb == 0)
+        t->cfg.ckpt_budget_mb = 2048;
+    t->keep = TRAIN_KEEP;
     snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", cfg->data_dir);
     snprintf(t->csv_path, sizeof t->csv_path, "%s/train.csv", cfg->data_dir);
-    ns_optim_config_default(&t->optim);
-    t->optim.lr_max = 1e-3;
-    t->optim.lr_min = 1e-4;
-    t->optim.warmup_steps = 50;
-    t->optim.decay_steps = TRAIN_DECAY_STEPS;
+    trainer_optim(&t->optim);
     t->running = cfg->start_running;
     t->jobs_tail = &t->jobs;
     t->status.enabled = true;
@@ -841,16 +995,18 @@ int ns_trainer_queue_steps(ns_trainer *t, uint32_t steps)
     return rc;
 }
 
-bool ns_trainer_take_work(ns_trainer *t, ns_train_work *out)
+ns_work_state ns_trainer_take_work(ns_trainer *t, ns_train_work *out)
 {
     pthread_mutex_lock(&t->lock);
-    bool got = t->closed_ready;
-    if (got)
+    ns_work_state state = t->closed_ready   ? NS_WORK_CLOSED
+                          : t->open_batches ? NS_WORK_OPEN
+                                            : NS_WORK_NONE;
+    if (state == NS_WORK_CLOSED)
         *out = t->closed;
     t->closed_ready = false;
     t->close_wanted = true;
     pthread_mutex_unlock(&t->lock);
-    return got;
+    return state;
 }
 
 int ns_trainer_generate(ns_trainer *t, ns_gen_job *job)

@@ -242,3 +242,22 @@ ns_ponw_verdict ns_ponw_validate(ns_ponw_validator *v, const uint8_t *buf, size_
     v->counts[verdict]++;
     return verdict;
 }
+
+const char *ns_ponw_contradiction(const ns_proof *a, const ns_proof *b)
+{
+    if (a->type != NS_PROOF_TRAINING || b->type != NS_PROOF_TRAINING || !a->has_training ||
+        !b->has_training || memcmp(a->author, b->author, NS_NODE_ID_BYTES) != 0 ||
+        b->period_start_ms < a->timestamp_ms ||
+        a->training.layer_first != b->training.layer_first ||
+        a->training.layer_last != b->training.layer_last)
+        return NULL;
+    uint64_t a_end = a->training.batch_first + a->batches;
+    if (a_end < a->training.batch_first)
+        return "the earlier proof's steps overflow";
+    if (b->training.batch_first < a_end)
+        return "the later proof starts before the steps the earlier one claims were done";
+    if (b->training.batch_first == a_end &&
+        memcmp(b->training.model_hash_before, a->training.model_hash_after, NS_SHA256_BYTES) != 0)
+        return "the later proof starts from other weights than the earlier one claims to end with";
+    return NULL;
+}

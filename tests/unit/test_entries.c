@@ -458,6 +458,196 @@ static void test_check_finds_a_balance_changed_behind_its_back(void **state)
     assert_int_equal(rep.entries, 2);
 }
 
+/* ---- challenges --------------------------------------------------------------------------- */
+
+/* The test's judge: the first byte of the recomputed hash says what "recompute" found. */
+static ns_judgement test_judge(void *arg, const ns_proof *proof, const uint8_t recomputed[32])
+{
+    (void)arg;
+    (void)proof;
+    return recomputed[0] == 0xff   ? NS_JUDGE_FRAUD
+           : recomputed[0] == 0x00 ? NS_JUDGE_HONEST
+                                   : NS_JUDGE_UNKNOWN;
+}
+
+/* b challenges a's proof of the minute ending at end_ms with the given evidence byte. */
+static int challenge(fixture *f, uint64_t end_ms, uint8_t evidence, int64_t bond, char *why)
+{
+    size_t len;
+    ns_proof p;
+    uint8_t *env = proof_env(&f->a, end_ms, 2000, &len, &p);
+    ns_entry e = {.kind = NS_ENTRY_CHALLENGE, .amount = {bond}, .proof = env, .proof_len = len};
+    memset(e.reference, evidence, NS_SHA256_BYTES);
+    int rc = append(f, &f->b, e, why, NULL);
+    free(env);
+    if (rc != NS_OK)
+        printf("  challenge: %s\n", why);
+    return rc;
+}
+
+static ns_account account_of(fixture *f, const ns_key *key)
+{
+    ns_account a;
+    assert_int_equal(ns_ledger_account(f->ledger, key->node_id, &a), NS_OK);
+    return a;
+}
+
+static void stake_b(fixture *f)
+{
+    earn(f, &f->b, 3); /* 12 NEURO */
+    char why[NS_LEDGER_WHY_SIZE];
+    ns_entry st = {.kind = NS_ENTRY_STAKE, .amount = {NS_LEDGER_CHALLENGE_BOND}};
+    assert_int_equal(append(f, &f->b, st, why, NULL), NS_OK);
+}
+
+static void test_a_confirmed_challenge_slashes_the_prover_and_pays_the_challenger(void **state)
+{
+    fixture *f = *state;
+    ns_ledger_set_judge(f->ledger, test_judge, NULL);
+    earn(f, &f->a, 3); /* a claims minutes 0, 1, 2: 12.0003 NEURO */
+    stake_b(f);
+    ns_account a0 = account_of(f, &f->a), b0 = account_of(f, &f->b);
+    ns_neuro minted0, burned0;
+    assert_int_equal(ns_ledger_totals(f->ledger, &minted0, &burned0), NS_OK);
+    char why[NS_LEDGER_WHY_SIZE];
+    /* a's newest proof, still in its window, was fabricated */
+    uint64_t end = f->now - MIN / 2;
+    assert_int_equal(challenge(f, end, 0xff, NS_LEDGER_CHALLENGE_BOND, why), NS_OK);
+    int64_t reward = 4 * NANO + 100000, slash = 2 * reward;
+    ns_account a1 = account_of(f, &f->a), b1 = account_of(f, &f->b);
+    assert_int_equal(a1.balance.nano, a0.balance.nano - slash);
+    assert_int_equal(b1.balance.nano, b0.balance.nano + slash / 2);
+    assert_int_equal(b1.stake.nano, NS_LEDGER_CHALLENGE_BOND); /* the bond is kept */
+    ns_neuro minted1, burned1;
+    assert_int_equal(ns_ledger_totals(f->ledger, &minted1, &burned1), NS_OK);
+    assert_int_equal(burned1.nano - burned0.nano, slash / 2);
+    assert_int_equal(minted1.nano, minted0.nano);
+    assert_int_equal(challenge(f, end, 0xff, NS_LEDGER_CHALLENGE_BOND, why), NS_EINVAL);
+    assert_non_null(strstr(why, "judged already"));
+    /* a proof judged fraudulent can never be claimed */
+    f->now = end + 11 * MIN;
+    assert_int_equal(claim(f, &f->a, end, 2000, why, NULL), NS_EINVAL);
+    assert_non_null(strstr(why, "judged fraudulent"));
+    assert_checks_out(f);
+}
+
+static void test_a_false_challenge_costs_the_challenger_its_bond(void **state)
+{
+    fixture *f = *state;
+    ns_ledger_set_judge(f->ledger, test_judge, NULL);
+    earn(f, &f->a, 1);
+    stake_b(f);
+    ns_account a0 = account_of(f, &f->a);
+    char why[NS_LEDGER_WHY_SIZE];
+    assert_int_equal(challenge(f, f->now - MIN / 2, 0x00, NS_LEDGER_CHALLENGE_BOND, why), NS_OK);
+    ns_account a1 = account_of(f, &f->a), b1 = account_of(f, &f->b);
+    assert_int_equal(b1.stake.nano, 0);
+    assert_int_equal(a1.balance.nano, a0.balance.nano + NS_LEDGER_CHALLENGE_BOND / 2);
+    assert_checks_out(f);
+}
+
+/* A proof of a's with its batch_first and weights set, signed. */
+static uint8_t *chained_proof(fixture *f, uint64_t end_ms, uint64_t first, uint8_t before,
+                              uint8_t after, size_t *len)
+{
+    ns_proof p = {.type = NS_PROOF_TRAINING,
+                  .nonce = end_ms,
+                  .sequence = end_ms / MIN,
+                  .timestamp_ms = end_ms,
+                  .period_start_ms = end_ms - MIN,
+                  .uptime_s = 60,
+                  .tokens = 2000 * 128,
+                  .batches = 2000,
+                  .layers = 4,
+                  .tier = 3,
+                  .has_training = true};
+    p.training.batch_first = first;
+    p.training.batch_count = 2000;
+    p.training.layer_last = 4;
+    p.training.micro_batches = 1;
+    memset(p.training.model_hash_before, before, NS_SHA256_BYTES);
+    memset(p.training.model_hash_after, after, NS_SHA256_BYTES);
+    uint8_t *env;
+    assert_int_equal(ns_proof_sign(&f->a, &p, &env, len), NS_OK);
+    return env;
+}
+
+/* A challenge carrying a later proof that contradicts the earlier one needs no judge: every node
+ * sees the fraud in the two signed proofs; evidence that agrees is refused. */
+static void test_a_challenge_by_continuity_needs_no_recompute(void **state)
+{
+    fixture *f = *state;
+    earn(f, &f->a, 1);
+    stake_b(f);
+    uint64_t end = f->now - MIN / 2;
+    size_t la, lb, lc;
+    uint8_t *a = chained_proof(f, end - MIN, 100, 1, 2, &la);  /* steps 100..2099, ends at w2 */
+    uint8_t *ok = chained_proof(f, end, 2100, 2, 3, &lb);      /* follows on */
+    uint8_t *bad = chained_proof(f, end + 1, 2100, 9, 3, &lc); /* starts from other weights */
+    char why[NS_LEDGER_WHY_SIZE];
+    ns_entry e = {.kind = NS_ENTRY_CHALLENGE,
+                  .amount = {NS_LEDGER_CHALLENGE_BOND},
+                  .proof = a,
+                  .proof_len = la,
+                  .evidence = ok,
+                  .evidence_len = lb};
+    f->now = end; /* within the earlier proof's window */
+    assert_int_equal(append(f, &f->b, e, why, NULL), NS_EINVAL);
+    assert_non_null(strstr(why, "does not contradict"));
+    ns_account a0 = account_of(f, &f->a);
+    e.evidence = bad;
+    e.evidence_len = lc;
+    assert_int_equal(append(f, &f->b, e, why, NULL), NS_OK); /* no judge was set */
+    ns_account a1 = account_of(f, &f->a);
+    assert_true(a1.balance.nano < a0.balance.nano);
+    free(a);
+    free(ok);
+    free(bad);
+    assert_checks_out(f);
+}
+
+static void test_challenges_that_break_a_rule_or_wait_change_nothing(void **state)
+{
+    fixture *f = *state;
+    char why[NS_LEDGER_WHY_SIZE];
+    earn(f, &f->a, 1);
+    earn(f, &f->b, 3);
+    /* no judge yet: every challenge waits */
+    ns_entry st = {.kind = NS_ENTRY_STAKE, .amount = {5 * NANO}};
+    assert_int_equal(append(f, &f->b, st, why, NULL), NS_OK);
+    uint64_t end = f->now - MIN / 2; /* a's proof, in its window */
+    assert_int_equal(challenge(f, end, 0xff, NS_LEDGER_CHALLENGE_BOND, why), NS_EINVAL);
+    assert_non_null(strstr(why, "bond (10 NEURO) staked"));
+    assert_int_equal(append(f, &f->b, st, why, NULL), NS_OK); /* 10 staked now */
+    uint8_t before[NS_SHA256_BYTES], after[NS_SHA256_BYTES];
+    assert_int_equal(ns_ledger_state_hash(f->ledger, before), NS_OK);
+    assert_int_equal(challenge(f, end, 0xff, NS_LEDGER_CHALLENGE_BOND, why), NS_EWAIT);
+    assert_non_null(strstr(why, "recompute"));
+    ns_ledger_set_judge(f->ledger, test_judge, NULL);
+    assert_int_equal(challenge(f, end, 0x77, NS_LEDGER_CHALLENGE_BOND, why), NS_EWAIT);
+    assert_int_equal(challenge(f, end, 0xff, NS_LEDGER_CHALLENGE_BOND - 1, why), NS_EINVAL);
+    assert_non_null(strstr(why, "exactly the swarm"));
+    /* one's own proof */
+    size_t len;
+    ns_proof p;
+    uint8_t *env = proof_env(&f->b, end, 2000, &len, &p);
+    ns_entry own = {.kind = NS_ENTRY_CHALLENGE,
+                    .amount = {NS_LEDGER_CHALLENGE_BOND},
+                    .proof = env,
+                    .proof_len = len};
+    memset(own.reference, 0xff, NS_SHA256_BYTES);
+    assert_int_equal(append(f, &f->b, own, why, NULL), NS_EINVAL);
+    assert_non_null(strstr(why, "own proof"));
+    free(env);
+    /* after the proof's challenge window */
+    f->now = end + 10 * MIN + 1;
+    assert_int_equal(challenge(f, end, 0xff, NS_LEDGER_CHALLENGE_BOND, why), NS_EINVAL);
+    assert_non_null(strstr(why, "window has closed"));
+    assert_int_equal(ns_ledger_state_hash(f->ledger, after), NS_OK);
+    assert_memory_equal(before, after, sizeof before);
+    assert_checks_out(f);
+}
+
 #define ENTRY_TEST(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -472,6 +662,10 @@ int main(void)
         ENTRY_TEST(test_forged_tampered_and_foreign_bytes_are_refused),
         ENTRY_TEST(test_same_entries_in_another_order_give_the_same_state),
         ENTRY_TEST(test_check_finds_a_balance_changed_behind_its_back),
+        ENTRY_TEST(test_a_confirmed_challenge_slashes_the_prover_and_pays_the_challenger),
+        ENTRY_TEST(test_a_false_challenge_costs_the_challenger_its_bond),
+        ENTRY_TEST(test_challenges_that_break_a_rule_or_wait_change_nothing),
+        ENTRY_TEST(test_a_challenge_by_continuity_needs_no_recompute),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

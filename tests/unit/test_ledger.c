@@ -230,20 +230,23 @@ static void test_ledger_file_carries_application_id_and_schema_version(void **st
     assert_int_equal(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     assert_int_equal(raw_query_int64(db, "PRAGMA application_id"), NS_LEDGER_APPLICATION_ID);
     assert_int_equal(raw_query_int64(db, "PRAGMA user_version"), NS_LEDGER_SCHEMA_VERSION);
-    assert_int_equal(NS_LEDGER_SCHEMA_VERSION, 2);
+    assert_int_equal(NS_LEDGER_SCHEMA_VERSION, 3);
     assert_int_equal(sqlite3_close(db), SQLITE_OK);
 }
 
-/* A file of schema 1 (as the walking skeleton wrote it) is migrated to 2 when opened. */
+/* A file of schema 1 (as the walking skeleton wrote it) is migrated to the newest when opened. */
 static void test_ledger_migrates_a_version_1_file(void **state)
 {
     fixture *f = *state;
     create_ledger(f->path, T0_MS);
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    insert_account(db, 0x01, 5, 0);
+    assert_int_equal(insert_entry(db, 0x01, 1, "claim", 5), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db,
                                   "DROP TABLE sends; DROP TABLE claims; DROP TABLE forks;"
-                                  "DROP TABLE burns; ALTER TABLE accounts DROP COLUMN frozen;"
+                                  "DROP TABLE burns; DROP TABLE judgements;"
+                                  "ALTER TABLE accounts DROP COLUMN frozen;"
                                   "PRAGMA user_version = 1;",
                                   NULL, NULL, NULL),
                      SQLITE_OK);
@@ -252,10 +255,11 @@ static void test_ledger_migrates_a_version_1_file(void **state)
     assert_int_equal(ns_ledger_open_at(f->path, T0_MS, &ledger), NS_OK);
     ns_ledger_close(ledger);
     assert_int_equal(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(raw_query_int64(db, "PRAGMA user_version"), 2);
+    assert_int_equal(raw_query_int64(db, "PRAGMA user_version"), NS_LEDGER_SCHEMA_VERSION);
     assert_int_equal(raw_query_int64(db, "SELECT count(*) FROM sqlite_schema WHERE name IN "
-                                         "('sends', 'claims', 'forks', 'burns')"),
-                     4);
+                                         "('sends', 'claims', 'forks', 'burns', 'judgements')"),
+                     5);
+    assert_int_equal(raw_query_int64(db, "SELECT count(*) FROM entries WHERE kind = 'claim'"), 1);
     assert_int_equal(raw_query_int64(db, "SELECT count(*) FROM pragma_table_info('accounts') "
                                          "WHERE name = 'frozen'"),
                      1);

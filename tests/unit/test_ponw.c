@@ -425,6 +425,42 @@ static void test_rewards_match_hand_computed_values(void **state)
     assert_int_equal(ns_ponw_reward(&tr, neuro(0), &r), NS_EOVERFLOW);
 }
 
+/* Two consecutive training proofs of one author: consistent, a gap, or a contradiction. */
+static void test_contradictions_between_consecutive_proofs(void **state)
+{
+    (void)state;
+    ns_proof a = training_proof(T0_MS, 1), b = training_proof(T0_MS + 60000, 2);
+    memset(a.author, 7, sizeof a.author);
+    memcpy(b.author, a.author, sizeof a.author);
+    a.training.batch_first = 1000; /* 50 batches: steps 1000..1049 */
+    b.training.batch_first = 1050;
+    memcpy(b.training.model_hash_before, a.training.model_hash_after, NS_SHA256_BYTES);
+    assert_null(ns_ponw_contradiction(&a, &b));
+    /* a gap: b starts later (steps never proved, e.g. after a crash): no contradiction */
+    b.training.batch_first = 1080;
+    memset(b.training.model_hash_before, 0x55, NS_SHA256_BYTES);
+    assert_null(ns_ponw_contradiction(&a, &b));
+    /* a claimed ten times the batches it trained: b starts inside a's claimed steps */
+    b.training.batch_first = 1005;
+    assert_non_null(ns_ponw_contradiction(&a, &b));
+    /* a claimed weights it never computed: b starts right after a, from other weights */
+    b.training.batch_first = 1050;
+    assert_non_null(strstr(ns_ponw_contradiction(&a, &b), "other weights"));
+    /* not comparable: another author, another stage, or b not after a */
+    ns_proof other = b;
+    other.author[0] ^= 1;
+    assert_null(ns_ponw_contradiction(&a, &other));
+    other = b;
+    other.training.layer_first = 1;
+    other.training.layer_last = 9;
+    assert_null(ns_ponw_contradiction(&a, &other));
+    other = b;
+    other.period_start_ms = a.timestamp_ms - 1;
+    assert_null(ns_ponw_contradiction(&a, &other));
+    ns_proof up = uptime_proof(T0_MS + 60000, 2);
+    assert_null(ns_ponw_contradiction(&a, &up));
+}
+
 static void test_challenge_probability_by_swarm_size(void **state)
 {
     (void)state;
@@ -450,6 +486,7 @@ int main(void)
         cmocka_unit_test(test_validator_makes_room_only_by_dropping_silent_nodes),
         cmocka_unit_test(test_stake_multiplier_is_one_plus_a_tenth_of_log2),
         cmocka_unit_test(test_rewards_match_hand_computed_values),
+        cmocka_unit_test(test_contradictions_between_consecutive_proofs),
         cmocka_unit_test(test_challenge_probability_by_swarm_size),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
