@@ -217,6 +217,19 @@ NS_MUST_USE int ns_ledger_previous_training_proof(ns_ledger *ledger,
                                                   const uint8_t author[NS_NODE_ID_BYTES],
                                                   uint64_t before_ms, uint8_t **out,
                                                   size_t *out_len);
+/* The Intelligence Ledger (S10): a row for every claimed training proof, newest first. */
+typedef struct ns_training_round {
+    int64_t round_id;
+    uint64_t time_ms;
+    uint32_t contributors;
+    uint64_t batch_size;
+    double loss_before, loss_after;
+    ns_neuro minted;
+    uint8_t checkpoint_hash[NS_SHA256_BYTES];
+} ns_training_round;
+typedef bool (*ns_ledger_round_fn)(void *arg, const ns_training_round *r);
+NS_MUST_USE int ns_ledger_training_rounds(ns_ledger *ledger, uint32_t limit, ns_ledger_round_fn fn,
+                                          void *arg);
 /* The end (timestamp) of the author's newest proof kept; 0 when none. */
 NS_MUST_USE int ns_ledger_last_proof_end(ns_ledger *ledger, const uint8_t author[NS_NODE_ID_BYTES],
                                          uint64_t *end_ms);

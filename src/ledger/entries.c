@@ -10,6 +10,7 @@
  * same entries in the same order give the same state on every node (ns_ledger_check replays
  * them to show it).
  */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -322,11 +323,38 @@ static int rule_claim(ns_ledger *ledger, const ns_entry *e, const ns_account *a,
     ns_neuro reward;
     if (ns_ponw_reward(&p, a->stake, &reward) != NS_OK || reward.nano != e->amount.nano)
         return refuse(why, NS_EINVAL, "the amount is not the reward the proof earns");
-    return exec_bound(db,
-                      "INSERT INTO claims (proof_id, author, period_start_ms, period_end_ms,"
-                      " reward_nano) VALUES (?1, ?2, ?3, ?4, ?5)",
-                      "bbiii", p.id, p.author, (int64_t)p.period_start_ms, (int64_t)p.timestamp_ms,
-                      reward.nano);
+    rc = exec_bound(db,
+                    "INSERT INTO claims (proof_id, author, period_start_ms, period_end_ms,"
+                    " reward_nano) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "bbiii", p.id, p.author, (int64_t)p.period_start_ms, (int64_t)p.timestamp_ms,
+                    reward.nano);
+    if (rc != NS_OK || p.type != NS_PROOF_TRAINING)
+        return rc;
+    /* The Intelligence Ledger (S10): a row for the training round the claim pays for. */
+    sqlite3_stmt *stmt;
+    rc = ns__ledger_prepare(db,
+                            "INSERT INTO training_rounds (time_ms, contributors, batch_size,"
+                            " loss_before, loss_after, minted_nano, checkpoint_hash)"
+                            " VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6)",
+                            &stmt);
+    if (rc != NS_OK)
+        return rc;
+    int src = sqlite3_bind_int64(stmt, 1, (int64_t)p.timestamp_ms);
+    if (src == SQLITE_OK)
+        src = sqlite3_bind_int64(stmt, 2, (int64_t)p.batches);
+    if (src == SQLITE_OK)
+        src = sqlite3_bind_double(
+            stmt, 3, isfinite(p.training.loss_before) ? (double)p.training.loss_before : -1.0);
+    if (src == SQLITE_OK)
+        src = sqlite3_bind_double(
+            stmt, 4, isfinite(p.training.loss_after) ? (double)p.training.loss_after : -1.0);
+    if (src == SQLITE_OK)
+        src = sqlite3_bind_int64(stmt, 5, reward.nano);
+    if (src == SQLITE_OK)
+        src =
+            sqlite3_bind_blob(stmt, 6, p.training.model_hash_after, NS_SHA256_BYTES, SQLITE_STATIC);
+    rc = src == SQLITE_OK ? ns__ledger_step_done(db, stmt) : ns__ledger_error(db, src);
+    return ns__ledger_finish(db, stmt, rc);
 }
 
 static int rule_send(sqlite3 *db, const ns_entry *e, const ns_account *a, char *why)

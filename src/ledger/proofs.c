@@ -302,3 +302,35 @@ int ns_ledger_judgements(ns_ledger *ledger, ns_ledger_judgement_fn fn, void *arg
         err = ns__ledger_error(db, rc);
     return ns__ledger_finish(db, stmt, err);
 }
+
+int ns_ledger_training_rounds(ns_ledger *ledger, uint32_t limit, ns_ledger_round_fn fn, void *arg)
+{
+    sqlite3 *db = ledger->db;
+    sqlite3_stmt *stmt;
+    int err = ns__ledger_prepare(db,
+                                 "SELECT round_id, time_ms, contributors, batch_size, loss_before,"
+                                 " loss_after, minted_nano, checkpoint_hash FROM training_rounds"
+                                 " ORDER BY round_id DESC LIMIT ?1",
+                                 &stmt);
+    if (err != NS_OK)
+        return err;
+    if (sqlite3_bind_int64(stmt, 1, limit) != SQLITE_OK)
+        err = NS_EIO;
+    int rc = SQLITE_DONE;
+    while (err == NS_OK && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        ns_training_round r = {.round_id = sqlite3_column_int64(stmt, 0),
+                               .time_ms = (uint64_t)sqlite3_column_int64(stmt, 1),
+                               .contributors = (uint32_t)sqlite3_column_int64(stmt, 2),
+                               .batch_size = (uint64_t)sqlite3_column_int64(stmt, 3),
+                               .loss_before = sqlite3_column_double(stmt, 4),
+                               .loss_after = sqlite3_column_double(stmt, 5)};
+        err = ns__ledger_column_amount(stmt, 6, &r.minted);
+        if (err == NS_OK)
+            err = ns__ledger_column_blob(stmt, 7, r.checkpoint_hash, sizeof r.checkpoint_hash);
+        if (err != NS_OK || !fn(arg, &r))
+            break;
+    }
+    if (err == NS_OK && rc != SQLITE_ROW && rc != SQLITE_DONE)
+        err = ns__ledger_error(db, rc);
+    return ns__ledger_finish(db, stmt, err);
+}

@@ -967,6 +967,37 @@ static void answer_ledger(node *n, ns_api_request *req)
                                 m, "burned", b, "state_hash", h, "judgements", judged));
 }
 
+static bool round_add(void *arg, const ns_training_round *r)
+{
+    char minted[NS_NEURO_FORMAT_SIZE], hash[2 * NS_SHA256_BYTES + 1];
+    ns_neuro_format(minted, sizeof minted, r->minted);
+    ns_hex_encode(hash, sizeof hash, r->checkpoint_hash, sizeof r->checkpoint_hash);
+    json_array_append_new(
+        arg, json_pack("{s:I, s:I, s:i, s:I, s:f, s:f, s:s, s:s}", "round", (json_int_t)r->round_id,
+                       "time_ms", (json_int_t)r->time_ms, "contributors", (int)r->contributors,
+                       "batch_size", (json_int_t)r->batch_size, "loss_before", r->loss_before,
+                       "loss_after", r->loss_after, "minted", minted, "checkpoint_hash", hash));
+    return true;
+}
+
+/* GET /api/intelligence: the Intelligence Ledger (S10), newest rounds first (?limit=N). */
+static void answer_intelligence(node *n, ns_api_request *req)
+{
+    const char *lim = ns_api_arg(req, "limit");
+    long limit = lim != NULL ? strtol(lim, NULL, 10) : 50;
+    if (limit < 1 || limit > 1000) {
+        ns_api_error(req, 400, "limit must be 1..1000");
+        return;
+    }
+    json_t *rounds = json_array();
+    if (ns_ledger_training_rounds(n->ledger, (uint32_t)limit, round_add, rounds) != NS_OK) {
+        json_decref(rounds);
+        ns_api_error(req, 500, "ledger query failed");
+        return;
+    }
+    ns_api_reply_json(req, 200, json_pack("{s:o}", "rounds", rounds));
+}
+
 /* The report of ns_ledger_check as JSON (neuroctl ledger check prints it). */
 json_t *ns_ledger_report_json(const ns_ledger_report *r)
 {
@@ -1058,6 +1089,7 @@ static const route routes[] = {
     {"POST", "/api/wallet/unstake", answer_unstake},
     {"GET", "/api/ledger", answer_ledger},
     {"GET", "/api/ledger/check", answer_ledger_check},
+    {"GET", "/api/intelligence", answer_intelligence},
 };
 
 static void api_handler(void *arg, ns_api_request *req)

@@ -88,6 +88,8 @@ p=$(curl -s "http://$API_v/api/ponw")
 honest_recomputed() { grep -q "of $(echo "$ID_h" | cut -c1-16)… recomputed ([0-9]* steps): honest" "$TMP_ROOT/v.log"; }
 check "the verifier recomputes the honest node's proofs with one thread, the same bits" wait_for 240 honest_recomputed
 check "/api/ponw counts the challenges" contains "$p" '"challenges_made":'
+r=$(curl -s "http://$API_h/api/intelligence?limit=3")
+check "the Intelligence Ledger has a row for each paid training round" contains "$r" '"contributors":1,"batch_size":'
 r=$(curl -s "http://$API_v/api/wallet?limit=100")
 check "the verifier's history shows its challenges" contains "$r" '"kind":"challenge"'
 

@@ -132,6 +132,19 @@ static void assert_checks_out(fixture *f)
 
 /* ---- claims ------------------------------------------------------------------------------- */
 
+static int rounds_seen;
+
+/* Checks a training round's row against the claim's reward (arg) and the proof's counts. */
+static bool count_round(void *arg, const ns_training_round *r)
+{
+    const ns_neuro *reward = arg;
+    assert_int_equal(r->minted.nano, reward->nano);
+    assert_int_equal(r->batch_size, 50);
+    assert_int_equal(r->contributors, 1);
+    rounds_seen++;
+    return true;
+}
+
 static void test_a_claim_mints_the_reward_after_the_window(void **state)
 {
     fixture *f = *state;
@@ -151,6 +164,9 @@ static void test_a_claim_mints_the_reward_after_the_window(void **state)
     uint64_t height;
     assert_int_equal(ns_ledger_height(f->ledger, &height), NS_OK);
     assert_int_equal(height, 1);
+    rounds_seen = 0;
+    assert_int_equal(ns_ledger_training_rounds(f->ledger, 10, count_round, &r), NS_OK);
+    assert_int_equal(rounds_seen, 1); /* the Intelligence Ledger's row for the round */
     assert_checks_out(f);
 }
 
