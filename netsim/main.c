@@ -314,6 +314,8 @@ static int finish(const options *o, ns_sim *sim, double wall_s)
 
 int main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "--economy") == 0)
+        return ns__sim_economy_main(argv[2]);
     options o;
     int rc = parse_options(argc, argv, &o);
     if (rc != 0)

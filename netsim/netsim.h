@@ -413,4 +413,10 @@ double ns__report_success(const ns_sim *sim);
 void ns__report_print(FILE *out, const ns_sim *sim, const ns_sim_wall *wall);
 NS_MUST_USE int ns__report_csv(const char *path, const ns_sim *sim, const ns_sim_wall *wall);
 
+/* ---- economy.c: `netsim --economy FILE` ------------------------------------------------- */
+
+/* Runs the ledger and proof-of-work simulation of an [economy] scenario; the exit status:
+ * 0 pass, 2 a bad scenario, 3 an assertion of the run failed. */
+int ns__sim_economy_main(const char *path);
+
 #endif

@@ -49,6 +49,8 @@ NS_MUST_USE int ns_ledger_open(const char *path, ns_ledger **out);
  * integers. */
 NS_MUST_USE int ns_ledger_open_at(const char *path, uint64_t now_ms, ns_ledger **out);
 void ns_ledger_close(ns_ledger *ledger); /* NULL is a no-op */
+/* A ledger in memory (the same schema and genesis, nothing on disk): for simulations. */
+NS_MUST_USE int ns_ledger_open_memory(ns_ledger **out);
 /* The challenge window a claim waits for (NS_PONW_WINDOW_MS unless set): a rule of the swarm,
  * the same on every node of it; test swarms shorten it. The file remembers it, so a check run
  * on the file alone replays with the same rule. */

@@ -663,6 +663,11 @@ static int ledger_set_rule(ns_ledger *ledger, const char *key, int64_t value)
     return ns__ledger_finish(ledger->db, stmt, err);
 }
 
+int ns_ledger_open_memory(ns_ledger **out)
+{
+    return ns__ledger_open_memory(out);
+}
+
 int ns_ledger_set_window(ns_ledger *ledger, uint64_t window_ms)
 {
     if (window_ms == 0 || window_ms > INT64_MAX)
