@@ -286,6 +286,9 @@ typedef struct ns_kv_cache ns_kv_cache;
 NS_MUST_USE int ns_kv_cache_memory_bytes(const ns_stage *st, uint32_t capacity, uint64_t *out);
 NS_MUST_USE int ns_kv_cache_new(ns_kv_cache **out, const ns_stage *st, uint32_t capacity);
 void ns_kv_cache_free(ns_kv_cache *kv);
+/* Decodes on ex instead of the stage's executor: a trainer in the reproducible mode can serve
+ * text with a fast one (generation proves nothing, and OpenBLAS is faster for it). */
+void ns_kv_cache_set_exec(ns_kv_cache *kv, ns_exec *ex);
 /* Forgets the sequence: the next decode starts at position 0. */
 void ns_kv_cache_reset(ns_kv_cache *kv);
 uint32_t ns_kv_cache_len(const ns_kv_cache *kv);

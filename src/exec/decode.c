@@ -16,6 +16,7 @@
 
 struct ns_kv_cache {
     const ns_stage *st;
+    ns_exec *ex; /* the executor decoding runs on: the stage's unless set */
     uint32_t capacity;
     uint32_t len;
     size_t C, H, HKV, D, HD, KD, F;
@@ -51,7 +52,7 @@ static bool kv_layout_of(const ns_stage *st, uint32_t capacity, kv_layout *l, si
                      .gate = N * F,
                      .up = N * F,
                      .h = N * F,
-                     .scores = (size_t)ns_exec_threads(st->ex) * capacity};
+                     .scores = (size_t)NS_EXEC_THREADS_MAX * capacity};
     size_t sum = 0;
     const size_t parts[] = {l->kv,  l->kv,  l->x,    l->ln, l->rstd, l->q,     l->y,
                             l->tmp, l->mid, l->gate, l->up, l->h,    l->scores};
@@ -101,6 +102,7 @@ int ns_kv_cache_new(ns_kv_cache **out, const ns_stage *st, uint32_t capacity)
                         .KD = (size_t)a->kv_heads * NS_ARCH_HEAD_DIM,
                         .F = a->intermediate,
                         .mem = mem};
+    kv->ex = st->ex;
     float *p = mem;
     kv->k = p, p += l.kv;
     kv->v = p, p += l.kv;
@@ -127,6 +129,12 @@ void ns_kv_cache_free(ns_kv_cache *kv)
     free(kv);
 }
 
+void ns_kv_cache_set_exec(ns_kv_cache *kv, ns_exec *ex)
+{
+    NS_ASSERT(ex != NULL && ns_exec_threads(ex) <= NS_EXEC_THREADS_MAX);
+    kv->ex = ex;
+}
+
 void ns_kv_cache_reset(ns_kv_cache *kv)
 {
     kv->len = 0;
@@ -145,7 +153,7 @@ uint32_t ns_kv_cache_capacity(const ns_kv_cache *kv)
 /* One layer over m new positions at pos: x [m,C] in, x [m,C] out. */
 static void layer_decode(ns_stage *st, ns_kv_cache *kv, uint32_t l, size_t pos, size_t m)
 {
-    ns_exec *ex = st->ex;
+    ns_exec *ex = kv->ex;
     float *const *w = st->layer_w[l].w;
     size_t C = kv->C, KD = kv->KD, F = kv->F, half = kv->D / 2;
     float *kl = kv->k + (size_t)l * kv->capacity * KD; /* this layer's keys, position 0 */
@@ -189,7 +197,7 @@ int ns_stage_decode(ns_stage *st, ns_kv_cache *kv, uint32_t n, const int32_t *to
         size_t m = n - done < NS_EXEC_DECODE_CHUNK ? n - done : NS_EXEC_DECODE_CHUNK;
         size_t pos = kv->len;
         if (st->has_embedding)
-            ns_embedding_forward(st->ex, kv->x, tokens + done, st->wte, 1, m, C);
+            ns_embedding_forward(kv->ex, kv->x, tokens + done, st->wte, 1, m, C);
         else
             memcpy(kv->x, acts + (size_t)done * C, m * C * sizeof(float));
         for (uint32_t l = 0; l < st->n_layers; l++)
@@ -200,8 +208,8 @@ int ns_stage_decode(ns_stage *st, ns_kv_cache *kv, uint32_t n, const int32_t *to
             memcpy(out + (size_t)(done - m) * C, kv->x, m * C * sizeof(float));
         else if (done == n) {
             const float *last = kv->x + (m - 1) * C;
-            ns_rmsnorm_forward(st->ex, kv->ln, kv->rstd, last, st->normf, 1, 1, C);
-            ns_matmul_forward(st->ex, out, kv->ln, st->head, 1, 1, C, st->cfg.arch.vocab);
+            ns_rmsnorm_forward(kv->ex, kv->ln, kv->rstd, last, st->normf, 1, 1, C);
+            ns_matmul_forward(kv->ex, out, kv->ln, st->head, 1, 1, C, st->cfg.arch.vocab);
         }
     }
     return NS_OK;

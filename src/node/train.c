@@ -65,7 +65,8 @@ struct ns_trainer {
     ns_optim_config optim;
     ns_ckpt_tensor *weights, *moments;
     size_t weight_count, moment_count;
-    ns_kv_cache *kv; /* generation's, made at the first request */
+    ns_kv_cache *kv;   /* generation's, made at the first request */
+    ns_exec *gen_exec; /* a fast executor for generation when training is reproducible */
     /* work periods for proofs: the open one is the trainer thread's; closed and the flags are
      * guarded by lock */
     uint32_t keep;          /* checkpoints kept: enough for the window, within the budget */
@@ -675,6 +676,9 @@ static void generate(ns_trainer *t, ns_gen_job *job)
         job_fail(job, 503, "no memory for the key/value cache");
         return;
     }
+    if (t->gen_exec == NULL && ns_exec_mode_of(t->exec) != NS_EXEC_FAST &&
+        ns_exec_new(&t->gen_exec, ns_exec_threads(t->exec), NS_EXEC_FAST) == NS_OK)
+        ns_kv_cache_set_exec(t->kv, t->gen_exec);
     size_t room = job->prompt != NULL ? job->prompt_len : job->prompt_id_count;
     int32_t *ids = malloc(sizeof *ids * (room > 0 ? room : 1));
     float *logits = malloc(sizeof *logits * a->vocab);
@@ -1061,6 +1065,7 @@ void ns_trainer_stop(ns_trainer *t)
     free(t->moments);
     ns_kv_cache_free(t->kv);
     ns_stage_free(t->stage);
+    ns_exec_free(t->gen_exec);
     ns_exec_free(t->exec);
     ns_bpe_free(t->bpe);
     free(t->dataset);

@@ -1044,6 +1044,29 @@ static void test_decode_through_two_stages_equals_one_stage(void **state)
     ns_exec_free(ex);
 }
 
+/* A reproducible stage decoding on a fast executor (what the trainer does for generation) gives
+ * the stage's own logits within the fast mode's tolerance. */
+static void test_decode_on_another_executor_agrees(void **state)
+{
+    (void)state;
+    ns_exec *repro = exec_new(2, NS_EXEC_REPRODUCIBLE), *fast = exec_new(2, NS_EXEC_FAST);
+    ns_stage *st = long_stage(repro, 0, 2);
+    ns_kv_cache *a, *b;
+    assert_int_equal(ns_kv_cache_new(&a, st, 40), NS_OK);
+    assert_int_equal(ns_kv_cache_new(&b, st, 40), NS_OK);
+    ns_kv_cache_set_exec(b, fast);
+    int32_t tokens[9] = {4, 8, 15, 16, 23, 42, 1, 2, 3};
+    float la[67], lb[67];
+    assert_int_equal(ns_stage_decode(st, a, 9, tokens, NULL, la), NS_OK);
+    assert_int_equal(ns_stage_decode(st, b, 9, tokens, NULL, lb), NS_OK);
+    assert_true(check_tensor(lb, la, 67, "decode, fast executor vs the stage's") <= TOL_MODES);
+    ns_kv_cache_free(a);
+    ns_kv_cache_free(b);
+    ns_stage_free(st);
+    ns_exec_free(repro);
+    ns_exec_free(fast);
+}
+
 static void test_decode_refuses_bad_input_and_keeps_its_cache(void **state)
 {
     (void)state;
@@ -1713,6 +1736,7 @@ int main(void)
         cmocka_unit_test(test_decode_with_kv_cache_matches_pytorch),
         cmocka_unit_test(test_decode_over_several_chunks_agrees_with_the_training_forward),
         cmocka_unit_test(test_decode_through_two_stages_equals_one_stage),
+        cmocka_unit_test(test_decode_on_another_executor_agrees),
         cmocka_unit_test(test_decode_refuses_bad_input_and_keeps_its_cache),
         cmocka_unit_test(test_sampler_greedy_takes_the_highest_logit_and_the_lowest_id_on_a_tie),
         cmocka_unit_test(test_sampler_follows_the_softmax_within_top_k_and_top_p),
