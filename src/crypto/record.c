@@ -117,7 +117,7 @@ typedef struct compare_buffer {
 static void compare_append(ProtobufCBuffer *buffer, size_t len, const uint8_t *data)
 {
     compare_buffer *cmp = (compare_buffer *)buffer;
-    if (!cmp->equal)
+    if (!cmp->equal || len == 0) /* an empty bytes field packs nothing (and data may be NULL) */
         return;
     if (len > cmp->want_len - cmp->offset || memcmp(cmp->want + cmp->offset, data, len) != 0) {
         cmp->equal = false;

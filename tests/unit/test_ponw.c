@@ -154,6 +154,16 @@ static void test_a_hash_of_the_wrong_length_is_refused(void **state)
     assert_int_equal(ns_proof_decode(buf, n, &q), NS_OK);
 }
 
+/* Found by fuzz_proof: a training commit holding one empty activation hash made the canonical
+ * check compare against a NULL pointer (undefined behaviour). It must simply be refused. */
+static void test_an_empty_hash_inside_the_commit_is_refused(void **state)
+{
+    (void)state;
+    const uint8_t body[] = {0x6a, 0x02, 0x4a, 0x00};
+    ns_proof q = {0};
+    assert_int_equal(ns_proof_decode(body, sizeof body, &q), NS_EPARSE);
+}
+
 static void test_structural_rules_each_have_a_reason(void **state)
 {
     (void)state;
@@ -479,6 +489,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_proof_body_round_trips_and_only_canonical_bytes_decode),
         cmocka_unit_test(test_a_hash_of_the_wrong_length_is_refused),
+        cmocka_unit_test(test_an_empty_hash_inside_the_commit_is_refused),
         cmocka_unit_test(test_structural_rules_each_have_a_reason),
         cmocka_unit_test(test_signed_proof_opens_with_its_author_and_id),
         cmocka_unit_test(test_validator_gives_each_verdict_and_counts_it),
