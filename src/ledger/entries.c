@@ -682,22 +682,6 @@ int ns_ledger_append(ns_ledger *ledger, const ns_key *key, ns_entry *e, uint64_t
 
 /* ---- reading entries ---------------------------------------------------------------------- */
 
-static int each_row(sqlite3 *db, sqlite3_stmt *stmt, ns_ledger_entry_fn fn, void *arg,
-                    int64_t *last_id)
-{
-    int rc;
-    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-        int64_t id = sqlite3_column_int64(stmt, 0);
-        const uint8_t *rec = sqlite3_column_blob(stmt, 1);
-        int n = sqlite3_column_bytes(stmt, 1);
-        if (last_id != NULL)
-            *last_id = id;
-        if (!fn(arg, id, rec, (size_t)n))
-            return NS_OK;
-    }
-    return rc == SQLITE_DONE ? NS_OK : ns__ledger_error(db, rc);
-}
-
 int ns_ledger_each_entry(ns_ledger *ledger, int64_t from_id, ns_ledger_entry_fn fn, void *arg,
                          int64_t *last_id)
 {
@@ -708,7 +692,7 @@ int ns_ledger_each_entry(ns_ledger *ledger, int64_t from_id, ns_ledger_entry_fn 
     if (err == NS_OK)
         err = bind_int(db, stmt, 1, from_id);
     if (err == NS_OK)
-        err = each_row(db, stmt, fn, arg, last_id);
+        err = ns__ledger_each_row(db, stmt, fn, arg, last_id);
     return ns__ledger_finish(db, stmt, err);
 }
 
@@ -726,7 +710,7 @@ int ns_ledger_account_entries(ns_ledger *ledger, const uint8_t node_id[NS_NODE_I
     if (err == NS_OK)
         err = bind_int(db, stmt, 2, limit);
     if (err == NS_OK)
-        err = each_row(db, stmt, fn, arg, NULL);
+        err = ns__ledger_each_row(db, stmt, fn, arg, NULL);
     return ns__ledger_finish(db, stmt, err);
 }
 

@@ -319,6 +319,22 @@ int ns__ledger_column_amount(sqlite3_stmt *stmt, int column, ns_neuro *out)
     return NS_OK;
 }
 
+int ns__ledger_each_row(sqlite3 *db, sqlite3_stmt *stmt, ns_ledger_entry_fn fn, void *arg,
+                        int64_t *last_id)
+{
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        int64_t id = sqlite3_column_int64(stmt, 0);
+        const uint8_t *rec = sqlite3_column_blob(stmt, 1);
+        int n = sqlite3_column_bytes(stmt, 1);
+        if (last_id != NULL)
+            *last_id = id;
+        if (!fn(arg, id, rec, (size_t)n))
+            return NS_OK;
+    }
+    return rc == SQLITE_DONE ? NS_OK : ns__ledger_error(db, rc);
+}
+
 /* ---- opening: verify before writing ------------------------------------------------------- */
 
 /* Reads what an existing (or just created, empty) file says about itself, writing nothing.

@@ -32,6 +32,10 @@ int ns__ledger_query_text_is(sqlite3 *db, const char *sql, const char *want, boo
 /* Reads a BLOB column that must hold exactly len bytes. */
 int ns__ledger_column_blob(sqlite3_stmt *stmt, int column, uint8_t *out, size_t len);
 int ns__ledger_column_amount(sqlite3_stmt *stmt, int column, ns_neuro *out);
+/* Steps stmt (columns: an integer id, a record blob), calling fn for each row until it returns
+ * false; *last_id (may be NULL) gets the last id seen. */
+int ns__ledger_each_row(sqlite3 *db, sqlite3_stmt *stmt, ns_ledger_entry_fn fn, void *arg,
+                        int64_t *last_id);
 /* COMMIT when err is NS_OK, else ROLLBACK; returns err or COMMIT's failure. */
 int ns__ledger_end_transaction(sqlite3 *db, int err);
 void ns__ledger_genesis_hash(uint8_t hash[NS_SHA256_BYTES]);

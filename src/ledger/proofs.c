@@ -78,14 +78,8 @@ int ns_ledger_proofs_due(ns_ledger *ledger, const uint8_t author[NS_NODE_ID_BYTE
     err = bind_all(db, stmt, author, NS_NODE_ID_BYTES, (int64_t)now_ms);
     if (err == NS_OK && sqlite3_bind_int64(stmt, 3, limit) != SQLITE_OK)
         err = NS_EIO;
-    int rc = SQLITE_DONE;
-    while (err == NS_OK && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-        if (!fn(arg, sqlite3_column_int64(stmt, 0), sqlite3_column_blob(stmt, 1),
-                (size_t)sqlite3_column_bytes(stmt, 1)))
-            break;
-    }
-    if (err == NS_OK && rc != SQLITE_ROW && rc != SQLITE_DONE)
-        err = ns__ledger_error(db, rc);
+    if (err == NS_OK)
+        err = ns__ledger_each_row(db, stmt, fn, arg, NULL);
     return ns__ledger_finish(db, stmt, err);
 }
 
@@ -171,14 +165,8 @@ int ns_ledger_account_from(ns_ledger *ledger, const uint8_t node_id[NS_NODE_ID_B
     err = bind_all(db, stmt, node_id, NS_NODE_ID_BYTES, (int64_t)from_sequence);
     if (err == NS_OK && sqlite3_bind_int64(stmt, 3, limit) != SQLITE_OK)
         err = NS_EIO;
-    int rc = SQLITE_DONE;
-    while (err == NS_OK && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-        if (!fn(arg, sqlite3_column_int64(stmt, 0), sqlite3_column_blob(stmt, 1),
-                (size_t)sqlite3_column_bytes(stmt, 1)))
-            break;
-    }
-    if (err == NS_OK && rc != SQLITE_ROW && rc != SQLITE_DONE)
-        err = ns__ledger_error(db, rc);
+    if (err == NS_OK)
+        err = ns__ledger_each_row(db, stmt, fn, arg, NULL);
     return ns__ledger_finish(db, stmt, err);
 }
 
