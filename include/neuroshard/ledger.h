@@ -17,7 +17,7 @@
 
 #define NS_LEDGER_FILE           "ledger.db"
 #define NS_LEDGER_APPLICATION_ID 0x4E53484Cu /* "NSHL" */
-#define NS_LEDGER_SCHEMA_VERSION 3
+#define NS_LEDGER_SCHEMA_VERSION 4
 
 /* An amount of NEURO in nano-NEURO (1e-9). Checked arithmetic only. */
 typedef struct ns_neuro {
@@ -69,8 +69,9 @@ NS_MUST_USE int ns_ledger_totals(ns_ledger *ledger, ns_neuro *minted, ns_neuro *
 /* The genesis row's creation time (ms since the epoch) and hash. */
 NS_MUST_USE int ns_ledger_genesis(ns_ledger *ledger, uint64_t *created_ms,
                                   uint8_t hash[NS_SHA256_BYTES]);
-/* SHA-256 over node_id || head_hash of every account in node-id order: equal on two nodes that
- * saw equal entries. With no account yet it is SHA-256(genesis hash), equal on every node. */
+/* SHA-256 over node_id || head_hash || balance || stake || debt (8-byte big-endian) of every
+ * account in node-id order: equal on two nodes that applied the same entries, in whatever order
+ * they arrived. With no account yet it is SHA-256(genesis hash), equal on every node. */
 NS_MUST_USE int ns_ledger_state_hash(ns_ledger *ledger, uint8_t hash[NS_SHA256_BYTES]);
 /* ---- entries (entries.c, docs/ledger.md) -------------------------------------------------- */
 
@@ -126,6 +127,7 @@ NS_MUST_USE int ns_entry_open(const uint8_t *buf, size_t len, uint64_t now_ms, n
 typedef struct ns_account {
     ns_neuro balance;
     ns_neuro stake;
+    ns_neuro debt;     /* what slashes took that its own chain did not hold (see docs/ledger.md) */
     uint64_t sequence; /* of its newest entry, 0 before the first */
     uint8_t head_hash[NS_SHA256_BYTES];
     bool frozen; /* it forked: nothing more of it is applied */

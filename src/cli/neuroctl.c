@@ -902,6 +902,9 @@ static int print_wallet(json_t *j)
     printf("balance   %s NEURO\n", json_string_value(json_object_get(j, "balance")));
     printf("stake     %s NEURO%s\n", json_string_value(json_object_get(j, "stake")),
            json_is_true(json_object_get(j, "frozen")) ? "   (frozen: the account forked)" : "");
+    const char *debt = json_string_value(json_object_get(j, "debt"));
+    if (debt != NULL && strspn(debt, "0.") != strlen(debt))
+        printf("debt      %s NEURO   (slashed for fraud: owed beyond what it held)\n", debt);
     json_t *h = json_object_get(j, "history");
     size_t i;
     json_t *e;

@@ -200,8 +200,8 @@ int ns_ledger_account(ns_ledger *ledger, const uint8_t node_id[NS_NODE_ID_BYTES]
     sqlite3 *db = ledger->db;
     sqlite3_stmt *stmt;
     int err = ns__ledger_prepare(db,
-                                 "SELECT balance_nano, stake_nano, sequence, head_hash, frozen"
-                                 " FROM accounts WHERE node_id = ?1",
+                                 "SELECT balance_nano, stake_nano, sequence, head_hash, frozen,"
+                                 " debt_nano FROM accounts WHERE node_id = ?1",
                                  &stmt);
     if (err != NS_OK)
         return err;
@@ -218,6 +218,8 @@ int ns_ledger_account(ns_ledger *ledger, const uint8_t node_id[NS_NODE_ID_BYTES]
         if (err == NS_OK)
             err = ns__ledger_column_blob(stmt, 3, a.head_hash, NS_SHA256_BYTES);
         a.frozen = sqlite3_column_int64(stmt, 4) != 0;
+        if (err == NS_OK)
+            err = ns__ledger_column_amount(stmt, 5, &a.debt);
         if (err == NS_OK)
             err = ns__ledger_step_done(db, stmt);
     } else if (err == NS_OK && rc != SQLITE_DONE) {
@@ -273,7 +275,9 @@ static int query_int(sqlite3 *db, const char *sql, int64_t *out, const char *typ
 /* ---- the rules of each kind --------------------------------------------------------------- */
 
 /* A claim: the account's own proof, its window passed, never claimed, no overlap with another
- * claimed period, at most NS_PONW_PER_HOUR_MAX an hour, plausible work, the exact reward. */
+ * claimed period, at most NS_PONW_PER_HOUR_MAX an hour, plausible work, the exact reward. Every
+ * rule reads the account's own chain only; a challenge of the proof does not refuse the claim
+ * (whether it arrived first differs between nodes): its slash takes back twice what was paid. */
 static int rule_claim(ns_ledger *ledger, const ns_entry *e, const ns_account *a, char *why)
 {
     sqlite3 *db = ledger->db;
@@ -297,12 +301,6 @@ static int rule_claim(ns_ledger *ledger, const ns_entry *e, const ns_account *a,
         return rc;
     if (n != 0)
         return refuse(why, NS_EINVAL, "the proof was claimed already");
-    rc = query_int(db, "SELECT count(*) FROM judgements WHERE proof_id = ?1 AND verdict = 'fraud'",
-                   &n, "b", p.id);
-    if (rc != NS_OK)
-        return rc;
-    if (n != 0)
-        return refuse(why, NS_EINVAL, "the proof was judged fraudulent");
     rc = query_int(db,
                    "SELECT count(*) FROM claims WHERE author = ?1 AND period_start_ms < ?2"
                    " AND period_end_ms > ?3",
@@ -414,25 +412,17 @@ static int rule_receive(sqlite3 *db, const ns_entry *e, char *why)
     return exec_bound(db, "UPDATE sends SET received = 1 WHERE hash = ?1", "b", e->reference);
 }
 
-/* Moves delta_balance and delta_stake (either may be negative) on another account's row, creating
- * it when it has none; its chain (sequence, head) is untouched. */
-static int adjust(sqlite3 *db, const uint8_t id[NS_NODE_ID_BYTES], int64_t delta_balance,
-                  int64_t delta_stake)
+/* Adds to another account's debt, creating its row when it has none; its chain (sequence, head,
+ * balance, stake) is untouched, so its own entries' rules never see the order this came in. */
+static int add_debt(sqlite3 *db, const uint8_t id[NS_NODE_ID_BYTES], int64_t amount)
 {
     uint8_t genesis[NS_SHA256_BYTES];
     ns__ledger_genesis_hash(genesis);
-    /* an UPDATE first: an INSERT's own row would be checked (and refused) with a negative delta
-     * before any conflict is resolved; an account with no row has nothing to take away */
-    int rc = exec_bound(db,
-                        "UPDATE accounts SET balance_nano = balance_nano + ?2,"
-                        " stake_nano = stake_nano + ?3 WHERE node_id = ?1",
-                        "bii", id, delta_balance, delta_stake);
-    if (rc == NS_OK)
-        rc = exec_bound(db,
-                        "INSERT OR IGNORE INTO accounts (node_id, balance_nano, stake_nano,"
-                        " sequence, head_hash) VALUES (?1, max(?2, 0), max(?3, 0), 0, ?4)",
-                        "biib", id, delta_balance, delta_stake, genesis);
-    return rc;
+    return exec_bound(db,
+                      "INSERT INTO accounts (node_id, debt_nano, sequence, head_hash)"
+                      " VALUES (?1, ?2, 0, ?3) ON CONFLICT (node_id) DO UPDATE SET"
+                      " debt_nano = debt_nano + ?2",
+                      "bib", id, amount, genesis);
 }
 
 static int burn(sqlite3 *db, const uint8_t entry_hash[NS_SHA256_BYTES], int64_t amount)
@@ -444,10 +434,19 @@ static int burn(sqlite3 *db, const uint8_t entry_hash[NS_SHA256_BYTES], int64_t 
                       "bi", entry_hash, amount);
 }
 
-/* A challenge: a training proof of another account, within a day, not judged before, the bond
- * in the challenger's stake. This node's judge decides (S9, S10): fraud slashes the prover twice
- * the proof's reward (stake first, then balance), half burned and half to the challenger; an
- * honest proof costs the challenger its bond, half to the prover and half burned. */
+/* A challenge: a training proof of another account, challenged within its window, at most once by
+ * each challenger, the bond in the challenger's stake. This node's judge decides (S9, S10).
+ *
+ * Every effect is fixed by the challenge and the proof alone, so that nodes which applied the
+ * prover's entries, the claim and other challenges in any order end with the same balances:
+ *   fraud   the prover owes twice the proof's reward at zero stake, as debt (its own chain's
+ *           balance and stake are never touched: spends it made elsewhere first stay valid);
+ *           half of it goes to the challenger's balance, half is burned. Each challenger that
+ *           proves the fraud is paid, and the prover owes for each.
+ *   honest  the challenger loses its bond from its stake: half is burned, half is sent to the
+ *           prover, who takes it in with a receive like any send.
+ * The one input that is not the entries themselves is the judge, which must decide alike on every
+ * node: continuity evidence decides by itself; a recompute is bit for bit (reproducible mode). */
 static int rule_challenge(ns_ledger *ledger, const ns_entry *e, ns_account *a, char *why)
 {
     sqlite3 *db = ledger->db;
@@ -464,11 +463,12 @@ static int rule_challenge(ns_ledger *ledger, const ns_entry *e, ns_account *a, c
     if (e->timestamp_ms > p.timestamp_ms + ledger->window_ms)
         return refuse(why, NS_EINVAL, "the proof's challenge window has closed");
     int64_t n = 0;
-    rc = query_int(db, "SELECT count(*) FROM judgements WHERE proof_id = ?1", &n, "b", p.id);
+    rc = query_int(db, "SELECT count(*) FROM judgements WHERE proof_id = ?1 AND challenger = ?2",
+                   &n, "bb", p.id, e->account);
     if (rc != NS_OK)
         return rc;
     if (n != 0)
-        return refuse(why, NS_EINVAL, "the proof was judged already");
+        return refuse(why, NS_EINVAL, "the account challenged this proof already");
     ns_judgement verdict;
     if (e->evidence_len > 0) {
         /* by continuity: the two signed proofs are the whole case, every node decides alike */
@@ -480,47 +480,42 @@ static int rule_challenge(ns_ledger *ledger, const ns_entry *e, ns_account *a, c
             return refuse(why, NS_EINVAL, "the evidence does not contradict the proof");
         verdict = NS_JUDGE_FRAUD;
     } else {
+        ledger->judging = e->hash;
         verdict = ledger->judge != NULL ? ledger->judge(ledger->judge_arg, &p, e->reference)
                                         : NS_JUDGE_UNKNOWN;
+        ledger->judging = NULL;
     }
     if (verdict == NS_JUDGE_UNKNOWN)
         return refuse(why, NS_EWAIT, "waiting for this node's own recompute of the proof");
-    int64_t slashed;
+    int64_t slashed, burned;
     if (verdict == NS_JUDGE_FRAUD) {
-        ns_account prover;
         ns_neuro reward;
-        rc = ns_ledger_account(ledger, p.author, &prover);
-        if (rc != NS_OK)
-            return rc;
-        if (ns_ponw_reward(&p, prover.stake, &reward) != NS_OK)
-            reward.nano = INT64_MAX / 2;
-        int64_t want = reward.nano > INT64_MAX / 2 ? INT64_MAX : 2 * reward.nano;
-        int64_t from_stake = want < prover.stake.nano ? want : prover.stake.nano;
-        int64_t from_balance =
-            want - from_stake < prover.balance.nano ? want - from_stake : prover.balance.nano;
-        slashed = from_stake + from_balance;
-        int64_t burned = slashed / 2;
-        rc = adjust(db, p.author, -from_balance, -from_stake);
-        if (rc == NS_OK)
-            rc = burn(db, e->hash, burned);
+        if (ns_ponw_reward(&p, (ns_neuro){0}, &reward) != NS_OK || reward.nano > INT64_MAX / 4)
+            return refuse(why, NS_EINVAL, "the challenged proof's reward is out of range");
+        slashed = 2 * reward.nano;
+        burned = slashed / 2;
+        rc = add_debt(db, p.author, slashed);
         if (rc == NS_OK &&
             ns_neuro_add(&a->balance, a->balance, (ns_neuro){slashed - burned}) != NS_OK)
             rc = refuse(why, NS_EINVAL, "the balance would overflow");
     } else {
         slashed = ledger->bond_nano;
-        int64_t burned = slashed / 2;
+        burned = slashed / 2;
         a->stake.nano -= slashed;
-        rc = adjust(db, p.author, slashed - burned, 0);
-        if (rc == NS_OK)
-            rc = burn(db, e->hash, burned);
+        rc = exec_bound(db,
+                        "INSERT INTO sends (hash, sender, recipient, amount_nano)"
+                        " VALUES (?1, ?2, ?3, ?4)",
+                        "bbbi", e->hash, e->account, p.author, slashed - burned);
     }
+    if (rc == NS_OK)
+        rc = burn(db, e->hash, burned);
     if (rc != NS_OK)
         return rc;
     return exec_bound(db,
-                      "INSERT INTO judgements (proof_id, prover, challenger, verdict, slashed_nano,"
-                      " entry_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                      "bbbtib", p.id, p.author, e->account,
-                      verdict == NS_JUDGE_FRAUD ? "fraud" : "honest", slashed, e->hash);
+                      "INSERT INTO judgements (entry_hash, proof_id, prover, challenger, verdict,"
+                      " slashed_nano) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                      "bbbbti", e->hash, p.id, p.author, e->account,
+                      verdict == NS_JUDGE_FRAUD ? "fraud" : "honest", slashed);
 }
 
 /* The account after e, or a refusal. */
@@ -722,17 +717,23 @@ typedef struct replay {
     int err;
 } replay;
 
-/* A replay judges as the ledger did when it applied each challenge. */
+/* A replay judges each challenge as the ledger did when it applied it. */
+typedef struct recorded {
+    ns_ledger *source, *into;
+} recorded;
+
 static ns_judgement judge_as_recorded(void *arg, const ns_proof *proof,
                                       const uint8_t recomputed[NS_SHA256_BYTES])
 {
     (void)recomputed;
-    ns_ledger *source = arg;
+    recorded *r = arg;
     int64_t fraud = -1;
-    int rc = query_int(source->db,
-                       "SELECT CASE verdict WHEN 'fraud' THEN 1 ELSE 0 END FROM judgements"
-                       " WHERE proof_id = ?1 UNION ALL SELECT -1 LIMIT 1",
-                       &fraud, "b", proof->id);
+    int rc = r->into->judging == NULL
+                 ? NS_EINVAL
+                 : query_int(r->source->db,
+                             "SELECT CASE verdict WHEN 'fraud' THEN 1 ELSE 0 END FROM judgements"
+                             " WHERE entry_hash = ?1 AND proof_id = ?2 UNION ALL SELECT -1 LIMIT 1",
+                             &fraud, "bb", r->into->judging, proof->id);
     if (rc != NS_OK || fraud < 0)
         return NS_JUDGE_UNKNOWN;
     return fraud == 1 ? NS_JUDGE_FRAUD : NS_JUDGE_HONEST;
@@ -770,7 +771,7 @@ static bool replay_fork(replay *r, const uint8_t *buf, size_t len)
 static int compare_accounts(sqlite3 *a, sqlite3 *b, ns_ledger_report *report)
 {
     static const char sql[] = "SELECT node_id, balance_nano, stake_nano, sequence, head_hash,"
-                              " frozen FROM accounts ORDER BY node_id";
+                              " frozen, debt_nano FROM accounts ORDER BY node_id";
     sqlite3_stmt *sa, *sb;
     int err = ns__ledger_prepare(a, sql, &sa);
     if (err != NS_OK)
@@ -791,7 +792,7 @@ static int compare_accounts(sqlite3 *a, sqlite3 *b, ns_ledger_report *report)
             break;
         }
         report->accounts++;
-        for (int c = 0; c < 6; c++) {
+        for (int c = 0; c < 7; c++) {
             int na = sqlite3_column_bytes(sa, c), nb = sqlite3_column_bytes(sb, c);
             const void *va = sqlite3_column_blob(sa, c), *vb = sqlite3_column_blob(sb, c);
             if (sqlite3_column_type(sa, c) != sqlite3_column_type(sb, c) || na != nb ||
@@ -835,7 +836,8 @@ int ns_ledger_check(ns_ledger *ledger, ns_ledger_report *report)
         return err;
     mem->window_ms = ledger->window_ms;
     mem->bond_nano = ledger->bond_nano;
-    ns_ledger_set_judge(mem, judge_as_recorded, ledger);
+    recorded judged = {.source = ledger, .into = mem};
+    ns_ledger_set_judge(mem, judge_as_recorded, &judged);
     replay r = {.into = mem, .report = report};
     err = ns_ledger_each_entry(ledger, 0, replay_one, &r, NULL);
     if (err == NS_OK && report->ok)
@@ -866,7 +868,8 @@ int ns_ledger_check(ns_ledger *ledger, ns_ledger_report *report)
     int64_t held = 0;
     if (err == NS_OK && report->ok)
         err = query_int(ledger->db,
-                        "SELECT (SELECT coalesce(sum(balance_nano + stake_nano), 0) FROM accounts)"
+                        "SELECT (SELECT coalesce(sum(balance_nano + stake_nano - debt_nano), 0)"
+                        " FROM accounts)"
                         " + (SELECT coalesce(sum(amount_nano), 0) FROM sends WHERE received = 0)",
                         &held, "");
     if (err == NS_OK && report->ok) {

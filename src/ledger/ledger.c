@@ -171,6 +171,28 @@ static const char *const migrations[] = {
           "  slashed_nano INTEGER NOT NULL CHECK (slashed_nano >= 0),"
           "  entry_hash BLOB NOT NULL CHECK (length(entry_hash) = 32)"
           ") STRICT, WITHOUT ROWID;",
+    /*
+     * Version 4: challenges whose effects do not depend on the order entries arrive in.
+     *   accounts.debt_nano  what slashes took beyond the account's own chain: kept apart so that
+     *                       the account's own spending rules read its own chain only.
+     *   judgements          one row a challenge (keyed by its entry), not one a proof: several
+     *                       challengers may each prove one fraud; one challenge a challenger.
+     */
+    [4] = "ALTER TABLE accounts ADD COLUMN debt_nano INTEGER NOT NULL DEFAULT 0"
+          "  CHECK (debt_nano >= 0);"
+          "CREATE TABLE judgements_v4 ("
+          "  entry_hash BLOB PRIMARY KEY NOT NULL CHECK (length(entry_hash) = 32),"
+          "  proof_id BLOB NOT NULL CHECK (length(proof_id) = 32),"
+          "  prover BLOB NOT NULL CHECK (length(prover) = 32),"
+          "  challenger BLOB NOT NULL CHECK (length(challenger) = 32),"
+          "  verdict TEXT NOT NULL CHECK (verdict IN ('fraud', 'honest')),"
+          "  slashed_nano INTEGER NOT NULL CHECK (slashed_nano >= 0),"
+          "  UNIQUE (proof_id, challenger)"
+          ") STRICT, WITHOUT ROWID;"
+          "INSERT INTO judgements_v4 SELECT entry_hash, proof_id, prover, challenger, verdict,"
+          "  slashed_nano FROM judgements;"
+          "DROP TABLE judgements;"
+          "ALTER TABLE judgements_v4 RENAME TO judgements;",
 };
 
 static_assert(sizeof migrations / sizeof migrations[0] == NS_LEDGER_SCHEMA_VERSION + 1,
@@ -847,8 +869,10 @@ int ns_ledger_state_hash(ns_ledger *ledger, uint8_t hash[NS_SHA256_BYTES])
     NS_ASSERT(hash != NULL);
     sqlite3 *db = ledger->db;
     sqlite3_stmt *stmt;
-    int err =
-        ns__ledger_prepare(db, "SELECT node_id, head_hash FROM accounts ORDER BY node_id", &stmt);
+    int err = ns__ledger_prepare(db,
+                                 "SELECT node_id, head_hash, balance_nano, stake_nano, debt_nano"
+                                 " FROM accounts ORDER BY node_id",
+                                 &stmt);
     if (err != NS_OK)
         return err;
     crypto_hash_sha256_state state;
@@ -856,12 +880,18 @@ int ns_ledger_state_hash(ns_ledger *ledger, uint8_t hash[NS_SHA256_BYTES])
     NS_ASSERT(rc == 0);
     uint64_t accounts = 0;
     while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-        uint8_t row[NS_NODE_ID_BYTES + NS_SHA256_BYTES];
+        /* id, head, then balance, stake and debt as 8-byte big-endian integers */
+        uint8_t row[NS_NODE_ID_BYTES + NS_SHA256_BYTES + 3 * 8];
         err = ns__ledger_column_blob(stmt, 0, row, NS_NODE_ID_BYTES);
         if (err == NS_OK)
             err = ns__ledger_column_blob(stmt, 1, row + NS_NODE_ID_BYTES, NS_SHA256_BYTES);
         if (err != NS_OK)
             break;
+        for (int c = 0; c < 3; c++) {
+            uint64_t v = (uint64_t)sqlite3_column_int64(stmt, 2 + c);
+            for (int b = 0; b < 8; b++)
+                row[NS_NODE_ID_BYTES + NS_SHA256_BYTES + 8 * c + b] = (uint8_t)(v >> (56 - 8 * b));
+        }
         rc = crypto_hash_sha256_update(&state, row, sizeof row);
         NS_ASSERT(rc == 0);
         accounts++;

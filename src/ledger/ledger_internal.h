@@ -15,6 +15,7 @@ struct ns_ledger {
     int64_t bond_nano;  /* what a challenge bonds (NS_LEDGER_CHALLENGE_BOND) */
     ns_ledger_judge_fn judge;
     void *judge_arg;
+    const uint8_t *judging; /* the hash of the challenge being judged, while the judge runs */
 };
 
 int ns__ledger_error(sqlite3 *db, int rc);

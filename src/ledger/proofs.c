@@ -269,7 +269,7 @@ int ns_ledger_judgements(ns_ledger *ledger, ns_ledger_judgement_fn fn, void *arg
     sqlite3_stmt *stmt;
     int err = ns__ledger_prepare(db,
                                  "SELECT proof_id, prover, challenger, verdict = 'fraud',"
-                                 " slashed_nano FROM judgements ORDER BY proof_id",
+                                 " slashed_nano FROM judgements ORDER BY proof_id, challenger",
                                  &stmt);
     if (err != NS_OK)
         return err;

@@ -846,13 +846,14 @@ static void answer_wallet(node *n, ns_api_request *req)
         ns_api_error(req, 500, "ledger query failed");
         return;
     }
-    char bal[NS_NEURO_FORMAT_SIZE], stake[NS_NEURO_FORMAT_SIZE];
+    char bal[NS_NEURO_FORMAT_SIZE], stake[NS_NEURO_FORMAT_SIZE], debt[NS_NEURO_FORMAT_SIZE];
     ns_neuro_format(bal, sizeof bal, a.balance);
     ns_neuro_format(stake, sizeof stake, a.stake);
+    ns_neuro_format(debt, sizeof debt, a.debt);
     ns_api_reply_json(req, 200,
-                      json_pack("{s:s, s:s, s:s, s:I, s:b, s:o}", "node_id", id_hex, "balance", bal,
-                                "stake", stake, "sequence", (json_int_t)a.sequence, "frozen",
-                                a.frozen, "history", c.list));
+                      json_pack("{s:s, s:s, s:s, s:s, s:I, s:b, s:o}", "node_id", id_hex, "balance",
+                                bal, "stake", stake, "debt", debt, "sequence",
+                                (json_int_t)a.sequence, "frozen", a.frozen, "history", c.list));
 }
 
 /* An amount field: a decimal string ("1.5") or a whole number of NEURO. */

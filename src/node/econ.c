@@ -408,21 +408,35 @@ static void on_frame(void *arg, const uint8_t peer_id[NS_NODE_ID_BYTES], const n
 
 /* ---- this node's proofs and claims ---------------------------------------------------------- */
 
-/* NEUROSHARD_TEST_CHEAT: what a lying node does, so that tests can show it is caught. "batches":
- * claims ten times the batches it trained; "delta": claims weights it never computed. */
+/* NEUROSHARD_TEST_CHEAT, a comma-separated list: what a lying node does, so that tests can show
+ * it is caught. "batches": claims ten times the batches it trained; "delta": claims weights it
+ * never computed; "silent": never serves its checkpoints to verifiers. */
+static bool cheats(const char *list, const char *how)
+{
+    size_t n = strlen(how);
+    for (const char *c = list; c != NULL && *c != '\0'; c += strcspn(c, ","), c += *c == ',') {
+        if (strncmp(c, how, n) == 0 && (c[n] == ',' || c[n] == '\0'))
+            return true;
+    }
+    return false;
+}
+
 static void cheat(const ns_econ *e, ns_proof *p)
 {
-    if (e->cfg.cheat == NULL || e->cfg.cheat[0] == '\0')
-        return;
-    if (strcmp(e->cfg.cheat, "batches") == 0) {
+    bool lies = false;
+    if (cheats(e->cfg.cheat, "batches")) {
         p->batches *= 10;
         p->training.batch_count *= 10;
         if (p->tokens < p->batches)
             p->tokens = p->batches;
-    } else if (strcmp(e->cfg.cheat, "delta") == 0) {
-        randombytes_buf(p->training.model_hash_after, NS_SHA256_BYTES);
+        lies = true;
     }
-    NS_LOG_W("ponw", "NEUROSHARD_TEST_CHEAT=%s: this proof lies", e->cfg.cheat);
+    if (cheats(e->cfg.cheat, "delta")) {
+        randombytes_buf(p->training.model_hash_after, NS_SHA256_BYTES);
+        lies = true;
+    }
+    if (lies)
+        NS_LOG_W("ponw", "NEUROSHARD_TEST_CHEAT=%s: this proof lies", e->cfg.cheat);
 }
 
 static void make_proof(ns_econ *e, uint64_t now)
@@ -640,6 +654,7 @@ int ns_econ_start(ns_econ **out, const ns_econ_config *cfg)
     vc.done = verdict_done;
     vc.arg = e;
     vc.window_ms = cfg->window_ms;
+    vc.silent = cheats(cfg->cheat, "silent");
     memcpy(vc.self, cfg->key->node_id, NS_NODE_ID_BYTES);
     rc = ns_verifier_new(&e->verifier, cfg->uvenv->loop, &vc);
     if (rc != NS_OK) {
@@ -710,15 +725,16 @@ json_t *ns_econ_ponw_json(ns_econ *e, uint32_t limit)
         json_object_set_new(
             verdicts, ns_ponw_verdict_name((ns_ponw_verdict)v),
             json_integer((json_int_t)ns_ponw_verdict_count(e->validator, (ns_ponw_verdict)v)));
-    uint64_t checked, fraud, failed;
-    ns_verifier_counts(e->verifier, &checked, &fraud, &failed);
+    uint64_t checked, fraud, failed, unanswered;
+    ns_verifier_counts(e->verifier, &checked, &fraud, &failed, &unanswered);
     return json_pack(
-        "{s:o, s:o, s:I, s:I, s:I, s:I, s:{s:b, s:I, s:I, s:I, s:I}}", "proofs", c.list, "verdicts",
-        verdicts, "proofs_made", (json_int_t)e->proofs_made, "claims_made",
+        "{s:o, s:o, s:I, s:I, s:I, s:I, s:{s:b, s:I, s:I, s:I, s:I, s:I}}", "proofs", c.list,
+        "verdicts", verdicts, "proofs_made", (json_int_t)e->proofs_made, "claims_made",
         (json_int_t)e->claims_made, "claims_refused", (json_int_t)e->claims_refused, "interval_ms",
         (json_int_t)e->cfg.proof_interval_ms, "verifier", "on", e->cfg.verifier, "recomputed",
         (json_int_t)checked, "fraud_found", (json_int_t)(fraud + e->frauds_seen), "unjudged",
-        (json_int_t)failed, "challenges_made", (json_int_t)e->challenges_made);
+        (json_int_t)failed, "unanswered", (json_int_t)unanswered, "challenges_made",
+        (json_int_t)e->challenges_made);
 }
 
 int ns_econ_metrics(ns_econ *e, char **text)

@@ -274,6 +274,7 @@ typedef struct ns_verifier_config {
     char data_dir[PATH_MAX];
     uint8_t self[NS_NODE_ID_BYTES];
     uint64_t window_ms; /* a spot check later than a proof's window is pointless */
+    bool silent;        /* NEUROSHARD_TEST_CHEAT=silent: never serve a checkpoint (tests only) */
     ns_verdict_fn done;
     void *arg;
 } ns_verifier_config;
@@ -291,7 +292,9 @@ ns_judgement ns_verifier_verdict(const ns_verifier *v, const uint8_t id[NS_SHA25
 void ns_verifier_on_frame(ns_verifier *v, const uint8_t peer[NS_NODE_ID_BYTES], const ns_frame *f);
 /* Asks again or gives up on a job that stalled: call every few seconds. */
 void ns_verifier_tick(ns_verifier *v);
-void ns_verifier_counts(const ns_verifier *v, uint64_t *checked, uint64_t *fraud, uint64_t *failed);
+/* Proofs judged, found fraudulent (unanswered ones among them), and left unjudged. */
+void ns_verifier_counts(const ns_verifier *v, uint64_t *checked, uint64_t *fraud, uint64_t *failed,
+                        uint64_t *unanswered);
 
 /* ---- proofs of neural work and the ledger's gossip (econ.c) -------------------------------- */
 

@@ -10,7 +10,13 @@
  * thread count. Weights that do not hash to the proof's "after" (or a checkpoint that does not
  * hash to its "before") make the proof fraudulent; equal ones make it honest. Verdicts are kept
  * (by proof id) for the ledger's judge. Provers serve their checkpoints to anyone who asks.
- * One job at a time; a job that makes no progress for VERIFY_STALL_MS is dropped.
+ * One job at a time.
+ *
+ * A prover must answer (S9): one that says it no longer has the checkpoint, or sends nothing for
+ * answer_ms (half the challenge window, at most a minute) while this node asks, loses as if it
+ * cheated: the verdict is fraud, and a spot check becomes a challenge. Each node decides this
+ * by what it was sent, so it relies on provers being reachable within that time; docs/ledger.md
+ * says what a partition does to it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,7 +32,7 @@
 
 #define VERIFY_PART_BYTES (1u << 20)
 #define VERIFY_JOBS_MAX   16
-#define VERIFY_STALL_MS   30000
+#define VERIFY_ANSWER_MS  60000
 #define VERIFY_VERDICTS   1024
 #define VERIFY_FILES      4
 
@@ -68,7 +74,8 @@ struct ns_verifier {
     bool worker_running;
     pthread_mutex_t mu; /* the worker's result flag */
     bool worker_done;
-    uint64_t checked, fraud_found, failed;
+    uint64_t checked, fraud_found, failed, unanswered;
+    uint64_t answer_ms;
 };
 
 static uint64_t now_ms(const ns_verifier *v)
@@ -310,7 +317,7 @@ void ns_verifier_check(ns_verifier *v, const ns_proof *p, bool spot_check)
 /* A prover serves parts of its checkpoints to whoever asks. */
 static void serve(ns_verifier *v, const uint8_t *peer, const ns_frame *f)
 {
-    if (f->body_len != 17 || f->body[8] >= VERIFY_FILES)
+    if (f->body_len != 17 || f->body[8] >= VERIFY_FILES || v->cfg.silent)
         return;
     uint64_t step = get_u64be(f->body), offset = get_u64be(f->body + 9);
     char path[PATH_MAX + 96];
@@ -347,6 +354,20 @@ static void serve(ns_verifier *v, const uint8_t *peer, const ns_frame *f)
     free(data);
 }
 
+/* The prover of the job in progress did not answer in time (S9): it loses as if it cheated. */
+static void unanswered(ns_verifier *v, const char *how)
+{
+    verify_job *j = v->jobs[0];
+    char id[17], author[17];
+    ns_hex_encode(id, sizeof id, j->proof.id, 8);
+    ns_hex_encode(author, sizeof author, j->proof.author, 8);
+    NS_LOG_W("verify", "proof %s of %s…: the prover %s: judged as fraud (unanswered)", id, author,
+             how);
+    v->unanswered++;
+    static const uint8_t none[NS_SHA256_BYTES];
+    finish_job(v, NS_JUDGE_FRAUD, none);
+}
+
 static void take_part(ns_verifier *v, const uint8_t *peer, const ns_frame *f)
 {
     if (v->job_count == 0 || f->body_len != 25)
@@ -360,9 +381,7 @@ static void take_part(ns_verifier *v, const uint8_t *peer, const ns_frame *f)
     size_t n = f->tensor.dtype == NS_DTYPE_U8 ? f->tensor.bytes : 0;
     if (total == 0 || (n == 0 && j->offset < total) || j->offset + n > total ||
         total > (uint64_t)8 << 30) {
-        NS_LOG_W("verify", "the prover cannot serve the checkpoint of step %llu",
-                 (unsigned long long)j->proof.training.batch_first);
-        finish_job(v, NS_JUDGE_UNKNOWN, j->proof.training.model_hash_after);
+        unanswered(v, "says it no longer has the checkpoint it must keep");
         return;
     }
     if (n > 0 && pwrite(j->fd, f->tensor.data, n, (off_t)j->offset) != (ssize_t)n) {
@@ -408,19 +427,20 @@ void ns_verifier_tick(ns_verifier *v)
     if (v->job_count == 0)
         return;
     verify_job *j = v->jobs[0];
-    if (j->state == JOB_FETCHING && now_ms(v) - j->last_progress_ms > VERIFY_STALL_MS) {
-        NS_LOG_W("verify", "the prover did not answer; proof left unjudged");
-        finish_job(v, NS_JUDGE_UNKNOWN, j->proof.training.model_hash_after);
+    if (j->state == JOB_FETCHING && now_ms(v) - j->last_progress_ms > v->answer_ms) {
+        unanswered(v, "sent nothing while asked for its checkpoint");
     } else if (j->state == JOB_FETCHING) {
         request_part(v, j); /* the link may have come up since */
     }
 }
 
-void ns_verifier_counts(const ns_verifier *v, uint64_t *checked, uint64_t *fraud, uint64_t *failed)
+void ns_verifier_counts(const ns_verifier *v, uint64_t *checked, uint64_t *fraud, uint64_t *failed,
+                        uint64_t *unanswered)
 {
     *checked = v->checked;
     *fraud = v->fraud_found;
     *failed = v->failed;
+    *unanswered = v->unanswered;
 }
 
 /* ---- life --------------------------------------------------------------------------------- */
@@ -431,6 +451,7 @@ int ns_verifier_new(ns_verifier **out, uv_loop_t *loop, const ns_verifier_config
     if (v == NULL)
         return NS_ENOMEM;
     v->cfg = *cfg;
+    v->answer_ms = cfg->window_ms / 2 < VERIFY_ANSWER_MS ? cfg->window_ms / 2 : VERIFY_ANSWER_MS;
     if (uv_async_init(loop, &v->done_async, on_worker_done) != 0) {
         free(v);
         return NS_EIO;

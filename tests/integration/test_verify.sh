@@ -2,12 +2,13 @@
 # test_verify.sh: a verifier recomputes training proofs and the cheaters are slashed.
 #
 # Four real daemons on loopback train a tiny NeuroLLM on one folder of text in the reproducible
-# mode (V only verifies). C claims ten times the batches it trained, D claims weights it never
-# computed (NEUROSHARD_TEST_CHEAT), H is honest. V compares each training proof with its author's
+# mode (V only verifies). C claims ten times the batches it trained and never answers a verifier,
+# D claims weights it never computed (NEUROSHARD_TEST_CHEAT), H is honest. V compares each training proof with its author's
 # previous one: steps or weights that do not follow on are fraud shown by the two signed proofs,
 # which every node checks alike, so the cheaters are slashed everywhere and V is paid. V also
 # recomputes a sample of proofs from the prover's checkpoint, with one thread where the provers
-# use two, and finds the honest node's work bit for bit; H never loses anything. Short proof
+# use two, and finds the honest node's work bit for bit; H never loses anything. A prover that
+# does not serve its checkpoint (C) loses as if it cheated (S9). Short proof
 # intervals, window and bond make it quick (rules of this test swarm).
 
 . "$(dirname "$0")/lib.sh"
@@ -33,7 +34,7 @@ SEED=$(curl -s "http://$API_v/api/stats" | json_field listen)
 # shellcheck disable=SC2086
 start_node "$TMP_ROOT/h" $COMMON --train on --threads 2 --bootstrap "$SEED" || exit 1
 PID_h=$NODE_PID API_h=$API
-export NEUROSHARD_TEST_CHEAT=batches
+export NEUROSHARD_TEST_CHEAT=batches,silent
 # shellcheck disable=SC2086
 start_node "$TMP_ROOT/c" $COMMON --train on --bootstrap "$SEED" || exit 1
 PID_c=$NODE_PID API_c=$API
@@ -88,6 +89,12 @@ p=$(curl -s "http://$API_v/api/ponw")
 honest_recomputed() { grep -q "of $(echo "$ID_h" | cut -c1-16)… recomputed ([0-9]* steps): honest" "$TMP_ROOT/v.log"; }
 check "the verifier recomputes the honest node's proofs with one thread, the same bits" wait_for 240 honest_recomputed
 check "/api/ponw counts the challenges" contains "$p" '"challenges_made":'
+c_unanswered() { grep -q "of $(echo "$ID_c" | cut -c1-16)…: the prover sent nothing while asked for its checkpoint: judged as fraud (unanswered)" "$TMP_ROOT/v.log"; }
+check "a prover that never answers a spot check is judged as if it cheated" wait_for 240 c_unanswered
+p=$(curl -s "http://$API_v/api/ponw")
+check "  ... and /api/ponw counts it" not_contains "$p" '"unanswered":0'
+d_debt() { [ "$(nano_of "$(curl -s "http://$API_h/api/wallet?limit=1&account=$ID_d" | json_field debt)")" -gt 0 ]; }
+check "a slashed cheater owes the slash as debt on the honest node" d_debt
 r=$(curl -s "http://$API_h/api/intelligence?limit=3")
 check "the Intelligence Ledger has a row for each paid training round" contains "$r" '"contributors":1,"batch_size":'
 r=$(curl -s "http://$API_v/api/wallet?limit=100")

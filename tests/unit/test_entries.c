@@ -25,7 +25,7 @@ typedef struct fixture {
     char dir[512];
     char path[600];
     ns_ledger *ledger;
-    ns_key a, b;
+    ns_key a, b, c;
     uint64_t now;
 } fixture;
 
@@ -44,6 +44,7 @@ static int setup(void **state)
     assert_int_equal(ns_ledger_open_at(f->path, T0_MS, &f->ledger), NS_OK);
     key_of(&f->a, 0x31);
     key_of(&f->b, 0x32);
+    key_of(&f->c, 0x33);
     f->now = T0_MS;
     *state = f;
     return 0;
@@ -486,19 +487,25 @@ static ns_judgement test_judge(void *arg, const ns_proof *proof, const uint8_t r
                                    : NS_JUDGE_UNKNOWN;
 }
 
-/* b challenges a's proof of the minute ending at end_ms with the given evidence byte. */
-static int challenge(fixture *f, uint64_t end_ms, uint8_t evidence, int64_t bond, char *why)
+/* by challenges a's proof of the minute ending at end_ms with the given evidence byte. */
+static int challenge_by(fixture *f, const ns_key *by, uint64_t end_ms, uint8_t evidence,
+                        int64_t bond, char *why, uint8_t *hash)
 {
     size_t len;
     ns_proof p;
     uint8_t *env = proof_env(&f->a, end_ms, 2000, &len, &p);
     ns_entry e = {.kind = NS_ENTRY_CHALLENGE, .amount = {bond}, .proof = env, .proof_len = len};
     memset(e.reference, evidence, NS_SHA256_BYTES);
-    int rc = append(f, &f->b, e, why, NULL);
+    int rc = append(f, by, e, why, hash);
     free(env);
     if (rc != NS_OK)
         printf("  challenge: %s\n", why);
     return rc;
+}
+
+static int challenge(fixture *f, uint64_t end_ms, uint8_t evidence, int64_t bond, char *why)
+{
+    return challenge_by(f, &f->b, end_ms, evidence, bond, why, NULL);
 }
 
 static ns_account account_of(fixture *f, const ns_key *key)
@@ -508,12 +515,17 @@ static ns_account account_of(fixture *f, const ns_key *key)
     return a;
 }
 
-static void stake_b(fixture *f)
+static void stake_bond(fixture *f, const ns_key *key)
 {
-    earn(f, &f->b, 3); /* 12 NEURO */
+    earn(f, key, 3); /* 12 NEURO */
     char why[NS_LEDGER_WHY_SIZE];
     ns_entry st = {.kind = NS_ENTRY_STAKE, .amount = {NS_LEDGER_CHALLENGE_BOND}};
-    assert_int_equal(append(f, &f->b, st, why, NULL), NS_OK);
+    assert_int_equal(append(f, key, st, why, NULL), NS_OK);
+}
+
+static void stake_b(fixture *f)
+{
+    stake_bond(f, &f->b);
 }
 
 static void test_a_confirmed_challenge_slashes_the_prover_and_pays_the_challenger(void **state)
@@ -531,7 +543,9 @@ static void test_a_confirmed_challenge_slashes_the_prover_and_pays_the_challenge
     assert_int_equal(challenge(f, end, 0xff, NS_LEDGER_CHALLENGE_BOND, why), NS_OK);
     int64_t reward = 4 * NANO + 100000, slash = 2 * reward;
     ns_account a1 = account_of(f, &f->a), b1 = account_of(f, &f->b);
-    assert_int_equal(a1.balance.nano, a0.balance.nano - slash);
+    /* the slash is a debt: a's own chain (balance, stake) is untouched */
+    assert_int_equal(a1.balance.nano, a0.balance.nano);
+    assert_int_equal(a1.debt.nano, a0.debt.nano + slash);
     assert_int_equal(b1.balance.nano, b0.balance.nano + slash / 2);
     assert_int_equal(b1.stake.nano, NS_LEDGER_CHALLENGE_BOND); /* the bond is kept */
     ns_neuro minted1, burned1;
@@ -539,12 +553,27 @@ static void test_a_confirmed_challenge_slashes_the_prover_and_pays_the_challenge
     assert_int_equal(burned1.nano - burned0.nano, slash / 2);
     assert_int_equal(minted1.nano, minted0.nano);
     assert_int_equal(challenge(f, end, 0xff, NS_LEDGER_CHALLENGE_BOND, why), NS_EINVAL);
-    assert_non_null(strstr(why, "judged already"));
-    /* a proof judged fraudulent can never be claimed */
+    assert_non_null(strstr(why, "challenged this proof already"));
+    /* a second challenger that proves the same fraud is paid too, and a owes for both */
+    stake_bond(f, &f->c);
+    ns_account c0 = account_of(f, &f->c);
+    assert_int_equal(challenge_by(f, &f->c, end, 0xff, NS_LEDGER_CHALLENGE_BOND, why, NULL), NS_OK);
+    assert_int_equal(account_of(f, &f->c).balance.nano, c0.balance.nano + slash / 2);
+    assert_int_equal(account_of(f, &f->a).debt.nano, a0.debt.nano + 2 * slash);
+    /* the fraudulent proof may still be claimed after its window: the slashes take back more */
     f->now = end + 11 * MIN;
-    assert_int_equal(claim(f, &f->a, end, 2000, why, NULL), NS_EINVAL);
-    assert_non_null(strstr(why, "judged fraudulent"));
+    ns_neuro paid;
+    assert_int_equal(claim(f, &f->a, end, 2000, why, &paid), NS_OK);
+    ns_account a2 = account_of(f, &f->a);
+    assert_true(a2.balance.nano + a2.stake.nano - a2.debt.nano <
+                a0.balance.nano + a0.stake.nano - a0.debt.nano - slash);
     assert_checks_out(f);
+}
+
+/* The hash of the newest entry of key's account. */
+static void collected_hash_of_newest(fixture *f, const ns_key *key, uint8_t hash[NS_SHA256_BYTES])
+{
+    memcpy(hash, account_of(f, key).head_hash, NS_SHA256_BYTES);
 }
 
 static void test_a_false_challenge_costs_the_challenger_its_bond(void **state)
@@ -558,7 +587,18 @@ static void test_a_false_challenge_costs_the_challenger_its_bond(void **state)
     assert_int_equal(challenge(f, f->now - MIN / 2, 0x00, NS_LEDGER_CHALLENGE_BOND, why), NS_OK);
     ns_account a1 = account_of(f, &f->a), b1 = account_of(f, &f->b);
     assert_int_equal(b1.stake.nano, 0);
-    assert_int_equal(a1.balance.nano, a0.balance.nano + NS_LEDGER_CHALLENGE_BOND / 2);
+    assert_int_equal(b1.debt.nano, 0);
+    /* half the bond is sent to the prover, who takes it in like any send */
+    assert_int_equal(a1.balance.nano, a0.balance.nano);
+    uint8_t hash[NS_SHA256_BYTES];
+    collected_hash_of_newest(f, &f->b, hash);
+    ns_entry recv = {.kind = NS_ENTRY_RECEIVE, .amount = {NS_LEDGER_CHALLENGE_BOND / 2 + 1}};
+    memcpy(recv.reference, hash, NS_SHA256_BYTES);
+    assert_int_equal(append(f, &f->a, recv, why, NULL), NS_EINVAL); /* not what it delivers */
+    recv.amount.nano = NS_LEDGER_CHALLENGE_BOND / 2;
+    assert_int_equal(append(f, &f->a, recv, why, NULL), NS_OK);
+    assert_int_equal(account_of(f, &f->a).balance.nano,
+                     a0.balance.nano + NS_LEDGER_CHALLENGE_BOND / 2);
     assert_checks_out(f);
 }
 
@@ -615,7 +655,7 @@ static void test_a_challenge_by_continuity_needs_no_recompute(void **state)
     e.evidence_len = lc;
     assert_int_equal(append(f, &f->b, e, why, NULL), NS_OK); /* no judge was set */
     ns_account a1 = account_of(f, &f->a);
-    assert_true(a1.balance.nano < a0.balance.nano);
+    assert_true(a1.debt.nano > a0.debt.nano);
     free(a);
     free(ok);
     free(bad);
@@ -664,6 +704,108 @@ static void test_challenges_that_break_a_rule_or_wait_change_nothing(void **stat
     assert_checks_out(f);
 }
 
+/* Every entry of the ledger, applied to a fresh ledger in an order drawn from seed: sweeps over
+ * them until each applied, entries that depend on one not yet here (NS_ENOENT) wait a sweep. */
+static ns_ledger *apply_shuffled(fixture *f, const collected *c, uint64_t seed)
+{
+    ns_ledger *other;
+    assert_int_equal(ns_ledger_open_memory(&other), NS_OK);
+    ns_ledger_set_judge(other, test_judge, NULL);
+    size_t order[64];
+    for (size_t i = 0; i < c->n; i++)
+        order[i] = i;
+    for (size_t i = c->n; i > 1; i--) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        size_t j = (size_t)(seed >> 33) % i, t = order[i - 1];
+        order[i - 1] = order[j];
+        order[j] = t;
+    }
+    bool done[64] = {0};
+    size_t applied = 0;
+    while (applied < c->n) {
+        size_t before = applied;
+        for (size_t i = 0; i < c->n; i++) {
+            if (done[order[i]])
+                continue;
+            char why[NS_LEDGER_WHY_SIZE];
+            int rc = ns_ledger_apply(other, c->buf[order[i]], c->len[order[i]], f->now, why);
+            if (rc == NS_ENOENT)
+                continue;
+            if (rc != NS_OK)
+                fail_msg("entry %zu refused in order %llu: %s", order[i], (unsigned long long)seed,
+                         why);
+            done[order[i]] = true;
+            applied++;
+        }
+        assert_true(applied > before);
+    }
+    return other;
+}
+
+/* Challenges (two of one fraud, one false), the fraudulent proof's claim, and the prover's own
+ * sends, applied in any order, give the same balances, stakes, debts and totals: no rule reads
+ * another account's state, so the order entries arrive in cannot matter. */
+static void test_challenges_give_the_same_state_in_any_order(void **state)
+{
+    fixture *f = *state;
+    ns_ledger_set_judge(f->ledger, test_judge, NULL);
+    char why[NS_LEDGER_WHY_SIZE];
+    earn(f, &f->a, 3);
+    stake_bond(f, &f->b);
+    stake_bond(f, &f->c);
+    uint64_t end = f->now - MIN / 2;
+    assert_int_equal(challenge_by(f, &f->b, end, 0xff, NS_LEDGER_CHALLENGE_BOND, why, NULL), NS_OK);
+    assert_int_equal(challenge_by(f, &f->c, end, 0xff, NS_LEDGER_CHALLENGE_BOND, why, NULL), NS_OK);
+    uint8_t false_hash[NS_SHA256_BYTES];
+    assert_int_equal(
+        challenge_by(f, &f->b, end - 1000, 0x00, NS_LEDGER_CHALLENGE_BOND, why, false_hash), NS_OK);
+    ns_entry send = {.kind = NS_ENTRY_SEND, .amount = {5 * NANO}};
+    memcpy(send.counterparty, f->c.node_id, NS_NODE_ID_BYTES);
+    uint8_t send_hash[NS_SHA256_BYTES];
+    assert_int_equal(append(f, &f->a, send, why, send_hash), NS_OK);
+    f->now = end + 11 * MIN;
+    assert_int_equal(claim(f, &f->a, end, 2000, why, NULL), NS_OK);
+    ns_entry recv = {.kind = NS_ENTRY_RECEIVE, .amount = {NS_LEDGER_CHALLENGE_BOND / 2}};
+    memcpy(recv.reference, false_hash, NS_SHA256_BYTES);
+    assert_int_equal(append(f, &f->a, recv, why, NULL), NS_OK);
+    recv.amount.nano = 5 * NANO - 5 * NANO / 20;
+    memcpy(recv.reference, send_hash, NS_SHA256_BYTES);
+    assert_int_equal(append(f, &f->c, recv, why, NULL), NS_OK);
+    assert_checks_out(f);
+
+    collected c = {0};
+    assert_int_equal(ns_ledger_each_entry(f->ledger, 0, collect, &c, NULL), NS_OK);
+    const ns_key *keys[] = {&f->a, &f->b, &f->c};
+    ns_neuro minted, burned;
+    assert_int_equal(ns_ledger_totals(f->ledger, &minted, &burned), NS_OK);
+    uint8_t want[NS_SHA256_BYTES];
+    assert_int_equal(ns_ledger_state_hash(f->ledger, want), NS_OK);
+    for (uint64_t seed = 1; seed <= 24; seed++) {
+        ns_ledger *other = apply_shuffled(f, &c, seed);
+        for (size_t k = 0; k < 3; k++) {
+            ns_account x = account_of(f, keys[k]), y;
+            assert_int_equal(ns_ledger_account(other, keys[k]->node_id, &y), NS_OK);
+            assert_int_equal(x.balance.nano, y.balance.nano);
+            assert_int_equal(x.stake.nano, y.stake.nano);
+            assert_int_equal(x.debt.nano, y.debt.nano);
+            assert_int_equal(x.sequence, y.sequence);
+        }
+        ns_neuro m2, b2;
+        assert_int_equal(ns_ledger_totals(other, &m2, &b2), NS_OK);
+        assert_int_equal(m2.nano, minted.nano);
+        assert_int_equal(b2.nano, burned.nano);
+        uint8_t got[NS_SHA256_BYTES];
+        assert_int_equal(ns_ledger_state_hash(other, got), NS_OK);
+        assert_memory_equal(got, want, sizeof got);
+        ns_ledger_report rep;
+        assert_int_equal(ns_ledger_check(other, &rep), NS_OK);
+        assert_true(rep.ok);
+        ns_ledger_close(other);
+    }
+    for (size_t i = 0; i < c.n; i++)
+        free(c.buf[i]);
+}
+
 #define ENTRY_TEST(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -682,6 +824,7 @@ int main(void)
         ENTRY_TEST(test_a_false_challenge_costs_the_challenger_its_bond),
         ENTRY_TEST(test_challenges_that_break_a_rule_or_wait_change_nothing),
         ENTRY_TEST(test_a_challenge_by_continuity_needs_no_recompute),
+        ENTRY_TEST(test_challenges_give_the_same_state_in_any_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -230,7 +230,7 @@ static void test_ledger_file_carries_application_id_and_schema_version(void **st
     assert_int_equal(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     assert_int_equal(raw_query_int64(db, "PRAGMA application_id"), NS_LEDGER_APPLICATION_ID);
     assert_int_equal(raw_query_int64(db, "PRAGMA user_version"), NS_LEDGER_SCHEMA_VERSION);
-    assert_int_equal(NS_LEDGER_SCHEMA_VERSION, 3);
+    assert_int_equal(NS_LEDGER_SCHEMA_VERSION, 4);
     assert_int_equal(sqlite3_close(db), SQLITE_OK);
 }
 
@@ -247,6 +247,7 @@ static void test_ledger_migrates_a_version_1_file(void **state)
                                   "DROP TABLE sends; DROP TABLE claims; DROP TABLE forks;"
                                   "DROP TABLE burns; DROP TABLE judgements;"
                                   "ALTER TABLE accounts DROP COLUMN frozen;"
+                                  "ALTER TABLE accounts DROP COLUMN debt_nano;"
                                   "PRAGMA user_version = 1;",
                                   NULL, NULL, NULL),
                      SQLITE_OK);
@@ -261,7 +262,42 @@ static void test_ledger_migrates_a_version_1_file(void **state)
                      5);
     assert_int_equal(raw_query_int64(db, "SELECT count(*) FROM entries WHERE kind = 'claim'"), 1);
     assert_int_equal(raw_query_int64(db, "SELECT count(*) FROM pragma_table_info('accounts') "
-                                         "WHERE name = 'frozen'"),
+                                         "WHERE name IN ('frozen', 'debt_nano')"),
+                     2);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
+/* A file of schema 3 keeps its judgements (one a proof then) as one a challenge. */
+static void test_ledger_migrates_version_3_judgements(void **state)
+{
+    fixture *f = *state;
+    create_ledger(f->path, T0_MS);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "DROP TABLE judgements;"
+                                  "ALTER TABLE accounts DROP COLUMN debt_nano;"
+                                  "CREATE TABLE judgements ("
+                                  "  proof_id BLOB PRIMARY KEY NOT NULL,"
+                                  "  prover BLOB NOT NULL, challenger BLOB NOT NULL,"
+                                  "  verdict TEXT NOT NULL, slashed_nano INTEGER NOT NULL,"
+                                  "  entry_hash BLOB NOT NULL) STRICT, WITHOUT ROWID;"
+                                  "INSERT INTO judgements VALUES (zeroblob(32), zeroblob(32),"
+                                  "  zeroblob(32), 'fraud', 7, randomblob(32));"
+                                  "PRAGMA user_version = 3;",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    ns_ledger *ledger = NULL;
+    assert_int_equal(ns_ledger_open_at(f->path, T0_MS, &ledger), NS_OK);
+    ns_ledger_close(ledger);
+    assert_int_equal(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(raw_query_int64(db, "PRAGMA user_version"), NS_LEDGER_SCHEMA_VERSION);
+    assert_int_equal(raw_query_int64(db, "SELECT slashed_nano FROM judgements WHERE verdict ="
+                                         " 'fraud' AND length(entry_hash) = 32"),
+                     7);
+    assert_int_equal(raw_query_int64(db, "SELECT count(*) FROM pragma_table_info('accounts') "
+                                         "WHERE name = 'debt_nano'"),
                      1);
     assert_int_equal(sqlite3_close(db), SQLITE_OK);
 }
@@ -344,10 +380,10 @@ static void test_ledger_state_hash_covers_account_heads_in_node_id_order(void **
     fixture *f = *state;
     ns_ledger *ledger = NULL;
     assert_int_equal(ns_ledger_open_at(f->path, T0_MS, &ledger), NS_OK);
-    insert_account(ledger->db, 0x02, 0, 0);
+    insert_account(ledger->db, 0x02, 5, 7);
     insert_account(ledger->db, 0x01, 0, 0);
-    /* SHA-256(id1 || head1 || id2 || head2), built from the rows as stored. */
-    uint8_t concat[4 * 32];
+    /* SHA-256 over (id, head, balance, stake, debt as 8-byte big-endian) of each row in id order */
+    uint8_t concat[2 * 88] = {0};
     sqlite3_stmt *stmt;
     assert_int_equal(ns__ledger_prepare(ledger->db,
                                         "SELECT node_id, head_hash FROM accounts ORDER BY node_id",
@@ -357,11 +393,13 @@ static void test_ledger_state_hash_covers_account_heads_in_node_id_order(void **
         assert_int_equal(sqlite3_step(stmt), SQLITE_ROW);
         assert_int_equal(sqlite3_column_bytes(stmt, 0), 32);
         assert_int_equal(sqlite3_column_bytes(stmt, 1), 32);
-        memcpy(concat + 64 * row, sqlite3_column_blob(stmt, 0), 32);
-        memcpy(concat + 64 * row + 32, sqlite3_column_blob(stmt, 1), 32);
+        memcpy(concat + 88 * row, sqlite3_column_blob(stmt, 0), 32);
+        memcpy(concat + 88 * row + 32, sqlite3_column_blob(stmt, 1), 32);
     }
     assert_int_equal(sqlite3_finalize(stmt), SQLITE_OK);
     assert_int_equal(concat[31], 0x01);
+    concat[88 + 64 + 7] = 5; /* the second account's balance */
+    concat[88 + 72 + 7] = 7; /* and stake */
     uint8_t want[NS_SHA256_BYTES];
     ns_sha256(want, concat, sizeof concat);
     uint8_t got[NS_SHA256_BYTES];
@@ -663,6 +701,7 @@ int main(void)
         LEDGER_TEST(test_ledger_uses_wal_synchronous_full_and_foreign_keys),
         LEDGER_TEST(test_ledger_file_carries_application_id_and_schema_version),
         LEDGER_TEST(test_ledger_migrates_a_version_1_file),
+        LEDGER_TEST(test_ledger_migrates_version_3_judgements),
         LEDGER_TEST(test_ledger_treats_an_empty_file_as_new),
         LEDGER_TEST(test_ledger_refuses_genesis_time_beyond_sqlite_integers),
         LEDGER_TEST(test_ledger_state_hash_of_empty_ledger_is_hash_of_genesis),
