@@ -58,7 +58,7 @@ GEN_C     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS)) $(BUILD)/
 GEN_H     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.h,$(PROTOS))
 LIB_SRC   := $(wildcard src/base/*.c src/crypto/*.c src/wire/*.c src/link/*.c src/dht/*.c \
              src/ledger/*.c src/swarm/*.c src/data/*.c src/ckpt/*.c src/exec/*.c \
-             src/ponw/*.c)
+             src/ponw/*.c src/quorum/*.c src/pipeline/*.c)
 NODE_SRC  := $(filter-out src/node/main.c,$(wildcard src/node/*.c))
 CLI_SRC   := $(wildcard src/cli/*.c)
 NETSIM_SRC := $(wildcard netsim/*.c)

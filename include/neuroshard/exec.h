@@ -349,6 +349,9 @@ double ns_optim_lr(const ns_optim_config *cfg, uint64_t step);
 /* Sum of squared gradients of this stage, in a fixed order (double). In a pipeline the stages'
  * sums are added before ns_optim_clip_scale, so that clipping uses the global norm. */
 double ns_stage_grad_sq_sum(ns_stage *st);
+/* The same, added to acc tensor by tensor: a pipeline passes the sum from stage to stage in layer
+ * order, and the last stage's result is the whole model's sum bit for bit. */
+double ns_stage_grad_sq_sum_from(ns_stage *st, double acc);
 /* min(1, grad_clip / (sqrt(grad_sq_sum) + 1e-6)), as torch.nn.utils.clip_grad_norm_. */
 float ns_optim_clip_scale(const ns_optim_config *cfg, double grad_sq_sum);
 /* One AdamW update with gradients multiplied by grad_scale, at the learning rate of the current

@@ -4,9 +4,10 @@
  * The update is PyTorch's AdamW (decoupled weight decay, bias-corrected moments), operation for
  * operation in float32, so a PyTorch run from the same weights and gradients follows the same
  * path (tests/reference). Weight decay applies to matrices only, never to norm weights. Every sum
- * runs in a fixed order: the squared-gradient sum is cut into fixed chunks whose partial sums are
- * added in chunk order, so it does not depend on the thread count; the schedule and the bias
- * corrections use the deterministic math of detmath.c.
+ * runs in a fixed order: the squared-gradient sum is cut into fixed chunks of each tensor whose
+ * partial sums are added in order, tensor by tensor, so it depends neither on the thread count nor
+ * on the split into pipeline stages; the schedule and the bias corrections use the deterministic
+ * math of detmath.c.
  */
 #include <math.h>
 #include <string.h>
@@ -47,36 +48,61 @@ double ns_optim_lr(const ns_optim_config *cfg, uint64_t step)
 
 /* ---- the gradient norm -------------------------------------------------------------------- */
 
+/* Chunk c of the gradients covers [c_lo, c_hi) within one tensor: tensor t's chunks follow its
+ * own start, so a stage holding a tensor cuts it exactly as the whole model would. */
 typedef struct sq_args {
-    const float *grads;
-    size_t n;
+    const ns_named_tensor *grads;
+    size_t tensors;
     double *partials;
 } sq_args;
+
+static size_t tensor_chunks(const ns_named_tensor *t)
+{
+    return (size_t)((ns_tensor_numel(&t->tensor) + NS__SQ_CHUNK - 1) / NS__SQ_CHUNK);
+}
 
 static void sq_task(void *arg, size_t begin, size_t end, uint32_t worker)
 {
     const sq_args *a = arg;
     (void)worker;
-    for (size_t chunk = begin; chunk < end; chunk++) {
-        size_t lo = chunk * NS__SQ_CHUNK;
-        size_t hi = lo + NS__SQ_CHUNK < a->n ? lo + NS__SQ_CHUNK : a->n;
-        double sum = 0.0;
-        for (size_t i = lo; i < hi; i++)
-            sum += (double)a->grads[i] * a->grads[i];
-        a->partials[chunk] = sum;
+    /* tasks are tensors; each writes its chunks' partials from its own first chunk on */
+    for (size_t t = begin; t < end; t++) {
+        const ns_named_tensor *g = &a->grads[t];
+        size_t first = 0;
+        for (size_t u = 0; u < t; u++)
+            first += tensor_chunks(&a->grads[u]);
+        size_t n = (size_t)ns_tensor_numel(&g->tensor);
+        for (size_t c = 0; c < tensor_chunks(g); c++) {
+            size_t lo = c * NS__SQ_CHUNK;
+            size_t hi = lo + NS__SQ_CHUNK < n ? lo + NS__SQ_CHUNK : n;
+            double sum = 0.0;
+            for (size_t i = lo; i < hi; i++)
+                sum += (double)g->tensor.data[i] * g->tensor.data[i];
+            a->partials[first + c] = sum;
+        }
     }
+}
+
+double ns_stage_grad_sq_sum_from(ns_stage *st, double acc)
+{
+    NS_ASSERT(st != NULL);
+    NS_ASSERT(acc >= 0.0);
+    sq_args a = {.grads = st->named_grads, .tensors = st->n_named, .partials = st->sq_partials};
+    ns__parallel_for(st->ex, st->n_named, sq_task, &a);
+    /* tensor by tensor, each tensor's chunks first: the whole model's order, split anywhere */
+    size_t c = 0;
+    for (size_t t = 0; t < st->n_named; t++) {
+        double tensor_sum = 0.0;
+        for (size_t k = tensor_chunks(&st->named_grads[t]); k > 0; k--)
+            tensor_sum += st->sq_partials[c++];
+        acc += tensor_sum;
+    }
+    return acc;
 }
 
 double ns_stage_grad_sq_sum(ns_stage *st)
 {
-    NS_ASSERT(st != NULL);
-    size_t chunks = (st->n_params + NS__SQ_CHUNK - 1) / NS__SQ_CHUNK;
-    sq_args a = {.grads = st->grads, .n = st->n_params, .partials = st->sq_partials};
-    ns__parallel_for(st->ex, chunks, sq_task, &a);
-    double sum = 0.0;
-    for (size_t i = 0; i < chunks; i++)
-        sum += st->sq_partials[i];
-    return sum;
+    return ns_stage_grad_sq_sum_from(st, 0.0);
 }
 
 float ns_optim_clip_scale(const ns_optim_config *cfg, double grad_sq_sum)

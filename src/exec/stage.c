@@ -196,7 +196,11 @@ static int sizes_of(const ns_stage_config *cfg, stage_sizes *out)
         return NS_EOVERFLOW;
     out->params = params.used;
     out->arena = arena.used;
-    out->sq_partials = (params.used + NS__SQ_CHUNK - 1) / NS__SQ_CHUNK;
+    /* one partial a chunk of a tensor: at most one chunk more than the even split per tensor */
+    uint64_t named = (emb ? 1u : 0u) +
+                     (uint64_t)(cfg->layer_last - cfg->layer_first) * LAYER_KINDS +
+                     (head ? 2u : 0u);
+    out->sq_partials = (params.used + NS__SQ_CHUNK - 1) / NS__SQ_CHUNK + named;
     return NS_OK;
 }
 

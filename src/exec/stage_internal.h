@@ -99,7 +99,7 @@ struct ns_stage {
     float *m;
     float *v;
     uint64_t optim_step;
-    double *sq_partials; /* one per NS__SQ_CHUNK floats of the gradients */
+    double *sq_partials; /* one per chunk of NS__SQ_CHUNK floats of a gradient tensor */
 
     float *wte;  /* [V,C] */
     float *dwte; /* [V,C] */
@@ -124,8 +124,9 @@ struct ns_stage {
     stage_scratch scratch;
 };
 
-/* Gradient floats a partial sum of ns_stage_grad_sq_sum covers: fixed, so that the sum's order
- * does not depend on the thread count. */
+/* Gradient floats a partial sum of ns_stage_grad_sq_sum covers at most: fixed, and never across
+ * two tensors, so that the sum's order depends neither on the thread count nor on how the model
+ * is split into stages. */
 #define NS__SQ_CHUNK 65536
 
 #endif

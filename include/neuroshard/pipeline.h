@@ -1,0 +1,109 @@
+/*
+ * pipeline.h: the schedule of one pipeline stage (SPEC S6), a sans-IO core.
+ *
+ * A quorum's S stages each hold a contiguous layer range; stage 0 (the initiator) reads the data
+ * and holds the embedding, stage S-1 (the finisher) holds the head and computes the loss. One
+ * training step is m micro-batches. Each stage runs the one-forward-one-backward (1F1B) order:
+ * min(S-1-s, m) forwards to fill the pipe, then a forward and a backward in turn, then the
+ * remaining backwards, so that stage s never holds more than S-s micro-batches' activations.
+ * After its last backward a stage adds its squared gradients to the running sum it receives
+ * from stage s-1 and passes it on (NORM); the finisher turns the whole model's sum into the
+ * clipping scale, which travels back stage to stage (SCALE) and lets every stage update. The sum
+ * and the backward order are those of one process holding the whole model, so a pipeline's
+ * weights equal the one-process model's bit for bit in the reproducible mode.
+ *
+ * The core decides only what to compute next and what may be accepted: the caller holds the
+ * tensors, runs the stage, moves frames, and tells the core what arrived and what was done.
+ * Inputs for the next step may arrive before this stage has finished the current one (a faster
+ * neighbour) and are kept; anything older, repeated or never asked for is refused and counted.
+ */
+#ifndef NEUROSHARD_PIPELINE_H
+#define NEUROSHARD_PIPELINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "neuroshard/base.h"
+
+#ifndef NS_PIPE_STAGES_MAX
+#define NS_PIPE_STAGES_MAX 64
+#endif
+#ifndef NS_PIPE_MICRO_MAX
+#define NS_PIPE_MICRO_MAX 64 /* micro-batches a step */
+#endif
+
+typedef struct ns_pipe_config {
+    uint32_t stage;         /* s, 0..stages-1 */
+    uint32_t stages;        /* S, 1..NS_PIPE_STAGES_MAX */
+    uint32_t micro_batches; /* m, 1..NS_PIPE_MICRO_MAX */
+} ns_pipe_config;
+
+typedef enum ns_pipe_op_kind {
+    NS_PIPE_WAIT = 0,     /* nothing can be done until something arrives */
+    NS_PIPE_FORWARD = 1,  /* forward micro-batch `micro`; then send ACT to s+1 (unless finisher) */
+    NS_PIPE_BACKWARD = 2, /* backward of `micro`; then send GRAD to s-1 (unless initiator) */
+    NS_PIPE_NORM = 3,     /* sum squared gradients from norm_in; send NORM to s+1 (the finisher:
+                             turn the sum into the clip scale and call ns_pipe_scale) */
+    NS_PIPE_UPDATE = 4,   /* the optimizer step with `scale`; send SCALE to s-1 first */
+} ns_pipe_op_kind;
+
+typedef struct ns_pipe_op {
+    ns_pipe_op_kind kind;
+    uint64_t step;
+    uint32_t micro;
+    double norm_in; /* NORM: the running sum of stages before this one (0 at stage 0) */
+    float scale;    /* UPDATE: the clipping scale of the whole model */
+} ns_pipe_op;
+
+/* Why a message was refused; each is counted. */
+typedef enum ns_pipe_refusal {
+    NS_PIPE_DUPLICATE = 0, /* this input for this step and micro-batch came before */
+    NS_PIPE_LATE = 1,      /* for a step this stage has finished */
+    NS_PIPE_EARLY = 2,     /* for a step beyond the next one */
+    NS_PIPE_UNASKED = 3,   /* a gradient for a micro-batch this stage never sent, or an input
+                              this stage does not take (ACT at stage 0, GRAD at the finisher) */
+    NS_PIPE_BAD_INDEX = 4, /* a micro-batch index >= m */
+    NS_PIPE_REFUSALS_ = 5,
+} ns_pipe_refusal;
+
+typedef struct ns_pipe ns_pipe;
+
+NS_MUST_USE int ns_pipe_new(ns_pipe **out, const ns_pipe_config *cfg, uint64_t first_step);
+void ns_pipe_free(ns_pipe *p);
+const ns_pipe_config *ns_pipe_config_of(const ns_pipe *p);
+uint64_t ns_pipe_step(const ns_pipe *p); /* the step in progress */
+
+/* What to do next (NS_PIPE_WAIT when it waits for an input). The same op is returned until
+ * ns_pipe_done reports it done. */
+void ns_pipe_next(const ns_pipe *p, ns_pipe_op *op);
+/* The op returned by ns_pipe_next was done. After UPDATE the next step begins. */
+void ns_pipe_done(ns_pipe *p, const ns_pipe_op *op);
+
+/* Inputs. NS_OK: kept (the caller keeps its tensor until the op that uses it is done);
+ * NS_EINVAL with *why set: refused, changes nothing. */
+NS_MUST_USE int ns_pipe_on_activation(ns_pipe *p, uint64_t step, uint32_t micro,
+                                      ns_pipe_refusal *why);
+NS_MUST_USE int ns_pipe_on_gradient(ns_pipe *p, uint64_t step, uint32_t micro,
+                                    ns_pipe_refusal *why);
+NS_MUST_USE int ns_pipe_on_norm(ns_pipe *p, uint64_t step, double sum, ns_pipe_refusal *why);
+NS_MUST_USE int ns_pipe_on_scale(ns_pipe *p, uint64_t step, float scale, ns_pipe_refusal *why);
+/* The finisher's own clip scale, after its NORM. */
+void ns_pipe_scale(ns_pipe *p, float scale);
+
+uint64_t ns_pipe_refused(const ns_pipe *p, ns_pipe_refusal why);
+const char *ns_pipe_refusal_name(ns_pipe_refusal why);
+/* Micro-batches whose activations this stage holds (forward done, backward not yet). */
+uint32_t ns_pipe_in_flight(const ns_pipe *p);
+/* The most a stage ever holds under 1F1B: min(S - s, m). */
+uint32_t ns_pipe_in_flight_max(const ns_pipe_config *cfg);
+
+/* Rows of a micro-batch for S6: min(memory_bytes / 10 / activation bytes a row,
+ * 64 KiB / (seq_len * hidden * 4)), at least 1, at most batch, and a divisor of batch. */
+uint32_t ns_pipe_micro_rows(uint64_t memory_bytes, uint64_t act_bytes_per_row, uint32_t seq_len,
+                            uint32_t hidden, uint32_t batch);
+
+/* The bubble of 1F1B: (S - 1) / (m + S - 1) of each stage's time idle, with equal stages. */
+double ns_pipe_bubble_fraction(uint32_t stages, uint32_t micro_batches);
+
+#endif
