@@ -57,6 +57,8 @@ typedef struct ns_config {
     bool exec_fast;           /* train in the fast mode (unverifiable, so unpaid for training) */
     int64_t ponw_bond_nano;   /* a challenge's bond (S9: 10 NEURO); the same on every node */
     uint32_t threads;         /* compute threads; 0: one a core */
+    uint32_t quorum_size;     /* 1: train alone; N: as one of a pipeline of N (S5, S6) */
+    uint32_t micro_batches;   /* a step's micro-batches; 0: automatic */
 } ns_config;
 
 /* Parses "HOST:PORT" ("127.0.0.1:8421", "[::1]:8421", "localhost:0"). */

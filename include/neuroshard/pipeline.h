@@ -106,4 +106,46 @@ uint32_t ns_pipe_micro_rows(uint64_t memory_bytes, uint64_t act_bytes_per_row, u
 /* The bubble of 1F1B: (S - 1) / (m + S - 1) of each stage's time idle, with equal stages. */
 double ns_pipe_bubble_fraction(uint32_t stages, uint32_t micro_batches);
 
+/* ---- messages between stages (frames NS_FRAME_PIPE_*, wire.h) ----------------------------- */
+
+#ifndef NS_PIPE_ROWS_MAX
+#define NS_PIPE_ROWS_MAX 64
+#endif
+#ifndef NS_PIPE_SEQ_MAX
+#define NS_PIPE_SEQ_MAX 4096
+#endif
+#ifndef NS_PIPE_HIDDEN_MAX
+#define NS_PIPE_HIDDEN_MAX 16384
+#endif
+/* the targets ride in an ACT frame's header: rows * seq_len of them, 4 bytes each */
+#define NS_PIPE_TARGETS_MAX ((64 * 1024 - 64) / 4)
+
+typedef struct ns_frame ns_frame; /* wire.h */
+
+/* One message of the pipeline, as carried by a frame: pointers into the frame's bytes. Integers
+ * are big-endian in the body; the tensor is float32 in the host's (little-endian) order. */
+typedef struct ns_pipe_msg {
+    uint32_t type; /* NS_FRAME_PIPE_ACT, _GRAD, _NORM or _SCALE */
+    uint64_t step;
+    uint32_t micro;
+    uint32_t rows, seq_len, hidden; /* ACT, GRAD: the tensor's shape [rows, seq_len, hidden] */
+    const uint8_t *targets;         /* ACT: rows * seq_len big-endian int32 (-1: ignored) */
+    const float *data;              /* ACT, GRAD: the tensor (may be unaligned: copy it) */
+    double norm;                    /* NORM */
+    float scale;                    /* SCALE */
+} ns_pipe_msg;
+
+/* Bytes of the body ns_pipe_msg_frame writes for m. */
+size_t ns_pipe_msg_body_bytes(const ns_pipe_msg *m);
+/* Fills f (body in body_buf, of at least ns_pipe_msg_body_bytes; the tensor points at m->data)
+ * from m, whose targets for ACT are given as int32 in host order in targets_host. */
+void ns_pipe_msg_frame(const ns_pipe_msg *m, const int32_t *targets_host, uint8_t *body_buf,
+                       ns_frame *f);
+/* Parses a pipeline frame: NS_EPARSE for a body or tensor that does not fit its type (lengths,
+ * shape, dtype, a micro-batch, row, length or width beyond the limits, targets below -1, values
+ * that are not finite, a sum below zero, a scale outside (0, 1]). Never reads outside the frame. */
+NS_MUST_USE int ns_pipe_msg_parse(const ns_frame *f, ns_pipe_msg *out);
+/* The i-th target of a parsed ACT. */
+int32_t ns_pipe_msg_target(const ns_pipe_msg *m, size_t i);
+
 #endif

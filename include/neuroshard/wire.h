@@ -61,6 +61,13 @@ typedef enum {
     NS_FRAME_VERIFY_GET = 69,         /* body: checkpoint step 8 BE, file 1, offset 8 BE */
     NS_FRAME_VERIFY_PART = 70,        /* body: the request's 17 bytes, file size 8 BE (0: not here);
                                        * tensor: U8 [n], up to 1 MiB of the file from offset */
+    NS_FRAME_PIPE_ACT = 71,   /* pipeline.h: step, micro-batch, shape, targets; tensor F32 acts */
+    NS_FRAME_PIPE_GRAD = 72,  /* step, micro-batch, shape; tensor F32 gradient of the acts */
+    NS_FRAME_PIPE_NORM = 73,  /* step, running sum of squared gradients */
+    NS_FRAME_PIPE_SCALE = 74, /* step, clipping scale */
+    NS_FRAME_CAPACITY = 75,   /* swarm.c: a node's capacity heartbeat (S6), every 5 s */
+    NS_FRAME_QUORUM_PROPOSE = 76, /* swarm.c: a quorum's members and layer ranges */
+    NS_FRAME_QUORUM_ACCEPT = 77,  /* swarm.c: the proposal's id, accepted (1) or refused (0) */
 } ns_frame_type;
 
 struct ns_frame {

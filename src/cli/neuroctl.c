@@ -52,6 +52,7 @@ static const char usage_main[] =
     "  wallet history   this account's entries\n"
     "  ledger check     replay every ledger entry from genesis and check the result\n"
     "  ponw             the newest proofs of neural work and the validator's verdicts\n"
+    "  quorum           the quorum this node trains in: members, stages, layers\n"
     "  train status     the node's training: step, loss, tokens/s, ETA\n"
     "  train start|stop switch training on or off\n"
     "  generate TEXT    continue TEXT with the node's model\n"
@@ -138,6 +139,11 @@ static const char usage_ponw[] = "usage: neuroctl ponw [--json]\n"
                                  "\n"
                                  "The newest proofs of neural work this node keeps and how its\n"
                                  "validator judged the proofs it received (GET /api/ponw).\n";
+
+static const char usage_quorum[] = "usage: neuroctl quorum [--json]\n"
+                                   "\n"
+                                   "The quorum this node trains in as a pipeline: each member's\n"
+                                   "stage, role and layers (GET /training_status).\n";
 
 static const char usage_reload[] = "usage: neuroctl reload\n"
                                    "\n"
@@ -700,6 +706,70 @@ static int cmd_doctor(const ctl *c)
     return bad != 0 ? EXIT_FAILED : 0;
 }
 
+/* The pipeline part of /training_status: role, stage, layers, schedule and the quorum. */
+static void print_pipeline(json_t *j)
+{
+    json_t *p = json_object_get(j, "pipeline");
+    json_t *q = json_object_get(j, "quorum");
+    if (p != NULL) {
+        printf("role          %s, stage %lld of %lld, layers %lld..%lld\n",
+               json_string_value(json_object_get(j, "role")),
+               (long long)json_integer_value(json_object_get(p, "stage")),
+               (long long)json_integer_value(json_object_get(p, "stages")),
+               (long long)json_integer_value(json_object_get(p, "layer_first")),
+               (long long)json_integer_value(json_object_get(p, "layer_last")));
+        printf("schedule      1F1B, %lld micro-batches of %lld rows; waiting %.0f%% of the time "
+               "(1F1B's bubble: %.0f%%); inbox %.0f%% full\n",
+               (long long)json_integer_value(json_object_get(p, "micro_batches")),
+               (long long)json_integer_value(json_object_get(p, "rows")),
+               100.0 * json_real_value(json_object_get(p, "bubble")),
+               100.0 * json_real_value(json_object_get(p, "bubble_1f1b")),
+               100.0 * json_real_value(json_object_get(p, "inbox_fill")));
+    }
+    if (q == NULL || !json_is_true(json_object_get(q, "in_quorum"))) {
+        if (q != NULL && json_integer_value(json_object_get(q, "quorum_size")) > 1)
+            printf("quorum        waiting: %lld of %lld nodes known\n",
+                   (long long)json_integer_value(json_object_get(q, "peers_known")) + 1,
+                   (long long)json_integer_value(json_object_get(q, "quorum_size")));
+        return;
+    }
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(q, "members"), i, m)
+    {
+        printf("%-13s %lld %-10s layers %lld..%lld  %.16s…%s\n", i == 0 ? "quorum" : "",
+               (long long)json_integer_value(json_object_get(m, "stage")),
+               json_string_value(json_object_get(m, "role")),
+               (long long)json_integer_value(json_object_get(m, "layer_first")),
+               (long long)json_integer_value(json_object_get(m, "layer_last")),
+               json_string_value(json_object_get(m, "node_id")),
+               json_is_true(json_object_get(m, "self")) ? "  (this node)" : "");
+    }
+}
+
+static int cmd_quorum(const ctl *c)
+{
+    static const char *const allowed[] = {"--json", NULL};
+    int rc = check_flags(c, 1, allowed, "neuroctl quorum");
+    json_t *j = NULL;
+    char *raw = NULL;
+    if (rc != 0 || (rc = get_json(c, "/training_status", &j, &raw)) != 0)
+        return rc;
+    json_t *q = json_object_get(j, "quorum");
+    if (has_flag(c, "--json")) {
+        char *text = q != NULL ? json_dumps(q, JSON_COMPACT) : NULL;
+        printf("%s\n", text != NULL ? text : "null");
+        free(text);
+    } else if (q == NULL || json_integer_value(json_object_get(q, "quorum_size")) <= 1) {
+        printf("this node trains alone (--quorum-size 1)\n");
+    } else {
+        print_pipeline(j);
+    }
+    json_decref(j);
+    free(raw);
+    return 0;
+}
+
 static int cmd_train_switch(const ctl *c, bool on)
 {
     long status = 0;
@@ -735,6 +805,7 @@ static int cmd_train(const ctl *c)
         printf("%s\n", raw);
     } else if (!json_is_true(json_object_get(j, "enabled"))) {
         printf("training      %s\n", json_string_value(json_object_get(j, "phase")));
+        print_pipeline(j);
     } else {
         json_t *m = json_object_get(j, "model");
         const char *err = json_string_value(json_object_get(j, "error"));
@@ -756,6 +827,7 @@ static int cmd_train(const ctl *c)
         printf("speed         %.0f tokens/s, ETA %llds\n",
                json_real_value(json_object_get(j, "tokens_per_s")),
                (long long)json_integer_value(json_object_get(j, "eta_s")));
+        print_pipeline(j);
     }
     json_decref(j);
     free(raw);
@@ -1187,6 +1259,7 @@ static const command commands[] = {
     {"wallet", "unstake", cmd_wallet_money, usage_wallet_money},
     {"ledger", NULL, cmd_ledger, usage_ledger},
     {"ponw", NULL, cmd_ponw, usage_ponw},
+    {"quorum", NULL, cmd_quorum, usage_quorum},
 };
 
 static int parse_global(ctl *c, int argc, char *argv[], bool *help)

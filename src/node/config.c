@@ -46,6 +46,8 @@ static const setting settings[] = {
     {"exec_mode", "--exec-mode", "NEUROSHARD_EXEC_MODE"},
     {"ponw_bond", "--ponw-bond", "NEUROSHARD_PONW_BOND"},
     {"threads", "--threads", "NEUROSHARD_THREADS"},
+    {"quorum_size", "--quorum-size", "NEUROSHARD_QUORUM_SIZE"},
+    {"micro_batches", "--micro-batches", "NEUROSHARD_MICRO_BATCHES"},
 };
 #define SETTINGS_COUNT (sizeof settings / sizeof settings[0])
 
@@ -72,6 +74,9 @@ static const char usage[] =
     "                       of the swarm: every node of one swarm must use the same (test\n"
     "                       swarms shorten it)\n"
     "  --threads N          compute threads for training (default: one a core)\n"
+    "  --quorum-size N      train as a pipeline of N nodes with the same --model (default 1:\n"
+    "                       alone); the node waits for N-1 peers and takes a stage\n"
+    "  --micro-batches N    micro-batches a step (default: 1 alone, S6's rule in a pipeline)\n"
     "  --ponw-bond AMOUNT   NEURO a challenge bonds (default 10); a rule of the swarm, like\n"
     "                       the window\n"
     "  --role R             train (default), or verify: also recompute a sample of peers'\n"
@@ -312,6 +317,18 @@ static int config_set(ns_config *cfg, const char *key, const char *value, char *
             cfg->threads = (uint32_t)v;
         snprintf(why, why_size, "threads '%s' is not a number in 1..%d", value,
                  NS_EXEC_THREADS_MAX);
+    } else if (strcmp(key, "quorum_size") == 0 || strcmp(key, "micro_batches") == 0) {
+        bool quorum = key[0] == 'q';
+        uint64_t v = 0;
+        rc = parse_u64(value, &v);
+        if (rc == NS_OK && (quorum ? v == 0 || v > 16 : v > 64))
+            rc = NS_EINVAL;
+        if (rc == NS_OK && quorum)
+            cfg->quorum_size = (uint32_t)v;
+        else if (rc == NS_OK)
+            cfg->micro_batches = (uint32_t)v;
+        snprintf(why, why_size, "%s '%s' is not a number in %s", key, value,
+                 quorum ? "1..16" : "0..64 (0: automatic)");
     } else if (strcmp(key, "ponw_bond") == 0) {
         ns_neuro bond = {0};
         rc = ns_neuro_parse(value, &bond);
@@ -455,6 +472,7 @@ static void config_defaults(ns_config *cfg)
     cfg->ponw_interval_s = 60;
     cfg->ponw_window_s = 600;
     cfg->verify_ppm = -1;
+    cfg->quorum_size = 1;
     cfg->ponw_bond_nano = 10 * NS_NEURO_NANO_PER_UNIT;
     strcpy(cfg->network, "neuroshard-genesis");
 }

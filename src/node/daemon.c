@@ -26,6 +26,7 @@
 #include "neuroshard/link.h"
 #include "neuroshard/ledger.h"
 #include "neuroshard/swarm.h"
+#include "neuroshard/pipeline.h"
 #include "node_internal.h"
 
 #define EXIT_REFUSED 1
@@ -47,6 +48,7 @@ typedef struct node {
     ns_trainer *trainer;
     ns_gen_service *gen;
     ns_econ *econ;
+    ns_swarm *swarm;
     struct dht_op *dht_ops; /* API requests waiting on a DHT lookup */
     ns_addr_text api_bound;
     int api_fd; /* bound, not yet served */
@@ -279,6 +281,7 @@ static void train_config(const node *n, ns_train_config *tc)
     tc->threads = n->cfg.threads;
     tc->window_ms = n->cfg.ponw_window_s * 1000;
     tc->interval_ms = n->cfg.ponw_interval_s * 1000;
+    tc->micro_batches = n->cfg.micro_batches;
 }
 
 /* A model that would not fit is refused before anything is allocated or written. */
@@ -286,6 +289,16 @@ static int check_training(node *n)
 {
     if (!n->cfg.train)
         return NS_OK;
+    if (n->cfg.quorum_size > 1 && n->cfg.model_layers == 0) {
+        refuse("cannot train in a pipeline: --quorum-size needs --model LxH, the same on every "
+               "member");
+        return NS_EINVAL;
+    }
+    if (n->cfg.quorum_size > n->cfg.model_layers && n->cfg.model_layers != 0) {
+        refuse("cannot train in a pipeline of %u nodes: the model has only %u layers",
+               n->cfg.quorum_size, n->cfg.model_layers);
+        return NS_EINVAL;
+    }
     ns_train_config tc;
     train_config(n, &tc);
     char err[NS_ERR_TEXT_SIZE];
@@ -297,8 +310,8 @@ static int check_training(node *n)
 
 static void start_training(node *n)
 {
-    if (!n->cfg.train)
-        return;
+    if (!n->cfg.train || n->cfg.quorum_size > 1)
+        return; /* in a pipeline the swarm starts the trainer when the quorum forms */
     ns_train_config tc;
     train_config(n, &tc);
     char err[NS_ERR_TEXT_SIZE];
@@ -720,9 +733,13 @@ static void free_dht_ops(node *n)
 static void answer_training_status(node *n, ns_api_request *req)
 {
     if (n->trainer == NULL) {
-        ns_api_reply_json(req, 200,
-                          json_pack("{s:b, s:s}", "enabled", 0, "phase",
-                                    n->cfg.train ? "not started" : "off (--train off)"));
+        json_t *o = json_pack("{s:b, s:s}", "enabled", 0, "phase",
+                              !n->cfg.train            ? "off (--train off)"
+                              : n->cfg.quorum_size > 1 ? "waiting for peers to form a quorum"
+                                                       : "not started");
+        if (n->swarm != NULL)
+            json_object_set_new(o, "quorum", ns_swarm_json(n->swarm));
+        ns_api_reply_json(req, 200, o);
         return;
     }
     ns_train_status s;
@@ -738,6 +755,31 @@ static void answer_training_status(node *n, ns_api_request *req)
         (json_int_t)s.params, "memory", "estimate_bytes", (json_int_t)s.memory_estimate_bytes,
         "peak_rss_bytes", (json_int_t)peak_rss_bytes(), "queued_steps", (int)s.queued, "role",
         "solo (genesis, N = 1)", "error", s.error);
+    ns_train_pipe_status ps;
+    ns_trainer_pipe_status(n->trainer, &ps);
+    if (ps.on && ps.stages > 1) {
+        const char *role = ps.stage == 0               ? "initiator (data, embedding)"
+                           : ps.stage + 1 == ps.stages ? "finisher (head, loss)"
+                                                       : "processor";
+        json_object_set_new(o, "role", json_string(role));
+        double total = ps.wait_s + ps.busy_s;
+        json_t *refused = json_object();
+        for (int r = 0; r < 5; r++)
+            json_object_set_new(refused, ns_pipe_refusal_name((ns_pipe_refusal)r),
+                                json_integer((json_int_t)ps.refused[r]));
+        json_object_set_new(
+            o, "pipeline",
+            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:o}", "stage",
+                      (json_int_t)ps.stage, "stages", (json_int_t)ps.stages, "layer_first",
+                      (json_int_t)ps.layer_first, "layer_last", (json_int_t)ps.layer_last,
+                      "micro_batches", (json_int_t)ps.micro_batches, "rows", (json_int_t)ps.rows,
+                      "inbox", (json_int_t)ps.inbox, "steps", (json_int_t)ps.steps, "inbox_fill",
+                      (double)ps.inbox / (double)(ps.inbox_max > 0 ? ps.inbox_max : 1), "waiting_s",
+                      ps.wait_s, "bubble", total > 0 ? ps.wait_s / total : 0.0, "bubble_1f1b",
+                      ns_pipe_bubble_fraction(ps.stages, ps.micro_batches), "refused", refused));
+    }
+    if (n->swarm != NULL)
+        json_object_set_new(o, "quorum", ns_swarm_json(n->swarm));
     ns_api_reply_json(req, 200, o);
 }
 
@@ -1174,6 +1216,8 @@ static void node_stop(node *n, const char *why)
     ns_chores_stop(&n->chores);
     ns_trainer_stop(n->trainer); /* finishes the step in progress, writes a checkpoint */
     n->trainer = NULL;
+    ns_swarm_stop(n->swarm); /* after the trainer: nothing more is queued for the links */
+    n->swarm = NULL;
     ns_gen_stop(n->gen); /* answers what the trainer finished, before the API goes */
     n->gen = NULL;
     ns_econ_stop(n->econ); /* before the network: it sends on the peer links */
@@ -1262,6 +1306,17 @@ static int node_start(node *n)
     snprintf(ec.verify.data_dir, sizeof ec.verify.data_dir, "%s", n->cfg.data_dir);
     if (ns_econ_start(&n->econ, &ec) != NS_OK)
         NS_LOG_E("ponw", "proofs and ledger gossip not started: out of memory");
+    ns_swarm_config sc = {.uvenv = &n->uvenv,
+                          .net = n->net,
+                          .key = &n->key,
+                          .quorum_size = n->cfg.train ? n->cfg.quorum_size : 1,
+                          .model_layers = n->cfg.model_layers,
+                          .model_hidden = n->cfg.model_hidden,
+                          .memory_mb = n->memory_mb,
+                          .trainer = &n->trainer};
+    train_config(n, &sc.train);
+    if (ns_swarm_start(&n->swarm, &sc) != NS_OK)
+        NS_LOG_E("swarm", "the swarm part did not start: out of memory");
     char api[NS_HOST_SIZE + 16];
     ns_addr_format(api, sizeof api, &n->api_bound);
     char peers[NS_ADDR_TEXT_SIZE];

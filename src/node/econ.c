@@ -463,7 +463,9 @@ static void make_proof(ns_econ *e, uint64_t now)
         p.tokens = w.tokens;
         p.batches = w.batches;
         p.layers = w.layers;
-        p.has_embed = p.has_head = true; /* solo: the whole model */
+        p.has_embed = w.has_embed;
+        p.has_head = w.has_head;
+        p.in_quorum = w.in_quorum;
         p.tier = e->last_tier = (uint32_t)ns_tier_for_latency_us(w.layer_latency_us);
         p.has_training = true;
         ns_training_commit *c = &p.training;
@@ -482,8 +484,8 @@ static void make_proof(ns_econ *e, uint64_t now)
         memcpy(both, w.model_before, NS_SHA256_BYTES);
         memcpy(both + NS_SHA256_BYTES, w.model_after, NS_SHA256_BYTES);
         ns_sha256(c->delta_hash, both, sizeof both);
-        c->layer_first = 0;
-        c->layer_last = w.layers;
+        c->layer_first = w.layer_first;
+        c->layer_last = w.layer_last;
         c->exec_mode = w.exec_mode;
         cheat(e, &p);
     }
@@ -669,7 +671,7 @@ int ns_econ_start(ns_econ **out, const ns_econ_config *cfg)
          ns_ledger_last_proof_end(e->cfg.ledger, e->cfg.key->node_id, &last));
     e->last_end_ms = last > now ? now : (last > cfg->started_ms ? last : cfg->started_ms);
     e->last_tier = NS_TIER_T5;
-    ns_net_set_app(cfg->net, on_frame, on_link, e);
+    ns_net_set_app(cfg->net, NS_NET_APP_ECON, on_frame, on_link, e);
     receive_all(e);
     e->proof_timer =
         ns_env_timer(&cfg->uvenv->env, now + e->cfg.proof_interval_ms, proof_timer_fired, e);

@@ -124,9 +124,11 @@ struct ns_net {
     uint64_t backoff_ms;
     uint64_t bootstrap_timer, lan_timer, health_timer, resign_timer, save_timer, check_timer,
         links_timer;
-    ns_net_frame_fn app_frame; /* frames of type >= NS_FRAME_APP on peer links */
-    ns_net_link_fn app_link;   /* a peer link came up */
-    void *app_arg;
+    struct {
+        ns_net_frame_fn frame; /* frames of type >= NS_FRAME_APP on peer links */
+        ns_net_link_fn link;   /* a peer link came up */
+        void *arg;
+    } apps[NS_NET_APPS_];
     bool bootstrapped;
     reach_state reach;
     uint8_t udp_buf[NET_READ_BYTES_MAX];
@@ -433,8 +435,9 @@ static void link_established(void *arg, const uint8_t peer_id[NS_ID_BYTES], cons
     id_hex(hex, peer_id);
     ns_addr_to_text(where, sizeof where, &c->remote);
     NS_LOG_D("net", "link up peer=%.16s addr=%s outbound=%d", hex, where, (int)c->outbound);
-    if (c->purpose == CONN_PEER && c->net->app_link != NULL)
-        c->net->app_link(c->net->app_arg, peer_id);
+    for (int a = 0; a < NS_NET_APPS_ && c->purpose == CONN_PEER; a++)
+        if (c->net->apps[a].link != NULL)
+            c->net->apps[a].link(c->net->apps[a].arg, peer_id);
     if (c->purpose == CONN_PROBE) {
         probe_finished(c, true);
         ns_link_close(c->link);
@@ -483,11 +486,15 @@ static void link_frame(void *arg, const ns_frame *f)
         }
         return;
     default:
-        if (f->type >= NS_FRAME_APP && c->purpose == CONN_PEER && c->has_peer_id &&
-            c->net->app_frame != NULL)
-            c->net->app_frame(c->net->app_arg, c->peer_id, f);
-        else
+        if (f->type >= NS_FRAME_APP && c->purpose == CONN_PEER && c->has_peer_id) {
+            ns_net_app app = f->type >= NS_FRAME_PIPE_ACT ? NS_NET_APP_SWARM : NS_NET_APP_ECON;
+            if (c->net->apps[app].frame != NULL)
+                c->net->apps[app].frame(c->net->apps[app].arg, c->peer_id, f);
+            else
+                c->net->frames_unknown++;
+        } else {
             c->net->frames_unknown++;
+        }
         return;
     }
 }
@@ -882,11 +889,13 @@ static void links_timer_fired(void *arg, uint64_t now_ms)
         ns_env_timer(&net->uvenv->env, now_ms + NET_PEER_LINKS_MS, links_timer_fired, net);
 }
 
-void ns_net_set_app(ns_net *net, ns_net_frame_fn on_frame, ns_net_link_fn on_link, void *arg)
+void ns_net_set_app(ns_net *net, ns_net_app app, ns_net_frame_fn on_frame, ns_net_link_fn on_link,
+                    void *arg)
 {
-    net->app_frame = on_frame;
-    net->app_link = on_link;
-    net->app_arg = arg;
+    NS_ASSERT(app < NS_NET_APPS_);
+    net->apps[app].frame = on_frame;
+    net->apps[app].link = on_link;
+    net->apps[app].arg = arg;
 }
 
 size_t ns_net_broadcast(ns_net *net, const ns_frame *f, const uint8_t *except)
@@ -1172,8 +1181,7 @@ void ns_net_stop(ns_net *net, bool save)
         *timers[i] = 0;
     }
     net->uvenv->send = NULL;
-    net->app_frame = NULL;
-    net->app_link = NULL;
+    memset(net->apps, 0, sizeof net->apps);
     for (size_t i = 0; i < net->seed_count; i++) {
         if (net->seeds[i].resolving)
             uv_cancel((uv_req_t *)&net->seeds[i].gai);

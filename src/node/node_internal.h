@@ -126,7 +126,11 @@ void ns_net_metrics(ns_net *net, char **text, int *len);
 typedef void (*ns_net_frame_fn)(void *arg, const uint8_t peer_id[NS_NODE_ID_BYTES],
                                 const ns_frame *f);
 typedef void (*ns_net_link_fn)(void *arg, const uint8_t peer_id[NS_NODE_ID_BYTES]);
-void ns_net_set_app(ns_net *net, ns_net_frame_fn on_frame, ns_net_link_fn on_link, void *arg);
+/* Who takes a peer link's frames of type >= NS_FRAME_APP: the ledger's gossip and verification
+ * (types below NS_FRAME_PIPE_ACT) or the swarm (the pipeline, capacity and quorum frames). */
+typedef enum ns_net_app { NS_NET_APP_ECON = 0, NS_NET_APP_SWARM = 1, NS_NET_APPS_ = 2 } ns_net_app;
+void ns_net_set_app(ns_net *net, ns_net_app app, ns_net_frame_fn on_frame, ns_net_link_fn on_link,
+                    void *arg);
 /* Sends f on every established peer link but except's (may be NULL); how many took it. */
 size_t ns_net_broadcast(ns_net *net, const ns_frame *f, const uint8_t *except);
 /* NS_ENOENT when no link to that peer is up. */
@@ -153,6 +157,13 @@ typedef struct ns_train_config {
     uint64_t window_ms;      /* the challenge window: a period's checkpoint is kept this long */
     uint64_t interval_ms;    /* how often proofs are made (work periods close at most so often) */
     uint64_t ckpt_budget_mb; /* disk for the checkpoints kept (0: 2048) */
+    /* A pipeline (pipeline.h): this node is stage `stage` of `stages` holding [layer_first,
+     * layer_last) (stages 0 or 1: the whole model); micro_batches a step (0: S6's rule in a
+     * pipeline, 1 alone). send hands a frame for the stage before (dir -1) or after (+1) to the
+     * network; it is called on the trainer thread and must copy what it keeps. */
+    uint32_t stage, stages, layer_first, layer_last, micro_batches;
+    void (*send)(void *arg, int dir, const ns_frame *f);
+    void *send_arg;
 } ns_train_config;
 
 typedef struct ns_train_status {
@@ -184,6 +195,20 @@ void ns_trainer_set_running(ns_trainer *t, bool on);
 NS_MUST_USE int ns_trainer_queue_steps(ns_trainer *t, uint32_t steps);
 /* Stops after the step in progress, writes a checkpoint, joins, frees. NULL is a no-op. */
 void ns_trainer_stop(ns_trainer *t);
+/* A pipeline message from a neighbouring stage (loop thread): copied to the trainer's inbox.
+ * NS_ELIMIT when the inbox is full (NS_TRAIN_INBOX_MAX). */
+#define NS_TRAIN_INBOX_MAX 256
+typedef struct ns_pipe_msg ns_pipe_msg;
+NS_MUST_USE int ns_trainer_pipe_input(ns_trainer *t, const ns_pipe_msg *m);
+/* Pipeline figures for /training_status: refusals by reason, micro-batches, rows, inbox fill. */
+typedef struct ns_train_pipe_status {
+    bool on;
+    uint32_t stage, stages, layer_first, layer_last, micro_batches, rows;
+    uint32_t inbox, inbox_max, in_flight;
+    uint64_t refused[5], steps;
+    double wait_s, busy_s; /* time waiting for neighbours and computing, since the start */
+} ns_train_pipe_status;
+void ns_trainer_pipe_status(ns_trainer *t, ns_train_pipe_status *out);
 /* What the trainer did in one period, for a training proof (ponw.h): the steps from the
  * checkpoint at step ckpt_step to the checkpoint written when the period closed. */
 typedef struct ns_train_work {
@@ -194,7 +219,9 @@ typedef struct ns_train_work {
     uint64_t batch_first; /* data position of the first step: epoch and index */
     uint64_t data_epoch;
     float loss_first, loss_last;
-    uint32_t layers;
+    uint32_t layers;                  /* held: layer_last - layer_first */
+    uint32_t layer_first, layer_last; /* of the model's layers */
+    bool has_embed, has_head, in_quorum;
     uint64_t layer_latency_us; /* a layer's forward, estimated from the step time (S2 tier) */
     uint8_t model_before[NS_SHA256_BYTES], model_after[NS_SHA256_BYTES];
     uint8_t input_hash[NS_SHA256_BYTES];  /* of the last step's token ids */
@@ -295,6 +322,23 @@ void ns_verifier_tick(ns_verifier *v);
 /* Proofs judged, found fraudulent (unanswered ones among them), and left unjudged. */
 void ns_verifier_counts(const ns_verifier *v, uint64_t *checked, uint64_t *fraud, uint64_t *failed,
                         uint64_t *unanswered);
+
+/* ---- the swarm: capacity, the quorum and the pipeline's frames (swarm.c) --------------------- */
+
+typedef struct ns_swarm ns_swarm;
+typedef struct ns_swarm_config {
+    ns_uv_env *uvenv;
+    ns_net *net;
+    const ns_key *key;
+    uint32_t quorum_size; /* 1: alone (the swarm only announces capacity) */
+    uint32_t model_layers, model_hidden;
+    uint64_t memory_mb;
+    ns_train_config train; /* the stage's trainer starts from this, with its place filled in */
+    ns_trainer **trainer;  /* the daemon's: set when the quorum forms */
+} ns_swarm_config;
+NS_MUST_USE int ns_swarm_start(ns_swarm **out, const ns_swarm_config *cfg);
+void ns_swarm_stop(ns_swarm *s); /* NULL is a no-op; after the trainer stopped */
+json_t *ns_swarm_json(ns_swarm *s);
 
 /* ---- proofs of neural work and the ledger's gossip (econ.c) -------------------------------- */
 

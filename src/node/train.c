@@ -25,6 +25,7 @@
 #include "neuroshard/ckpt.h"
 #include "neuroshard/data.h"
 #include "neuroshard/exec.h"
+#include "neuroshard/pipeline.h"
 #include "node_internal.h"
 
 #define TRAIN_VOCAB       8192 /* the tokenizer trained on the Genesis text */
@@ -76,6 +77,18 @@ struct ns_trainer {
     bool close_wanted, closed_ready;
     uint64_t open_batches; /* period.batches, readable under lock */
     double last_close_s;
+    /* a pipeline (or gradient accumulation alone): the schedule, the inbox (under lock), and
+     * the trainer thread's buffers for what neighbours sent */
+    ns_pipe *pipe;
+    uint32_t rows; /* of a micro-batch */
+    struct inbox_msg *inbox, **inbox_tail;
+    uint32_t inbox_count;
+    float *acts_in[2][NS_PIPE_MICRO_MAX]; /* by step parity and micro-batch */
+    int32_t *targets_in[2][NS_PIPE_MICRO_MAX];
+    float *grad_in[NS_PIPE_MICRO_MAX];
+    float *out_buf, *dinp_buf;
+    float micro_loss[NS_PIPE_MICRO_MAX];
+    ns_train_pipe_status pipe_status; /* under lock */
     char ckpt_dir[PATH_MAX + 32];
     char csv_path[PATH_MAX + 32];
 };
@@ -127,6 +140,22 @@ static uint64_t available_bytes(void)
 }
 
 /* The model for the memory budget (S3), the tokenizer's vocabulary in place of the default. */
+/* Micro-batches a step: as asked, else S6's rule in a pipeline, else one (the whole batch). */
+static uint32_t micro_batches_of(const ns_train_config *cfg, const ns_arch *arch)
+{
+    if (cfg->micro_batches != 0)
+        return cfg->micro_batches;
+    if (cfg->stages <= 1)
+        return 1;
+    /* a row's activations across the stage's layers, about 16 floats a hidden unit each */
+    uint64_t act_row =
+        (uint64_t)TRAIN_SEQ * arch->hidden * 4 * 16 *
+        (cfg->layer_last > cfg->layer_first ? cfg->layer_last - cfg->layer_first : 1);
+    uint32_t rows =
+        ns_pipe_micro_rows(cfg->memory_mb * MIB, act_row, TRAIN_SEQ, arch->hidden, TRAIN_BATCH);
+    return TRAIN_BATCH / rows;
+}
+
 static int plan_model(const ns_train_config *cfg, ns_stage_config *sc, char *err, size_t err_size)
 {
     ns_arch arch;
@@ -158,6 +187,32 @@ static int plan_model(const ns_train_config *cfg, ns_stage_config *sc, char *err
     sc->batch_max = TRAIN_BATCH;
     sc->seq_len_max = TRAIN_SEQ;
     sc->micro_batches_max = 1;
+    if (cfg->stages > 1) {
+        if (cfg->stage >= cfg->stages || cfg->stages > NS_PIPE_STAGES_MAX ||
+            cfg->layer_first >= cfg->layer_last || cfg->layer_last > arch.layers) {
+            snprintf(err, err_size, "stage %u of %u with layers %u..%u does not fit a model of %u",
+                     cfg->stage, cfg->stages, cfg->layer_first, cfg->layer_last, arch.layers);
+            return NS_EINVAL;
+        }
+        sc->layer_first = cfg->layer_first;
+        sc->layer_last = cfg->layer_last;
+    }
+    uint32_t m = micro_batches_of(cfg, &arch);
+    if (m == 0 || TRAIN_BATCH % m != 0 || m > NS_PIPE_MICRO_MAX) {
+        snprintf(err, err_size, "micro_batches must divide the batch of %u", TRAIN_BATCH);
+        return NS_EINVAL;
+    }
+    sc->batch_max = TRAIN_BATCH / m;
+    ns_pipe_config pc = {.stage = cfg->stages > 1 ? cfg->stage : 0,
+                         .stages = cfg->stages > 1 ? cfg->stages : 1,
+                         .micro_batches = m};
+    uint32_t fill = ns_pipe_in_flight_max(&pc);
+    if (fill > NS_EXEC_MICRO_BATCHES_MAX) {
+        snprintf(err, err_size, "a stage this deep would hold %u micro-batches (at most %u)", fill,
+                 NS_EXEC_MICRO_BATCHES_MAX);
+        return NS_EINVAL;
+    }
+    sc->micro_batches_max = fill;
     uint64_t need;
     int rc = ns_stage_memory_bytes(sc, &need);
     if (rc != NS_OK) {
@@ -427,9 +482,321 @@ static int train_step(ns_trainer *t, float *loss, ns_optim_report *report)
     return rc;
 }
 
+/* ---- a step as a pipeline stage (pipeline.h) ---------------------------------------------- */
+
+/* What a neighbouring stage sent, copied off the loop thread. */
+typedef struct inbox_msg {
+    struct inbox_msg *next;
+    ns_pipe_msg m;    /* data and targets point into the allocation below */
+    float *acts;      /* [rows, T, C] */
+    int32_t *targets; /* [rows, T] */
+} inbox_msg;
+
+static bool is_pipeline(const ns_trainer *t)
+{
+    return t->pipe != NULL;
+}
+
+static bool has_head(const ns_trainer *t)
+{
+    return ns_stage_has_head(t->stage);
+}
+
+int ns_trainer_pipe_input(ns_trainer *t, const ns_pipe_msg *m)
+{
+    size_t cells = (size_t)m->rows * m->seq_len, floats = cells * m->hidden;
+    bool tensor = m->type == NS_FRAME_PIPE_ACT || m->type == NS_FRAME_PIPE_GRAD;
+    inbox_msg *in = calloc(1, sizeof *in + (tensor ? floats * sizeof(float) + cells * 4 : 0));
+    if (in == NULL)
+        return NS_ENOMEM;
+    in->m = *m;
+    if (tensor) {
+        in->acts = (float *)(void *)(in + 1);
+        memcpy(in->acts, m->data, floats * sizeof(float));
+        in->targets = (int32_t *)(void *)(in->acts + floats);
+        for (size_t i = 0; m->type == NS_FRAME_PIPE_ACT && i < cells; i++)
+            in->targets[i] = ns_pipe_msg_target(m, i);
+    }
+    in->m.data = NULL;
+    in->m.targets = NULL;
+    pthread_mutex_lock(&t->lock);
+    int rc = NS_OK;
+    if (t->inbox_count >= NS_TRAIN_INBOX_MAX || t->exited) {
+        rc = NS_ELIMIT;
+    } else {
+        *t->inbox_tail = in;
+        t->inbox_tail = &in->next;
+        t->inbox_count++;
+        pthread_cond_signal(&t->wake);
+    }
+    pthread_mutex_unlock(&t->lock);
+    if (rc != NS_OK)
+        free(in);
+    return rc;
+}
+
+/* Hands what arrived to the schedule; what it refuses is counted and dropped. */
+static void take_inbox(ns_trainer *t)
+{
+    pthread_mutex_lock(&t->lock);
+    inbox_msg *list = t->inbox;
+    t->inbox = NULL;
+    t->inbox_tail = &t->inbox;
+    t->inbox_count = 0;
+    pthread_mutex_unlock(&t->lock);
+    size_t cells = (size_t)t->rows * TRAIN_SEQ;
+    size_t floats = cells * ns_stage_config_of(t->stage)->arch.hidden;
+    while (list != NULL) {
+        inbox_msg *in = list;
+        list = in->next;
+        const ns_pipe_msg *m = &in->m;
+        ns_pipe_refusal why = NS_PIPE_UNASKED;
+        int rc = NS_EINVAL;
+        bool shaped = m->rows == t->rows && m->seq_len == TRAIN_SEQ &&
+                      (size_t)m->rows * m->seq_len * m->hidden == floats;
+        if (m->type == NS_FRAME_PIPE_ACT && shaped) {
+            rc = ns_pipe_on_activation(t->pipe, m->step, m->micro, &why);
+            if (rc == NS_OK) {
+                memcpy(t->acts_in[m->step & 1][m->micro], in->acts, floats * sizeof(float));
+                memcpy(t->targets_in[m->step & 1][m->micro], in->targets, cells * 4);
+            }
+        } else if (m->type == NS_FRAME_PIPE_GRAD && shaped) {
+            rc = ns_pipe_on_gradient(t->pipe, m->step, m->micro, &why);
+            if (rc == NS_OK)
+                memcpy(t->grad_in[m->micro], in->acts, floats * sizeof(float));
+        } else if (m->type == NS_FRAME_PIPE_NORM) {
+            rc = ns_pipe_on_norm(t->pipe, m->step, m->norm, &why);
+        } else if (m->type == NS_FRAME_PIPE_SCALE) {
+            rc = ns_pipe_on_scale(t->pipe, m->step, m->scale, &why);
+        } else {
+            NS_LOG_W("pipe", "a %u x %u x %u tensor where this stage takes %u x %u: refused",
+                     m->rows, m->seq_len, m->hidden, t->rows, TRAIN_SEQ);
+        }
+        if (rc != NS_OK) {
+            pthread_mutex_lock(&t->lock);
+            t->pipe_status.refused[why]++;
+            pthread_mutex_unlock(&t->lock);
+            NS_LOG_D("pipe", "message refused: %s", ns_pipe_refusal_name(why));
+        }
+        free(in);
+    }
+}
+
+/* Sends a message to the stage before (dir -1) or after (+1). */
+static void pipe_send(ns_trainer *t, int dir, const ns_pipe_msg *m, const int32_t *targets)
+{
+    if (t->cfg.send == NULL)
+        return;
+    uint8_t stack[256];
+    size_t need = ns_pipe_msg_body_bytes(m);
+    uint8_t *body = need <= sizeof stack ? stack : malloc(need);
+    if (body == NULL)
+        return;
+    ns_frame f;
+    ns_pipe_msg_frame(m, targets, body, &f);
+    t->cfg.send(t->cfg.send_arg, dir, &f);
+    if (body != stack)
+        free(body);
+}
+
+/* Waits for the inbox (or a stop); false when the trainer is stopping. */
+static bool wait_inbox(ns_trainer *t)
+{
+    double t0 = wall_s();
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += 200 * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&t->lock);
+    if (t->inbox == NULL && !t->stop)
+        (void)pthread_cond_timedwait(&t->wake, &t->lock, &until);
+    bool go_on = !t->stop;
+    t->pipe_status.wait_s += wall_s() - t0;
+    snprintf(t->status.phase, sizeof t->status.phase, "waiting for the pipeline");
+    pthread_mutex_unlock(&t->lock);
+    return go_on;
+}
+
+/* One step of the 1F1B schedule: the initiator reads the batch, each micro-batch goes forward and
+ * back through the stages, the gradient norm and the clip scale travel along, and every stage
+ * updates. *loss is the step's loss at the stage with the head (NaN elsewhere). NS_EWAIT when the
+ * trainer was stopped while it waited. */
+static int pipe_step(ns_trainer *t, float *loss, ns_optim_report *report)
+{
+    const ns_pipe_config *pc = ns_pipe_config_of(t->pipe);
+    bool first = pc->stage == 0, last = pc->stage + 1 == pc->stages;
+    uint32_t m = pc->micro_batches, C = ns_stage_config_of(t->stage)->arch.hidden;
+    size_t cells = (size_t)t->rows * TRAIN_SEQ;
+    uint64_t step = ns_pipe_step(t->pipe);
+    if (first) {
+        ns_data_loader_next(t->loader, t->batch);
+        split_batch(t);
+    }
+    double sq = 0.0, busy = 0.0;
+    const float inv_m = 1.0f / (float)m;
+    for (;;) {
+        take_inbox(t);
+        ns_pipe_op op;
+        ns_pipe_next(t->pipe, &op);
+        if (op.kind == NS_PIPE_WAIT) {
+            if (!wait_inbox(t))
+                return NS_EWAIT;
+            continue;
+        }
+        double t0 = wall_s();
+        int rc = NS_OK;
+        uint32_t i = op.micro;
+        const int32_t *targets = first ? t->targets + i * cells : t->targets_in[step & 1][i];
+        if (op.kind == NS_PIPE_FORWARD) {
+            ns_stage_input in = {.batch = t->rows,
+                                 .seq_len = TRAIN_SEQ,
+                                 .tokens = first ? t->inputs + i * cells : NULL,
+                                 .acts = first ? NULL : t->acts_in[step & 1][i],
+                                 .targets = last ? targets : NULL};
+            rc = ns_stage_forward(t->stage, i, &in, t->out_buf);
+            if (rc == NS_OK && last)
+                t->micro_loss[i] = t->out_buf[0];
+            if (rc == NS_OK && !last) {
+                ns_pipe_msg msg = {.type = NS_FRAME_PIPE_ACT,
+                                   .step = step,
+                                   .micro = i,
+                                   .rows = t->rows,
+                                   .seq_len = TRAIN_SEQ,
+                                   .hidden = C,
+                                   .data = t->out_buf};
+                pipe_send(t, +1, &msg, targets);
+            }
+        } else if (op.kind == NS_PIPE_BACKWARD) {
+            rc = ns_stage_backward(t->stage, i, last ? &inv_m : t->grad_in[i],
+                                   first ? NULL : t->dinp_buf);
+            if (rc == NS_OK && !first) {
+                ns_pipe_msg msg = {.type = NS_FRAME_PIPE_GRAD,
+                                   .step = step,
+                                   .micro = i,
+                                   .rows = t->rows,
+                                   .seq_len = TRAIN_SEQ,
+                                   .hidden = C,
+                                   .data = t->dinp_buf};
+                pipe_send(t, -1, &msg, NULL);
+            }
+        } else if (op.kind == NS_PIPE_NORM) {
+            sq = ns_stage_grad_sq_sum_from(t->stage, op.norm_in);
+            if (last) {
+                ns_pipe_scale(t->pipe, ns_optim_clip_scale(&t->optim, sq));
+            } else {
+                ns_pipe_msg msg = {.type = NS_FRAME_PIPE_NORM, .step = step, .norm = sq};
+                pipe_send(t, +1, &msg, NULL);
+            }
+        } else {
+            if (!first) {
+                ns_pipe_msg msg = {.type = NS_FRAME_PIPE_SCALE, .step = step, .scale = op.scale};
+                pipe_send(t, -1, &msg, NULL);
+            }
+            double lr = ns_optim_lr(&t->optim, ns_stage_optim_step(t->stage));
+            ns_stage_adamw_step(t->stage, &t->optim, op.scale);
+            *report = (ns_optim_report){
+                .grad_norm = last ? sqrt(sq) : 0.0, .lr = lr, .clip_scale = op.scale};
+        }
+        if (rc != NS_OK)
+            return rc;
+        ns_pipe_done(t->pipe, &op);
+        busy += wall_s() - t0;
+        if (op.kind != NS_PIPE_UPDATE)
+            continue;
+        float sum = 0.0f;
+        for (uint32_t k = 0; k < m; k++)
+            sum += t->micro_loss[k] * inv_m;
+        *loss = last ? (m == 1 ? t->micro_loss[0] : sum) : NAN;
+        pthread_mutex_lock(&t->lock);
+        t->pipe_status.busy_s += busy;
+        t->pipe_status.steps++;
+        pthread_mutex_unlock(&t->lock);
+        return NS_OK;
+    }
+}
+
+/* The schedule and buffers of a pipeline stage (or of gradient accumulation alone). */
+static int open_pipe(ns_trainer *t)
+{
+    const ns_stage_config *sc = ns_stage_config_of(t->stage);
+    uint32_t m = TRAIN_BATCH / sc->batch_max;
+    bool alone = t->cfg.stages <= 1;
+    if (alone && m == 1)
+        return NS_OK; /* the plain step */
+    ns_pipe_config pc = {
+        .stage = alone ? 0 : t->cfg.stage, .stages = alone ? 1 : t->cfg.stages, .micro_batches = m};
+    int rc = ns_pipe_new(&t->pipe, &pc, ns_stage_optim_step(t->stage));
+    if (rc != NS_OK)
+        return rc;
+    t->rows = sc->batch_max;
+    size_t cells = (size_t)t->rows * TRAIN_SEQ, floats = cells * sc->arch.hidden;
+    for (uint32_t i = 0; i < m; i++) {
+        for (int k = 0; k < 2; k++) {
+            t->acts_in[k][i] = calloc(floats, sizeof(float));
+            t->targets_in[k][i] = calloc(cells, sizeof(int32_t));
+            if (t->acts_in[k][i] == NULL || t->targets_in[k][i] == NULL)
+                return NS_ENOMEM;
+        }
+        t->grad_in[i] = calloc(floats, sizeof(float));
+        if (t->grad_in[i] == NULL)
+            return NS_ENOMEM;
+    }
+    t->out_buf = calloc(floats > 1 ? floats : 1, sizeof(float));
+    t->dinp_buf = calloc(floats, sizeof(float));
+    if (t->out_buf == NULL || t->dinp_buf == NULL)
+        return NS_ENOMEM;
+    pthread_mutex_lock(&t->lock);
+    t->pipe_status = (ns_train_pipe_status){.on = true,
+                                            .stage = pc.stage,
+                                            .stages = pc.stages,
+                                            .layer_first = sc->layer_first,
+                                            .layer_last = sc->layer_last,
+                                            .micro_batches = m,
+                                            .rows = t->rows,
+                                            .inbox_max = NS_TRAIN_INBOX_MAX};
+    pthread_mutex_unlock(&t->lock);
+    NS_LOG_I("pipe", "stage %u of %u: layers %u..%u%s%s, %u micro-batches of %u rows", pc.stage,
+             pc.stages, sc->layer_first, sc->layer_last,
+             ns_stage_has_embedding(t->stage) ? " +embedding" : "",
+             ns_stage_has_head(t->stage) ? " +head" : "", m, t->rows);
+    return NS_OK;
+}
+
+void ns_trainer_pipe_status(ns_trainer *t, ns_train_pipe_status *out)
+{
+    pthread_mutex_lock(&t->lock);
+    *out = t->pipe_status;
+    out->inbox = t->inbox_count;
+    pthread_mutex_unlock(&t->lock);
+}
+
+static void free_pipe(ns_trainer *t)
+{
+    ns_pipe_free(t->pipe);
+    for (uint32_t i = 0; i < NS_PIPE_MICRO_MAX; i++) {
+        free(t->acts_in[0][i]);
+        free(t->acts_in[1][i]);
+        free(t->targets_in[0][i]);
+        free(t->targets_in[1][i]);
+        free(t->grad_in[i]);
+    }
+    free(t->out_buf);
+    free(t->dinp_buf);
+    while (t->inbox != NULL) {
+        inbox_msg *in = t->inbox;
+        t->inbox = in->next;
+        free(in);
+    }
+}
+
 /* Mean loss over a few held-out batches (the same ones every time: the loader is reset). */
 static double validate(ns_trainer *t)
 {
+    if (t->cfg.stages > 1)
+        return NAN; /* a stage cannot: the whole pipeline would have to run it */
     ns_data_pos start = {0, 0};
     if (ns_data_loader_seek(t->val_loader, start) != NS_OK)
         return NAN;
@@ -454,7 +821,7 @@ static void append_csv(ns_trainer *t, uint64_t step, double loss, double val, do
         return;
     if (ftell(f) == 0)
         fprintf(f, "step,loss,val_loss,lr,tokens_per_s,unix_ms\n");
-    fprintf(f, "%llu,%.5f,%.5f,%.3g,%.1f,%llu\n", (unsigned long long)step, loss, val, lr, tok_s,
+    fprintf(f, "%llu,%.9g,%.5f,%.3g,%.1f,%llu\n", (unsigned long long)step, loss, val, lr, tok_s,
             (unsigned long long)epoch_ms());
     fclose(f);
 }
@@ -498,7 +865,8 @@ static void record_step(ns_trainer *t, uint64_t step, float loss, const ns_optim
     pthread_mutex_lock(&t->lock);
     ns_train_status *s = &t->status;
     s->step = step;
-    s->loss = loss;
+    if (!isnan(loss))
+        s->loss = loss;
     s->tokens_per_s = s->tokens_per_s == 0 ? tok_s : 0.9 * s->tokens_per_s + 0.1 * tok_s;
     s->lr = rep->lr;
     s->grad_norm = rep->grad_norm;
@@ -561,7 +929,13 @@ static bool note_work(ns_trainer *t, ns_data_pos before, float loss, double step
     p->batches++;
     p->tokens += (uint64_t)TRAIN_BATCH * TRAIN_SEQ;
     p->loss_last = loss;
-    p->layers = ns_stage_config_of(t->stage)->arch.layers;
+    const ns_stage_config *sc = ns_stage_config_of(t->stage);
+    p->layers = sc->layer_last - sc->layer_first;
+    p->layer_first = sc->layer_first;
+    p->layer_last = sc->layer_last;
+    p->has_embed = ns_stage_has_embedding(t->stage);
+    p->has_head = ns_stage_has_head(t->stage);
+    p->in_quorum = t->cfg.stages > 1;
     p->exec_mode = (uint32_t)ns_exec_mode_of(t->exec);
     /* forward + backward is about three forwards of every layer */
     p->layer_latency_us = (uint64_t)(step_s * 1e6 / (3.0 * p->layers));
@@ -672,6 +1046,12 @@ static void generate(ns_trainer *t, ns_gen_job *job)
     uint32_t context = ns_stage_config_of(t->stage)->seq_len_max;
     job->status = 200;
     job->step = ns_stage_optim_step(t->stage);
+    if (t->cfg.stages > 1) {
+        const ns_stage_config *sc = ns_stage_config_of(t->stage);
+        job_fail(job, 503, "this node holds layers %u..%u of a pipeline, not the whole model",
+                 sc->layer_first, sc->layer_last);
+        return;
+    }
     if (t->kv == NULL && ns_kv_cache_new(&t->kv, t->stage, context) != NS_OK) {
         job_fail(job, 503, "no memory for the key/value cache");
         return;
@@ -757,6 +1137,8 @@ static void *trainer_main(void *arg)
     t->targets = malloc(sizeof *t->targets * TRAIN_BATCH * TRAIN_SEQ);
     if (rc == NS_OK && (t->batch == NULL || t->inputs == NULL || t->targets == NULL))
         rc = NS_ENOMEM;
+    if (rc == NS_OK)
+        rc = open_pipe(t);
     if (rc != NS_OK) {
         set_error(t, err[0] != '\0' ? err : ns_strerror(rc));
         cancel_jobs(t, "the model could not be loaded (see /training_status)");
@@ -805,7 +1187,10 @@ static void *trainer_main(void *arg)
         ns_optim_report rep;
         double t0 = wall_s();
         ns_data_pos before = ns_data_loader_pos(t->loader);
-        if (train_step(t, &loss, &rep) != NS_OK || !isfinite(loss)) {
+        rc = is_pipeline(t) ? pipe_step(t, &loss, &rep) : train_step(t, &loss, &rep);
+        if (rc == NS_EWAIT)
+            break; /* stopped while the pipeline waited: the step is dropped */
+        if (rc != NS_OK || (has_head(t) && !isfinite(loss))) {
             set_error(t, "a training step failed (loss not finite or a shape error)");
             break;
         }
@@ -951,6 +1336,7 @@ int ns_trainer_start(ns_trainer **out, const ns_train_config *cfg, char *err, si
     trainer_optim(&t->optim);
     t->running = cfg->start_running;
     t->jobs_tail = &t->jobs;
+    t->inbox_tail = &t->inbox;
     t->status.enabled = true;
     t->status.running = t->running;
     snprintf(t->status.phase, sizeof t->status.phase, "starting");
@@ -1063,6 +1449,7 @@ void ns_trainer_stop(ns_trainer *t)
     free(t->targets);
     free(t->weights);
     free(t->moments);
+    free_pipe(t);
     ns_kv_cache_free(t->kv);
     ns_stage_free(t->stage);
     ns_exec_free(t->gen_exec);

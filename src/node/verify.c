@@ -296,6 +296,9 @@ void ns_verifier_check(ns_verifier *v, const ns_proof *p, bool spot_check)
 {
     if (p->type != NS_PROOF_TRAINING || ns_verifier_verdict(v, p->id, NULL) != NS_JUDGE_UNKNOWN)
         return;
+    if (!p->has_embed || !p->has_head)
+        return; /* a pipeline stage's work needs its neighbours' activations: not recomputed
+                   alone (issue 7: cross-checked by the activation hashes instead) */
     for (size_t i = 0; i < v->job_count; i++)
         if (memcmp(v->jobs[i]->proof.id, p->id, NS_SHA256_BYTES) == 0)
             return;

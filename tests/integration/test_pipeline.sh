@@ -1,0 +1,95 @@
+#!/bin/sh
+# test_pipeline.sh: three daemons form a quorum and train one model as a pipeline.
+#
+# A, B and C ask for a quorum of three (--quorum-size 3) on one folder of text; the smallest id
+# proposes, each takes a third of the layers, and they train: activations forward and gradients
+# back over their encrypted links, the gradient norm and the clip scale along the chain. R trains
+# the same model alone with the same micro-batches. The finisher's losses must be R's, digit for
+# digit (the reproducible mode computes the same bits whatever the split), and fall.
+
+. "$(dirname "$0")/lib.sh"
+
+TXT=$TMP_ROOT/text
+mkdir -p "$TXT"
+cat README.md docs/design.md >"$TXT/a.txt"
+cat docs/operator.md docs/ledger.md >"$TXT/b.txt"
+COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 3x64 --micro-batches 4 --threads 1 --train on"
+STEPS=6
+for n in r a b c; do new_wallet "$TMP_ROOT/$n" >/dev/null; done
+
+json_field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p"; }
+
+# shellcheck disable=SC2086
+start_node "$TMP_ROOT/r" $COMMON || exit 1
+PID_r=$NODE_PID API_r=$API
+# shellcheck disable=SC2086
+start_node "$TMP_ROOT/a" $COMMON --quorum-size 3 || exit 1
+PID_a=$NODE_PID API_a=$API
+SEED=$(curl -s "http://$API_a/api/stats" | json_field listen)
+for n in b c; do
+    # shellcheck disable=SC2086
+    start_node "$TMP_ROOT/$n" $COMMON --quorum-size 3 --bootstrap "$SEED" || exit 1
+    eval "PID_$n=\$NODE_PID API_$n=\$API"
+done
+
+wait_for() {
+    _wf=0
+    while [ $_wf -lt "$1" ]; do
+        "$2" && return 0
+        sleep 0.5
+        _wf=$((_wf + 1))
+    done
+    return 1
+}
+status_of() { curl -s "http://$1/training_status"; }
+in_quorum() {
+    for n in a b c; do
+        eval "api=\$API_$n"
+        case "$(status_of "$api")" in *'"in_quorum":true'*) ;; *) return 1 ;; esac
+    done
+}
+check "three nodes that ask for a quorum of three form one" wait_for 120 in_quorum
+FIN=""
+for n in a b c; do
+    eval "api=\$API_$n"
+    s=$(status_of "$api")
+    case "$s" in *'"role":"finisher (head, loss)"'*) FIN=$n ;; esac
+done
+check "  ... one of them is the finisher" test -n "$FIN"
+roles=$(for n in a b c; do eval "api=\$API_$n"; status_of "$api" | grep -o '"role":"[a-z]*' | head -1; done | sort | tr '\n' ',')
+check "  ... with an initiator and a processor" contains "$roles" "initiator"
+check "  ... and a processor" contains "$roles" "processor"
+
+eval "API_f=\$API_$FIN"
+steps_done() {
+    [ "$(status_of "$API_f" | json_field step)" -ge $STEPS ] 2>/dev/null &&
+        [ "$(status_of "$API_r" | json_field step)" -ge $STEPS ] 2>/dev/null
+}
+check "the pipeline trains $STEPS steps" wait_for 600 steps_done
+losses() { sed -n "2,$((STEPS + 1))p" "$1/train.csv" | cut -d, -f1,2; }
+ref=$(losses "$TMP_ROOT/r")
+pipe=$(losses "$TMP_ROOT/$FIN")
+check "  ... with the losses of one process holding the whole model, digit for digit" contains "$pipe" "$ref"
+first=$(echo "$pipe" | head -1 | cut -d, -f2)
+last=$(echo "$pipe" | tail -1 | cut -d, -f2)
+check "  ... and the loss falls ($first -> $last)" awk "BEGIN { exit !($last < $first) }"
+s=$(status_of "$API_f")
+check "/training_status shows the pipeline's stages, bubble and refusals" contains "$s" '"bubble_1f1b":'
+check "  ... and the quorum's members" contains "$s" '"role":"initiator"'
+q=$("$CTL" --data-dir "$TMP_ROOT/$FIN" quorum 2>&1)
+check "neuroctl quorum lists the members" contains "$q" "finisher"
+API=$API_f
+g=$(http POST /generate_text -H "Authorization: Bearer $(cat "$TMP_ROOT/$FIN/api.token")" -d '{"prompt":"the"}')
+check "a stage refuses generation it cannot do alone" contains "$g" "503"
+
+for n in r a b c; do
+    eval "pid=\$PID_$n"
+    kill -TERM "$pid"
+done
+for n in r a b c; do
+    eval "pid=\$PID_$n"
+    wait_exit "$pid" 60
+    check "node $n stops cleanly" test "$EXIT_RC" -eq 0
+done
+
+finish
