@@ -50,4 +50,60 @@ const char *ns_tier_name(ns_tier tier); /* "T1".."T5" */
 /* Pipeline mode needs T1-T4 (S2); every tier may train asynchronously. */
 bool ns_tier_can_pipeline(ns_tier tier);
 
+/* ---- layer pool (SPEC S3) ----------------------------------------------------------------- */
+
+/* What a node needs to hold a layer range: every parameter costs NS_POOL_BYTES_PER_PARAM bytes
+ * (fp32 weight, gradient, AdamW first and second moments); the holder of layer 0 also holds the
+ * token embedding, the holder of the last layer also the final RMSNorm and the LM head. Of a
+ * node's announced memory, NS_POOL_MEMORY_USABLE_PERCENT is budgeted for layers (S3's 0.8); the
+ * rest is left for activations, the runtime and the system. */
+#define NS_POOL_NODES_MAX             4096
+#define NS_POOL_LAYERS_MAX            256 /* the architecture function gives at most 216 */
+#define NS_POOL_BYTES_PER_PARAM       16
+#define NS_POOL_MEMORY_USABLE_PERCENT 80
+#define NS_POOL_SCARCITY_PPM_BASE     1000000u /* a multiplier of 1.0 in parts per million */
+
+/* One node's announcement as the pool sees it. */
+typedef struct ns_pool_node {
+    uint8_t id[NS_ID_BYTES];
+    uint64_t memory_mb;
+    ns_tier tier;
+    uint32_t layer_first; /* held layers [layer_first, layer_last); equal when none */
+    uint32_t layer_last;
+} ns_pool_node;
+
+typedef struct ns_pool_range {
+    uint32_t layer_first; /* [layer_first, layer_last); equal when empty */
+    uint32_t layer_last;
+} ns_pool_range;
+
+/* Target replicas of every layer for a swarm of nodes: 1 (N < 5), 2 (N < 20), 3 (N >= 20). */
+uint32_t ns_pool_replicas_target(size_t nodes);
+/* Bytes to hold layers [first, last) of arch (see above). arch must be valid for ns_pool_assign
+ * and first < last <= arch->layers. */
+uint64_t ns_pool_range_bytes(const ns_arch *arch, uint32_t first, uint32_t last);
+/* Bytes of an announced memory budgeted for layers; memory above NS_ARCH_MEMORY_MB_MAX counts as
+ * that much. */
+uint64_t ns_pool_budget_bytes(uint64_t memory_mb);
+
+/* Assigns out[i], a contiguous layer range, to nodes[i]. Every node computes the same answer from
+ * the same announcements, whatever their order: nodes are taken in node-id order. First every
+ * node whose held range is still valid (inside the architecture, within its budget) keeps it.
+ * Then each other node, in id order, starts at the scarcest layer whose holding fits its budget
+ * (fewest holders, ties to the lowest index) and grows the range one layer at a time toward the
+ * scarcer neighbour (ties to the lower index) for as long as the range fits. A node that fits no
+ * layer gets an empty range (0, 0). NS_EINVAL for a NULL or implausible arch (no layers, more
+ * than NS_POOL_LAYERS_MAX, a shape whose byte counts could overflow), NULL nodes or out with
+ * n > 0, or two announcements with one id; NS_ETOOBIG for n > NS_POOL_NODES_MAX. n = 0 is OK. */
+NS_MUST_USE int ns_pool_assign(const ns_arch *arch, const ns_pool_node *nodes, size_t n,
+                               ns_pool_range *out);
+/* holders[l] = how many of ranges[0..n) hold layer l, for l < arch->layers. NS_EINVAL for an
+ * invalid arch or a range that is reversed or reaches past the last layer. */
+NS_MUST_USE int ns_pool_holders(const ns_arch *arch, const ns_pool_range *ranges, size_t n,
+                                uint32_t *holders);
+/* S10's scarcity multiplier 1 + 0.5 * (target - actual) / target, in parts per million and
+ * rounded down: 1 500 000 for a layer nobody holds, 1 000 000 from the target up (holding a
+ * well-replicated layer is never paid less than the base) and for target 0. */
+uint32_t ns_pool_scarcity_ppm(uint32_t target, uint32_t actual);
+
 #endif

@@ -1,0 +1,171 @@
+/*
+ * plan.c: quorum planning (SPEC S5), a pure function over layer-holder announcements.
+ *
+ * A quorum is a path through the layers: positions 0..L, and a candidate holding [first, last)
+ * is an edge from any position p in [first, last) to last, weighted by its latency. Running a
+ * member to the end of what it holds never hurts (whoever would follow it earlier can start
+ * later), so these edges are the only ones needed, and the cheapest full cover is a shortest
+ * path over a DAG: one pass over positions in order, O(L x candidates), for each band of two
+ * adjacent tiers. Candidates are scanned in id order and only a strictly better path replaces a
+ * found one, so the answer depends on the set of announcements, never on their order.
+ */
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "neuroshard/quorum.h"
+
+#define PLAN_BAND_FIRST   NS_TIER_T1
+#define PLAN_BAND_LAST    NS_TIER_T4 /* bands {T1,T2} {T2,T3} {T3,T4} {T4}; T5 never pipelines */
+#define PLAN_UNREACHED    UINT64_MAX
+#define PLAN_ID_BYTES_MAX (NS_QUORUM_MEMBERS_MAX * NS_ID_BYTES + 8)
+
+static_assert(NS_QUORUM_MEMBERS_MAX >= 1, "a quorum has at least one member");
+
+/* The cheapest known path from position 0 to each position. */
+typedef struct cover {
+    uint64_t cost[NS_POOL_LAYERS_MAX + 1]; /* sum of latencies, PLAN_UNREACHED if none */
+    uint32_t hops[NS_POOL_LAYERS_MAX + 1]; /* members on the path */
+    uint32_t from[NS_POOL_LAYERS_MAX + 1]; /* where the last member starts */
+    const ns_quorum_candidate *by[NS_POOL_LAYERS_MAX + 1];
+} cover;
+
+static int candidate_by_id(const void *a, const void *b)
+{
+    const ns_quorum_candidate *x = *(const ns_quorum_candidate *const *)a;
+    const ns_quorum_candidate *y = *(const ns_quorum_candidate *const *)b;
+    return memcmp(x->node.id, y->node.id, NS_ID_BYTES);
+}
+
+static int id_cmp(const void *a, const void *b)
+{
+    return memcmp(a, b, NS_ID_BYTES);
+}
+
+static bool in_band(ns_tier tier, ns_tier band)
+{
+    return ns_tier_can_pipeline(tier) && (tier == band || (int)tier == (int)band + 1);
+}
+
+static bool better(uint64_t cost, uint32_t hops, uint64_t than_cost, uint32_t than_hops)
+{
+    return cost < than_cost || (cost == than_cost && hops < than_hops);
+}
+
+static void cover_band(cover *c, const ns_quorum_candidate *const *sorted, size_t n,
+                       uint32_t layers, ns_tier band)
+{
+    for (uint32_t p = 0; p <= layers; p++) {
+        c->cost[p] = PLAN_UNREACHED;
+        c->hops[p] = UINT32_MAX;
+    }
+    c->cost[0] = 0;
+    c->hops[0] = 0;
+    for (uint32_t p = 0; p < layers; p++) {
+        if (c->cost[p] == PLAN_UNREACHED || c->hops[p] == NS_QUORUM_MEMBERS_MAX)
+            continue;
+        for (size_t k = 0; k < n; k++) {
+            const ns_pool_node *node = &sorted[k]->node;
+            if (!in_band(node->tier, band) || p < node->layer_first || p >= node->layer_last)
+                continue;
+            uint32_t to = node->layer_last;
+            uint64_t cost = c->cost[p] + sorted[k]->latency_ms;
+            if (better(cost, c->hops[p] + 1, c->cost[to], c->hops[to])) {
+                c->cost[to] = cost;
+                c->hops[to] = c->hops[p] + 1;
+                c->from[to] = p;
+                c->by[to] = sorted[k];
+            }
+        }
+    }
+}
+
+static void cover_to_proposal(const cover *c, uint32_t layers, ns_quorum_proposal *out)
+{
+    NS_ASSERT(c->cost[layers] != PLAN_UNREACHED);
+    NS_ASSERT(c->hops[layers] >= 1 && c->hops[layers] <= NS_QUORUM_MEMBERS_MAX);
+    out->member_count = c->hops[layers];
+    out->latency_ms_sum = c->cost[layers];
+    uint32_t at = layers;
+    for (uint32_t i = out->member_count; i-- > 0;) {
+        const ns_quorum_candidate *by = c->by[at];
+        ns_quorum_member *m = &out->members[i];
+        memcpy(m->id, by->node.id, NS_ID_BYTES);
+        m->layer_first = c->from[at];
+        m->layer_last = at;
+        m->tier = by->node.tier;
+        m->latency_ms = by->latency_ms;
+        at = c->from[at];
+    }
+    NS_ASSERT(at == 0);
+}
+
+int ns_quorum_plan(const ns_quorum_candidate *candidates, size_t n, uint32_t layers,
+                   uint64_t session_start_ms, ns_quorum_proposal *out)
+{
+    NS_ASSERT(out != NULL);
+    if (layers == 0 || layers > NS_POOL_LAYERS_MAX || (n > 0 && candidates == NULL))
+        return NS_EINVAL;
+    if (n > NS_QUORUM_CANDIDATES_MAX)
+        return NS_ETOOBIG;
+    const ns_quorum_candidate *sorted[NS_QUORUM_CANDIDATES_MAX];
+    size_t usable = 0;
+    for (size_t i = 0; i < n; i++)
+        sorted[i] = &candidates[i];
+    qsort(sorted, n, sizeof sorted[0], candidate_by_id);
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0 && memcmp(sorted[i - 1]->node.id, sorted[i]->node.id, NS_ID_BYTES) == 0)
+            return NS_EINVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const ns_pool_node *node = &sorted[i]->node;
+        if (node->layer_first < node->layer_last && node->layer_last <= layers)
+            sorted[usable++] = sorted[i];
+    }
+
+    cover best, trial;
+    best.cost[layers] = PLAN_UNREACHED;
+    best.hops[layers] = UINT32_MAX;
+    for (int band = PLAN_BAND_FIRST; band <= PLAN_BAND_LAST; band++) {
+        cover_band(&trial, sorted, usable, layers, (ns_tier)band);
+        if (better(trial.cost[layers], trial.hops[layers], best.cost[layers], best.hops[layers]))
+            best = trial;
+    }
+    if (best.cost[layers] == PLAN_UNREACHED)
+        return NS_ENOENT;
+
+    memset(out, 0, sizeof *out);
+    out->session_start_ms = session_start_ms;
+    out->layers = layers;
+    cover_to_proposal(&best, layers, out);
+    ns_quorum_id(out, out->id);
+    return NS_OK;
+}
+
+void ns_quorum_id(const ns_quorum_proposal *p, uint8_t out[NS_SHA256_BYTES])
+{
+    NS_ASSERT(p->member_count <= NS_QUORUM_MEMBERS_MAX);
+    uint8_t ids[NS_QUORUM_MEMBERS_MAX][NS_ID_BYTES];
+    for (uint32_t i = 0; i < p->member_count; i++)
+        memcpy(ids[i], p->members[i].id, NS_ID_BYTES);
+    qsort(ids, p->member_count, NS_ID_BYTES, id_cmp);
+    uint8_t buf[PLAN_ID_BYTES_MAX];
+    size_t len = (size_t)p->member_count * NS_ID_BYTES;
+    memcpy(buf, ids, len);
+    for (int i = 0; i < 8; i++)
+        buf[len++] = (uint8_t)(p->session_start_ms >> (56 - 8 * i));
+    ns_sha256(out, buf, len);
+}
+
+bool ns_quorum_tiers_compatible(const ns_tier *tiers, size_t n)
+{
+    int low = NS_TIER_T5;
+    int high = NS_TIER_T1;
+    for (size_t i = 0; i < n; i++) {
+        if (!ns_tier_can_pipeline(tiers[i]))
+            return false;
+        low = (int)tiers[i] < low ? (int)tiers[i] : low;
+        high = (int)tiers[i] > high ? (int)tiers[i] : high;
+    }
+    return n == 0 || high - low <= 1;
+}
