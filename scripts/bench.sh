@@ -23,6 +23,12 @@ if [ -z "${BENCH_SKIP_TRAIN:-}" ]; then
     scripts/bench-train.sh "$build" "$peak" | grep '^bench ' | sed 's|^bench |solo_training |' >>"$tmp"
 fi
 
+# A 2-stage pipeline of two daemons against one daemon with 2 threads (BENCH_SKIP_PIPE=1 skips).
+if [ -z "${BENCH_SKIP_PIPE:-}" ]; then
+    echo "== scripts/bench-pipeline.sh (about three minutes)" >&2
+    scripts/bench-pipeline.sh "$build" | grep '^bench ' | sed 's|^bench |pipeline |' >>"$tmp"
+fi
+
 # netsim at 10,000 nodes: figures against the issue's goals (the baseline of a simulation is the
 # goal it must meet; the ratio is figure / goal, or goal / figure where lower is better).
 if [ -x "$build/netsim" ] && [ -z "${BENCH_SKIP_NETSIM:-}" ]; then
@@ -97,5 +103,12 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
     echo "  OpenBLAS buffers, data, tokenizer) against the trainer's estimate (weights, gradients,"
     echo "  AdamW moments, one batch's activations and scratch, the KV cache); lower is better."
     echo "  generate_tokens_per_s: greedy decoding of 100 tokens through the KV cache."
+    echo "- pipeline (scripts/bench-pipeline.sh): the same model (8x512) trained by two daemons as a"
+    echo "  2-stage pipeline (one compute thread each, S6's micro-batches) against one daemon with"
+    echo "  2 threads, one after the other on this machine, a minute each. wire_bytes_per_token: what"
+    echo "  the stages sent (activations with their targets, gradients, norm and scale) per trained"
+    echo "  token, against 2 C floats (one activation row forward, its gradient back). bubble: the"
+    echo "  share of a stage's time spent waiting for its neighbour, against 1F1B's (S-1)/(m+S-1)."
+    echo "  Failover after kill -9 is not measured yet: quorums do not fail over yet (issue 7)."
 } >"$out"
 cat "$out"

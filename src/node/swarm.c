@@ -58,8 +58,8 @@ struct ns_swarm {
     uv_async_t async;
     bool closing;
     /* counters */
-    uint64_t frames_in, frames_out, refused_neighbour, refused_malformed, refused_full,
-        proposals_refused;
+    uint64_t frames_in, frames_out, bytes_in, bytes_out, refused_neighbour, refused_malformed,
+        refused_full, proposals_refused;
 };
 
 static uint64_t now_ms(const ns_swarm *s)
@@ -314,10 +314,12 @@ static void on_pipe(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
                  f->type);
         return;
     }
-    if (ns_trainer_pipe_input(*s->cfg.trainer, &m) != NS_OK)
+    if (ns_trainer_pipe_input(*s->cfg.trainer, &m) != NS_OK) {
         s->refused_full++;
-    else
+    } else {
         s->frames_in++;
+        s->bytes_in += f->body_len + (f->tensor.dtype != NS_DTYPE_NONE ? f->tensor.bytes : 0);
+    }
 }
 
 static void on_frame(void *arg, const uint8_t peer[NS_NODE_ID_BYTES], const ns_frame *f)
@@ -402,8 +404,11 @@ static void drain(ns_swarm *s)
                     ns_env_timer(&s->cfg.uvenv->env, now_ms(s) + SWARM_RETRY_MS, retry_fired, s);
             return;
         }
-        if (rc == NS_OK)
+        if (rc == NS_OK) {
             s->frames_out++;
+            s->bytes_out +=
+                it->f.body_len + (it->f.tensor.dtype != NS_DTYPE_NONE ? it->f.tensor.bytes : 0);
+        }
         pthread_mutex_lock(&s->mu);
         s->out = it->next;
         if (s->out == NULL)
@@ -512,10 +517,11 @@ json_t *ns_swarm_json(ns_swarm *s)
     if (s->in_quorum)
         ns_hex_encode(qid, sizeof qid, s->quorum_id, NS_SHA256_BYTES);
     return json_pack(
-        "{s:I, s:b, s:s, s:I, s:o, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I}}", "quorum_size",
+        "{s:I, s:b, s:s, s:I, s:o, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}}", "quorum_size",
         (json_int_t)s->cfg.quorum_size, "in_quorum", s->in_quorum, "quorum_id", qid, "stage",
         (json_int_t)s->stage, "members", members, "peers_known", known, "frames", "in",
-        (json_int_t)s->frames_in, "out", (json_int_t)s->frames_out, "refused_not_neighbour",
+        (json_int_t)s->frames_in, "out", (json_int_t)s->frames_out, "bytes_in",
+        (json_int_t)s->bytes_in, "bytes_out", (json_int_t)s->bytes_out, "refused_not_neighbour",
         (json_int_t)s->refused_neighbour, "refused_malformed", (json_int_t)s->refused_malformed,
         "refused_inbox_full", (json_int_t)s->refused_full, "proposals_refused",
         (json_int_t)s->proposals_refused);
