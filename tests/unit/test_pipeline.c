@@ -14,8 +14,11 @@
 
 #include <cmocka.h>
 
+#include <math.h>
+
 #include "neuroshard/exec.h"
 #include "neuroshard/pipeline.h"
+#include "neuroshard/wire.h"
 
 static ns_pipe *pipe_of(uint32_t s, uint32_t S, uint32_t m)
 {
@@ -179,6 +182,84 @@ static void test_micro_batch_rows_and_bubble(void **state)
     assert_int_equal(ns_pipe_micro_rows(10000, 1000, 16, 64, 8), 1);      /* memory-bound */
     assert_true(ns_pipe_bubble_fraction(1, 8) == 0.0);
     assert_true(ns_pipe_bubble_fraction(3, 4) == 2.0 / 6.0);
+}
+
+/* ---- the frames -------------------------------------------------------------------------- */
+
+static void test_frames_round_trip_and_refuse_what_would_poison_a_stage(void **state)
+{
+    (void)state;
+    float acts[2 * 3 * 4];
+    for (size_t i = 0; i < 24; i++)
+        acts[i] = (float)i * 0.5f - 3.0f;
+    int32_t targets[6] = {1, 2, 3, -1, 5, 66};
+    ns_pipe_msg m = {.type = NS_FRAME_PIPE_ACT,
+                     .step = 1ull << 40,
+                     .micro = 3,
+                     .rows = 2,
+                     .seq_len = 3,
+                     .hidden = 4,
+                     .data = acts};
+    uint8_t body[256];
+    ns_frame f;
+    ns_pipe_msg_frame(&m, targets, body, &f);
+    assert_int_equal(f.body_len, ns_pipe_msg_body_bytes(&m));
+    ns_pipe_msg back;
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_OK);
+    assert_true(back.step == m.step);
+    assert_int_equal(back.micro, 3);
+    assert_int_equal(back.rows * back.seq_len * back.hidden, 24);
+    assert_memory_equal(back.data, acts, sizeof acts);
+    for (size_t i = 0; i < 6; i++)
+        assert_int_equal(ns_pipe_msg_target(&back, i), targets[i]);
+    /* a shape that does not match, a body cut short, another dtype */
+    ns_frame bad = f;
+    bad.tensor.shape[2] = 5;
+    assert_int_equal(ns_pipe_msg_parse(&bad, &back), NS_EPARSE);
+    bad = f;
+    bad.body_len--;
+    assert_int_equal(ns_pipe_msg_parse(&bad, &back), NS_EPARSE);
+    bad = f;
+    bad.tensor.dtype = NS_DTYPE_I32;
+    assert_int_equal(ns_pipe_msg_parse(&bad, &back), NS_EPARSE);
+    /* a NaN or an infinity in the activations, a target below -1 */
+    acts[7] = NAN;
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_EPARSE);
+    acts[7] = INFINITY;
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_EPARSE);
+    acts[7] = 0.0f;
+    targets[2] = -2;
+    ns_pipe_msg_frame(&m, targets, body, &f);
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_EPARSE);
+    /* a micro-batch index, rows or a width beyond the limits */
+    targets[2] = 0;
+    m.micro = NS_PIPE_MICRO_MAX;
+    ns_pipe_msg_frame(&m, targets, body, &f);
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_EPARSE);
+    /* norms and scales */
+    ns_pipe_msg n = {.type = NS_FRAME_PIPE_NORM, .step = 9, .norm = 12.5};
+    ns_pipe_msg_frame(&n, NULL, body, &f);
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_OK);
+    assert_true(back.norm == 12.5);
+    n.norm = -1.0;
+    ns_pipe_msg_frame(&n, NULL, body, &f);
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_EPARSE);
+    n.norm = NAN;
+    ns_pipe_msg_frame(&n, NULL, body, &f);
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_EPARSE);
+    ns_pipe_msg sc = {.type = NS_FRAME_PIPE_SCALE, .step = 9, .scale = 0.25f};
+    ns_pipe_msg_frame(&sc, NULL, body, &f);
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_OK);
+    assert_true(back.scale == 0.25f);
+    sc.scale = 1.5f;
+    ns_pipe_msg_frame(&sc, NULL, body, &f);
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_EPARSE);
+    sc.scale = 0.0f;
+    ns_pipe_msg_frame(&sc, NULL, body, &f);
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_EPARSE);
+    /* a type that is not the pipeline's */
+    f.type = NS_FRAME_PROOF;
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_EPARSE);
 }
 
 /* ---- three stages against the whole model ------------------------------------------------- */
@@ -465,6 +546,7 @@ int main(void)
         cmocka_unit_test(test_every_shape_keeps_its_bounds),
         cmocka_unit_test(test_inputs_that_do_not_belong_are_refused),
         cmocka_unit_test(test_micro_batch_rows_and_bubble),
+        cmocka_unit_test(test_frames_round_trip_and_refuse_what_would_poison_a_stage),
         cmocka_unit_test(test_three_stages_train_like_one_process_bit_for_bit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
