@@ -176,6 +176,15 @@ typedef struct ns_node_info {
     size_t address_count;
     char version[NS_NODE_VERSION_SIZE];
     uint64_t memory_mb;
+    /* capacity (S2): zero until known */
+    uint64_t layer_latency_us;
+    uint32_t tier; /* 1..5, 0 unknown */
+    uint32_t bandwidth_mbps;
+    uint32_t layer_first, layer_last; /* held [first, last) */
+    bool in_quorum;
+    uint8_t quorum_id[32];
+    uint64_t stake_nano;
+    uint32_t reputation_ppm; /* <= 1000000 */
 } ns_node_info;
 
 /* Signs this node's record: type NS_RECORD_NODE, empty topic, body NodeInfo (proto/node.proto).

@@ -116,6 +116,7 @@ struct ns_net {
     size_t record_len;
     uint64_t record_seq;
     uint64_t memory_mb;
+    ns_node_info capacity; /* the capacity fields of the record (S2), set by the swarm */
     net_conn *conns;
     size_t conn_count;
     size_t probe_count;
@@ -646,6 +647,15 @@ static int sign_record(ns_net *net)
     memcpy(info.link_static, net->ident.link_static_public, 32);
     snprintf(info.version, sizeof info.version, "%s", NS_VERSION);
     info.memory_mb = net->memory_mb;
+    info.layer_latency_us = net->capacity.layer_latency_us;
+    info.tier = net->capacity.tier;
+    info.bandwidth_mbps = net->capacity.bandwidth_mbps;
+    info.layer_first = net->capacity.layer_first;
+    info.layer_last = net->capacity.layer_last;
+    info.in_quorum = net->capacity.in_quorum;
+    memcpy(info.quorum_id, net->capacity.quorum_id, sizeof info.quorum_id);
+    info.stake_nano = net->capacity.stake_nano;
+    info.reputation_ppm = net->capacity.reputation_ppm;
     static const uint8_t any4[4] = {0};
     static const uint8_t any6[16] = {0};
     bool wildcard = memcmp(net->bound.ip, net->bound.family == 4 ? any4 : any6,
@@ -887,6 +897,21 @@ static void links_timer_fired(void *arg, uint64_t now_ms)
     }
     net->links_timer =
         ns_env_timer(&net->uvenv->env, now_ms + NET_PEER_LINKS_MS, links_timer_fired, net);
+}
+
+void ns_net_set_capacity(ns_net *net, const ns_node_info *cap)
+{
+    ns_node_info *c = &net->capacity;
+    bool same = c->layer_latency_us == cap->layer_latency_us && c->tier == cap->tier &&
+                c->bandwidth_mbps == cap->bandwidth_mbps && c->layer_first == cap->layer_first &&
+                c->layer_last == cap->layer_last && c->in_quorum == cap->in_quorum &&
+                memcmp(c->quorum_id, cap->quorum_id, sizeof c->quorum_id) == 0 &&
+                c->stake_nano == cap->stake_nano && c->reputation_ppm == cap->reputation_ppm;
+    if (same)
+        return;
+    *c = *cap;
+    if (net->dht != NULL && sign_record(net) == NS_OK)
+        publish_record(net);
 }
 
 void ns_net_set_app(ns_net *net, ns_net_app app, ns_net_frame_fn on_frame, ns_net_link_fn on_link,

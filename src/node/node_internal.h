@@ -17,6 +17,7 @@
 #include "neuroshard/crypto.h"
 #include "neuroshard/exec.h"
 #include "neuroshard/ledger.h"
+#include "neuroshard/link.h"
 #include "neuroshard/node.h"
 #include "neuroshard/wire.h"
 
@@ -126,6 +127,9 @@ void ns_net_metrics(ns_net *net, char **text, int *len);
 typedef void (*ns_net_frame_fn)(void *arg, const uint8_t peer_id[NS_NODE_ID_BYTES],
                                 const ns_frame *f);
 typedef void (*ns_net_link_fn)(void *arg, const uint8_t peer_id[NS_NODE_ID_BYTES]);
+/* The capacity fields of this node's record (S2: latency, tier, bandwidth, layers, quorum,
+ * stake, reputation); a change re-signs the record and publishes it in the DHT. */
+void ns_net_set_capacity(ns_net *net, const ns_node_info *capacity);
 /* Who takes a peer link's frames of type >= NS_FRAME_APP: the ledger's gossip and verification
  * (types below NS_FRAME_PIPE_ACT) or the swarm (the pipeline, capacity and quorum frames). */
 typedef enum ns_net_app { NS_NET_APP_ECON = 0, NS_NET_APP_SWARM = 1, NS_NET_APPS_ = 2 } ns_net_app;
@@ -185,6 +189,10 @@ typedef struct ns_trainer ns_trainer;
 /* Refuses a model that would not fit cfg->memory_mb or the free memory, before anything is
  * allocated: the daemon calls it at start and stops with err. */
 NS_MUST_USE int ns_trainer_check(const ns_train_config *cfg, char *err, size_t err_size);
+/* S2's self-benchmark: the forward of one layer of the model cfg describes, for one row of the
+ * trainer's sequence length, best of five (microseconds). Allocates one layer; takes about five
+ * forwards of it. Any thread. */
+NS_MUST_USE int ns_train_layer_benchmark(const ns_train_config *cfg, uint64_t *latency_us);
 /* Checks, then starts the trainer thread (which loads data and the last checkpoint). */
 NS_MUST_USE int ns_trainer_start(ns_trainer **out, const ns_train_config *cfg, char *err,
                                  size_t err_size);

@@ -12,6 +12,10 @@
  * links live on this thread), and frames from the neighbours are checked (the right neighbour, a
  * well-formed message) before they are copied to the trainer.
  *
+ * At start and every SWARM_BENCH_MS the node times the forward of one layer of its model on a
+ * libuv worker thread (S2's self-benchmark); the tier that follows, the layers it holds and its
+ * quorum go into its capacity heartbeats and its signed node record in the DHT.
+ *
  * Not yet here (issue 7): the layer pool and replicas, quorum health and failover, multipath.
  */
 #include <pthread.h>
@@ -27,6 +31,7 @@
 #define SWARM_MEMBERS_MAX    16
 #define SWARM_RETRY_MS       50
 #define SWARM_CAPACITY_BYTES 18
+#define SWARM_BENCH_MS       (10 * 60 * 1000)
 
 typedef struct peer_cap {
     uint8_t id[NS_NODE_ID_BYTES];
@@ -46,7 +51,13 @@ struct ns_swarm {
     ns_swarm_config cfg;
     peer_cap peers[SWARM_PEERS_MAX];
     size_t peer_count;
-    uint64_t heartbeat_timer, retry_timer;
+    uint64_t heartbeat_timer, retry_timer, bench_timer;
+    /* the self-benchmark (S2), run on a libuv worker */
+    uv_work_t bench;
+    bool bench_running, async_closed;
+    int bench_rc;
+    uint64_t bench_us, layer_latency_us;
+    ns_tier tier;
     /* the quorum */
     bool in_quorum;
     uint8_t members[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
@@ -96,7 +107,7 @@ static void capacity_body(const ns_swarm *s, uint8_t b[SWARM_CAPACITY_BYTES])
     put_u16(b + 8, ps.layer_last);
     b[10] = 0; /* GPU % */
     b[11] = s->in_quorum ? 1 : 0;
-    b[12] = NS_TIER_T3; /* until the self-benchmark (S2) measures it */
+    b[12] = (uint8_t)s->tier;
     b[13] = (uint8_t)s->cfg.quorum_size;
     put_u16(b + 14, s->cfg.model_layers);
     put_u16(b + 16, s->cfg.model_hidden);
@@ -177,6 +188,20 @@ static void quorum_id_of(const ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uin
 
 static void out_send(void *arg, int dir, const ns_frame *f);
 
+/* What the node record says of this node's capacity (S2). */
+static void publish_capacity(ns_swarm *s)
+{
+    ns_node_info cap = {.layer_latency_us = s->layer_latency_us,
+                        .tier = s->layer_latency_us != 0 ? (uint32_t)s->tier : 0,
+                        .in_quorum = s->in_quorum,
+                        .reputation_ppm = 1000000};
+    if (s->in_quorum) {
+        stage_layers(s, s->stage, s->member_count, &cap.layer_first, &cap.layer_last);
+        memcpy(cap.quorum_id, s->quorum_id, sizeof cap.quorum_id);
+    }
+    ns_net_set_capacity(s->cfg.net, &cap);
+}
+
 /* Becomes stage `stage` of the quorum `ids` and starts the trainer on that stage. */
 static void join_quorum(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n, uint32_t stage)
 {
@@ -199,6 +224,7 @@ static void join_quorum(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n
     if (ns_trainer_start(s->cfg.trainer, &tc, err, sizeof err) != NS_OK)
         NS_LOG_E("swarm", "the stage could not start: %s", err);
     send_capacity(s, NULL);
+    publish_capacity(s);
 }
 
 static bool wants_same(const ns_swarm *s, const peer_cap *p, uint64_t now)
@@ -431,6 +457,45 @@ static void on_async(uv_async_t *h)
     drain(h->data);
 }
 
+static void bench_work(uv_work_t *w)
+{
+    ns_swarm *s = w->data;
+    s->bench_rc = ns_train_layer_benchmark(&s->cfg.train, &s->bench_us);
+}
+
+static void free_swarm(ns_swarm *s);
+
+static void bench_done(uv_work_t *w, int status)
+{
+    ns_swarm *s = w->data;
+    s->bench_running = false;
+    if (s->async_closed) { /* stopped while it ran: the last one out frees */
+        free_swarm(s);
+        return;
+    }
+    if (status != 0 || s->bench_rc != NS_OK) {
+        NS_LOG_W("swarm", "the self-benchmark failed: %s", ns_strerror(s->bench_rc));
+        return;
+    }
+    s->layer_latency_us = s->bench_us;
+    s->tier = ns_tier_for_latency_us(s->bench_us);
+    NS_LOG_I("swarm", "self-benchmark: one layer's forward takes %.2f ms: tier %s%s",
+             (double)s->bench_us / 1000.0, ns_tier_name(s->tier),
+             ns_tier_can_pipeline(s->tier) ? "" : " (asynchronous training only)");
+    publish_capacity(s);
+}
+
+static void bench_fired(void *arg, uint64_t now)
+{
+    ns_swarm *s = arg;
+    s->bench_timer = ns_env_timer(&s->cfg.uvenv->env, now + SWARM_BENCH_MS, bench_fired, s);
+    if (s->bench_running)
+        return;
+    s->bench.data = s;
+    if (uv_queue_work(s->cfg.uvenv->loop, &s->bench, bench_work, bench_done) == 0)
+        s->bench_running = true;
+}
+
 static void heartbeat_fired(void *arg, uint64_t now)
 {
     ns_swarm *s = arg;
@@ -459,6 +524,8 @@ int ns_swarm_start(ns_swarm **out, const ns_swarm_config *cfg)
     s->async.data = s;
     ns_net_set_app(cfg->net, NS_NET_APP_SWARM, on_frame, on_link, s);
     s->heartbeat_timer = ns_env_timer(&cfg->uvenv->env, now_ms(s) + 1000, heartbeat_fired, s);
+    s->tier = NS_TIER_T3; /* until the self-benchmark says */
+    s->bench_timer = ns_env_timer(&cfg->uvenv->env, now_ms(s), bench_fired, s);
     if (cfg->quorum_size > 1)
         NS_LOG_I("swarm", "waiting for %u nodes with model %ux%u to form a pipeline",
                  cfg->quorum_size, cfg->model_layers, cfg->model_hidden);
@@ -466,9 +533,8 @@ int ns_swarm_start(ns_swarm **out, const ns_swarm_config *cfg)
     return NS_OK;
 }
 
-static void free_on_close(uv_handle_t *h)
+static void free_swarm(ns_swarm *s)
 {
-    ns_swarm *s = h->data;
     while (s->out != NULL) {
         outbox_item *it = s->out;
         s->out = it->next;
@@ -476,6 +542,14 @@ static void free_on_close(uv_handle_t *h)
     }
     pthread_mutex_destroy(&s->mu);
     free(s);
+}
+
+static void free_on_close(uv_handle_t *h)
+{
+    ns_swarm *s = h->data;
+    s->async_closed = true;
+    if (!s->bench_running)
+        free_swarm(s);
 }
 
 void ns_swarm_stop(ns_swarm *s)
@@ -487,6 +561,8 @@ void ns_swarm_stop(ns_swarm *s)
         ns_env_timer_cancel(&s->cfg.uvenv->env, s->heartbeat_timer);
     if (s->retry_timer != 0)
         ns_env_timer_cancel(&s->cfg.uvenv->env, s->retry_timer);
+    if (s->bench_timer != 0)
+        ns_env_timer_cancel(&s->cfg.uvenv->env, s->bench_timer);
     pthread_mutex_lock(&s->mu);
     s->closing = true;
     pthread_mutex_unlock(&s->mu);
@@ -516,7 +592,7 @@ json_t *ns_swarm_json(ns_swarm *s)
     char qid[2 * NS_SHA256_BYTES + 1] = "";
     if (s->in_quorum)
         ns_hex_encode(qid, sizeof qid, s->quorum_id, NS_SHA256_BYTES);
-    return json_pack(
+    json_t *o = json_pack(
         "{s:I, s:b, s:s, s:I, s:o, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}}", "quorum_size",
         (json_int_t)s->cfg.quorum_size, "in_quorum", s->in_quorum, "quorum_id", qid, "stage",
         (json_int_t)s->stage, "members", members, "peers_known", known, "frames", "in",
@@ -525,4 +601,7 @@ json_t *ns_swarm_json(ns_swarm *s)
         (json_int_t)s->refused_neighbour, "refused_malformed", (json_int_t)s->refused_malformed,
         "refused_inbox_full", (json_int_t)s->refused_full, "proposals_refused",
         (json_int_t)s->proposals_refused);
+    json_object_set_new(o, "tier", json_string(ns_tier_name(s->tier)));
+    json_object_set_new(o, "layer_latency_us", json_integer((json_int_t)s->layer_latency_us));
+    return o;
 }

@@ -50,6 +50,17 @@ int ns_node_record_make(const ns_key *key, const ns_node_info *info, uint64_t no
     ni.addresses = addr_ptrs;
     ni.version = (char *)info->version;
     ni.memory_mb = info->memory_mb;
+    ni.layer_latency_us = info->layer_latency_us;
+    ni.tier = info->tier;
+    ni.bandwidth_mbps = info->bandwidth_mbps;
+    ni.layer_first = info->layer_first;
+    ni.layer_last = info->layer_last;
+    if (info->in_quorum) {
+        ni.quorum_id.data = (uint8_t *)info->quorum_id;
+        ni.quorum_id.len = sizeof info->quorum_id;
+    }
+    ni.stake_nano = info->stake_nano;
+    ni.reputation_ppm = info->reputation_ppm;
     uint8_t body[512];
     size_t body_len = neuroshard__node_info__get_packed_size(&ni);
     if (body_len > sizeof body)
@@ -72,7 +83,9 @@ static int node_info_decode(const uint8_t *buf, size_t len, ns_node_info *info)
     int rc = NS_OK;
     if (ni->network_id.len != 32 || ni->link_static.len != 32 ||
         ni->n_addresses > NS_NODE_ADDRESSES_MAX || strlen(ni->version) >= NS_NODE_VERSION_SIZE ||
-        neuroshard__node_info__get_packed_size(ni) != len)
+        neuroshard__node_info__get_packed_size(ni) != len || ni->tier > 5 ||
+        ni->layer_first > ni->layer_last || (ni->quorum_id.len != 0 && ni->quorum_id.len != 32) ||
+        ni->reputation_ppm > 1000000 || ni->stake_nano > (uint64_t)INT64_MAX)
         rc = NS_EPARSE;
     for (size_t i = 0; rc == NS_OK && i < ni->n_addresses; i++) {
         const Neuroshard__NodeAddress *a = ni->addresses[i];
@@ -92,6 +105,16 @@ static int node_info_decode(const uint8_t *buf, size_t len, ns_node_info *info)
         }
         strcpy(info->version, ni->version);
         info->memory_mb = ni->memory_mb;
+        info->layer_latency_us = ni->layer_latency_us;
+        info->tier = ni->tier;
+        info->bandwidth_mbps = ni->bandwidth_mbps;
+        info->layer_first = ni->layer_first;
+        info->layer_last = ni->layer_last;
+        info->in_quorum = ni->quorum_id.len == 32;
+        if (info->in_quorum)
+            memcpy(info->quorum_id, ni->quorum_id.data, 32);
+        info->stake_nano = ni->stake_nano;
+        info->reputation_ppm = ni->reputation_ppm;
     }
     neuroshard__node_info__free_unpacked(ni, NULL);
     return rc;

@@ -486,6 +486,53 @@ static void test_node_record_round_trips(void **state)
     free(rec);
 }
 
+/* The capacity of S2 rides in the record: latency, tier, bandwidth, layers, quorum, stake,
+ * reputation; values out of their range are refused. */
+static void test_node_record_carries_capacity(void **state)
+{
+    (void)state;
+    ns_key key;
+    test_key(&key, 0x22);
+    ns_node_info info;
+    test_info(&info);
+    info.layer_latency_us = 4321;
+    info.tier = 2;
+    info.bandwidth_mbps = 100;
+    info.layer_first = 3;
+    info.layer_last = 6;
+    info.in_quorum = true;
+    memset(info.quorum_id, 0xab, sizeof info.quorum_id);
+    info.stake_nano = 10000000000ull;
+    info.reputation_ppm = 999000;
+    uint8_t *rec;
+    size_t rec_len;
+    assert_int_equal(ns_node_record_make(&key, &info, TEST_NOW_MS, TEST_TTL_MS, 1, &rec, &rec_len),
+                     NS_OK);
+    ns_node_info got;
+    assert_int_equal(ns_node_record_open(rec, rec_len, TEST_NOW_MS, NULL, &got), NS_OK);
+    assert_int_equal(got.layer_latency_us, 4321);
+    assert_int_equal(got.tier, 2);
+    assert_int_equal(got.bandwidth_mbps, 100);
+    assert_int_equal(got.layer_first, 3);
+    assert_int_equal(got.layer_last, 6);
+    assert_true(got.in_quorum);
+    assert_memory_equal(got.quorum_id, info.quorum_id, sizeof info.quorum_id);
+    assert_int_equal(got.stake_nano, 10000000000ull);
+    assert_int_equal(got.reputation_ppm, 999000);
+    free(rec);
+    /* a tier beyond T5, a reversed range, a reputation above one million */
+    ns_node_info bad[3] = {info, info, info};
+    bad[0].tier = 6;
+    bad[1].layer_first = 7;
+    bad[2].reputation_ppm = 1000001;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(
+            ns_node_record_make(&key, &bad[i], TEST_NOW_MS, TEST_TTL_MS, 1, &rec, &rec_len), NS_OK);
+        assert_int_equal(ns_node_record_open(rec, rec_len, TEST_NOW_MS, NULL, &got), NS_EPARSE);
+        free(rec);
+    }
+}
+
 /* Signs body as a record of the given type and topic. */
 static uint8_t *sign_body(const ns_key *key, uint32_t type, const char *topic, const uint8_t *body,
                           size_t body_len, size_t *len)
@@ -591,6 +638,7 @@ int main(void)
         cmocka_unit_test(test_frame_largest_header_round_trips_and_one_more_byte_is_refused),
         cmocka_unit_test(test_network_id_is_domain_separated_sha256),
         cmocka_unit_test(test_node_record_round_trips),
+        cmocka_unit_test(test_node_record_carries_capacity),
         cmocka_unit_test(test_node_record_refuses_wrong_type_or_topic),
         cmocka_unit_test(test_node_record_refuses_malformed_body),
         cmocka_unit_test(test_node_record_refuses_tampered_body),
