@@ -59,6 +59,7 @@ typedef struct ns_config {
     uint32_t threads;         /* compute threads; 0: one a core */
     uint32_t quorum_size;     /* 1: train alone; N: as one of a pipeline of N (S5, S6) */
     uint32_t micro_batches;   /* a step's micro-batches; 0: automatic */
+    uint32_t checkpoint_every; /* steps between checkpoints; 0: NS_TRAIN_CKPT_EVERY */
 } ns_config;
 
 /* Parses "HOST:PORT" ("127.0.0.1:8421", "[::1]:8421", "localhost:0"). */

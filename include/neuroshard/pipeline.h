@@ -125,7 +125,8 @@ typedef struct ns_frame ns_frame; /* wire.h */
 /* One message of the pipeline, as carried by a frame: pointers into the frame's bytes. Integers
  * are big-endian in the body; the tensor is float32 in the host's (little-endian) order. */
 typedef struct ns_pipe_msg {
-    uint32_t type; /* NS_FRAME_PIPE_ACT, _GRAD, _NORM or _SCALE */
+    uint32_t type;       /* NS_FRAME_PIPE_ACT, _GRAD, _NORM or _SCALE */
+    uint32_t generation; /* of the quorum's membership: a restart after failover moves it on */
     uint64_t step;
     uint32_t micro;
     uint32_t rows, seq_len, hidden; /* ACT, GRAD: the tensor's shape [rows, seq_len, hidden] */

@@ -68,6 +68,11 @@ typedef enum {
     NS_FRAME_CAPACITY = 75,   /* swarm.c: a node's capacity heartbeat (S6), every 5 s */
     NS_FRAME_QUORUM_PROPOSE = 76, /* swarm.c: a quorum's members and layer ranges */
     NS_FRAME_QUORUM_ACCEPT = 77,  /* swarm.c: the proposal's id, accepted (1) or refused (0) */
+    NS_FRAME_QUORUM_INFO = 78,    /* swarm.c: a quorum's generation and members, for replicas */
+    NS_FRAME_CKPT_GET = 79,       /* swarm.c: as VERIFY_GET, a replica pulling a stage's state */
+    NS_FRAME_CKPT_PART = 80,      /* swarm.c: as VERIFY_PART */
+    NS_FRAME_QUORUM_RESTORE = 81, /* swarm.c: new generation, restart step, members by stage */
+    NS_FRAME_QUORUM_START = 82,   /* swarm.c: every member accepted the proposal (its id): start */
 } ns_frame_type;
 
 struct ns_frame {

@@ -48,6 +48,7 @@ static const setting settings[] = {
     {"threads", "--threads", "NEUROSHARD_THREADS"},
     {"quorum_size", "--quorum-size", "NEUROSHARD_QUORUM_SIZE"},
     {"micro_batches", "--micro-batches", "NEUROSHARD_MICRO_BATCHES"},
+    {"checkpoint_every", "--checkpoint-every", "NEUROSHARD_CHECKPOINT_EVERY"},
 };
 #define SETTINGS_COUNT (sizeof settings / sizeof settings[0])
 
@@ -77,6 +78,8 @@ static const char usage[] =
     "  --quorum-size N      train as a pipeline of N nodes with the same --model (default 1:\n"
     "                       alone); the node waits for N-1 peers and takes a stage\n"
     "  --micro-batches N    micro-batches a step (default: 1 alone, S6's rule in a pipeline)\n"
+    "  --checkpoint-every N steps between checkpoints (default 100; a pipeline's stages write\n"
+    "                       theirs at the same steps, its failover restarts from one)\n"
     "  --ponw-bond AMOUNT   NEURO a challenge bonds (default 10); a rule of the swarm, like\n"
     "                       the window\n"
     "  --role R             train (default), or verify: also recompute a sample of peers'\n"
@@ -329,6 +332,15 @@ static int config_set(ns_config *cfg, const char *key, const char *value, char *
             cfg->micro_batches = (uint32_t)v;
         snprintf(why, why_size, "%s '%s' is not a number in %s", key, value,
                  quorum ? "1..16" : "0..64 (0: automatic)");
+    } else if (strcmp(key, "checkpoint_every") == 0) {
+        uint64_t v = 0;
+        rc = parse_u64(value, &v);
+        if (rc == NS_OK && (v == 0 || v > 1000000))
+            rc = NS_EINVAL;
+        if (rc == NS_OK)
+            cfg->checkpoint_every = (uint32_t)v;
+        snprintf(why, why_size, "checkpoint_every '%s' is not a number of steps in 1..1000000",
+                 value);
     } else if (strcmp(key, "ponw_bond") == 0) {
         ns_neuro bond = {0};
         rc = ns_neuro_parse(value, &bond);

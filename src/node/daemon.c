@@ -282,6 +282,7 @@ static void train_config(const node *n, ns_train_config *tc)
     tc->window_ms = n->cfg.ponw_window_s * 1000;
     tc->interval_ms = n->cfg.ponw_interval_s * 1000;
     tc->micro_batches = n->cfg.micro_batches;
+    tc->checkpoint_every = n->cfg.checkpoint_every;
 }
 
 /* A model that would not fit is refused before anything is allocated or written. */

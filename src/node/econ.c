@@ -671,7 +671,7 @@ int ns_econ_start(ns_econ **out, const ns_econ_config *cfg)
          ns_ledger_last_proof_end(e->cfg.ledger, e->cfg.key->node_id, &last));
     e->last_end_ms = last > now ? now : (last > cfg->started_ms ? last : cfg->started_ms);
     e->last_tier = NS_TIER_T5;
-    ns_net_set_app(cfg->net, NS_NET_APP_ECON, on_frame, on_link, e);
+    ns_net_set_app(cfg->net, NS_NET_APP_ECON, on_frame, on_link, NULL, e);
     receive_all(e);
     e->proof_timer =
         ns_env_timer(&cfg->uvenv->env, now + e->cfg.proof_interval_ms, proof_timer_fired, e);

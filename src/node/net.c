@@ -128,6 +128,7 @@ struct ns_net {
     struct {
         ns_net_frame_fn frame; /* frames of type >= NS_FRAME_APP on peer links */
         ns_net_link_fn link;   /* a peer link came up */
+        ns_net_link_fn down;   /* a peer link went away */
         void *arg;
     } apps[NS_NET_APPS_];
     bool bootstrapped;
@@ -508,6 +509,9 @@ static void link_writable(void *arg)
 static void link_closed(void *arg, int reason)
 {
     net_conn *c = arg;
+    for (int a = 0; a < NS_NET_APPS_ && c->purpose == CONN_PEER && c->has_peer_id; a++)
+        if (c->net->apps[a].down != NULL)
+            c->net->apps[a].down(c->net->apps[a].arg, c->peer_id);
     if (c->purpose == CONN_PROBE)
         probe_finished(c, false);
     else if (c->purpose == CONN_CHECK && !c->reported && c->has_peer_id)
@@ -915,12 +919,19 @@ void ns_net_set_capacity(ns_net *net, const ns_node_info *cap)
 }
 
 void ns_net_set_app(ns_net *net, ns_net_app app, ns_net_frame_fn on_frame, ns_net_link_fn on_link,
-                    void *arg)
+                    ns_net_link_fn on_down, void *arg)
 {
     NS_ASSERT(app < NS_NET_APPS_);
     net->apps[app].frame = on_frame;
     net->apps[app].link = on_link;
+    net->apps[app].down = on_down;
     net->apps[app].arg = arg;
+}
+
+bool ns_net_has_link(ns_net *net, const uint8_t peer_id[NS_NODE_ID_BYTES])
+{
+    net_conn *c = conn_by_peer(net, peer_id, CONN_PEER);
+    return c != NULL && !c->closing;
 }
 
 size_t ns_net_broadcast(ns_net *net, const ns_frame *f, const uint8_t *except)

@@ -134,7 +134,9 @@ void ns_net_set_capacity(ns_net *net, const ns_node_info *capacity);
  * (types below NS_FRAME_PIPE_ACT) or the swarm (the pipeline, capacity and quorum frames). */
 typedef enum ns_net_app { NS_NET_APP_ECON = 0, NS_NET_APP_SWARM = 1, NS_NET_APPS_ = 2 } ns_net_app;
 void ns_net_set_app(ns_net *net, ns_net_app app, ns_net_frame_fn on_frame, ns_net_link_fn on_link,
-                    void *arg);
+                    ns_net_link_fn on_down, void *arg);
+/* Whether an established peer link to peer_id is up. */
+bool ns_net_has_link(ns_net *net, const uint8_t peer_id[NS_NODE_ID_BYTES]);
 /* Sends f on every established peer link but except's (may be NULL); how many took it. */
 size_t ns_net_broadcast(ns_net *net, const ns_frame *f, const uint8_t *except);
 /* NS_ENOENT when no link to that peer is up. */
@@ -166,6 +168,7 @@ typedef struct ns_train_config {
      * pipeline, 1 alone). send hands a frame for the stage before (dir -1) or after (+1) to the
      * network; it is called on the trainer thread and must copy what it keeps. */
     uint32_t stage, stages, layer_first, layer_last, micro_batches;
+    uint32_t generation; /* of the quorum's membership, stamped on every pipeline frame */
     void (*send)(void *arg, int dir, const ns_frame *f);
     void *send_arg;
 } ns_train_config;
@@ -175,6 +178,8 @@ typedef struct ns_train_status {
     char phase[32]; /* starting, loading data, tokenizer, building the model, training, ... */
     char error[512];
     uint64_t step, checkpoint_step, tokens_seen, eta_s;
+    uint64_t aligned_checkpoint_step; /* a pipeline's newest checkpoint at a multiple of
+                                         checkpoint_every (every stage has it) */
     uint32_t queued;
     double loss, val_loss, tokens_per_s, lr, grad_norm;
     uint32_t layers, hidden, vocab;
@@ -330,6 +335,16 @@ void ns_verifier_tick(ns_verifier *v);
 /* Proofs judged, found fraudulent (unanswered ones among them), and left unjudged. */
 void ns_verifier_counts(const ns_verifier *v, uint64_t *checked, uint64_t *fraud, uint64_t *failed,
                         uint64_t *unanswered);
+
+/* A checkpoint's files, as they are asked for by index (verify.c): model, optimizer, config,
+ * state; NULL beyond. */
+#define NS_CKPT_FILES 4
+const char *ns_ckpt_file_name(uint32_t file);
+/* Answers a request for part of one of this node's checkpoints (body: step 8, file 1, offset 8,
+ * big-endian) with a frame of answer_type: the request's 17 bytes, the file's size (0: not
+ * here) and up to 1 MiB of it from offset as a U8 tensor. */
+void ns_ckpt_serve(ns_net *net, const char *data_dir, const uint8_t *peer, const ns_frame *req,
+                   uint32_t answer_type);
 
 /* ---- the swarm: capacity, the quorum and the pipeline's frames (swarm.c) --------------------- */
 

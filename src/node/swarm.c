@@ -16,11 +16,30 @@
  * libuv worker thread (S2's self-benchmark); the tier that follows, the layers it holds and its
  * quorum go into its capacity heartbeats and its signed node record in the DHT.
  *
- * Not yet here (issue 7): the layer pool and replicas, quorum health and failover, multipath.
+ * Failover. Nodes that want the same quorum but are left out become replicas: each follows one
+ * stage (its rank among the free nodes, modulo the stages), learns the quorum from the members'
+ * QUORUM_INFO and pulls that stage's newest aligned checkpoint (every stage writes one at the same
+ * steps) over CKPT_GET/CKPT_PART. When a member's link goes down and does not come back within
+ * SWARM_DEAD_MS, or its heartbeats stop for SWARM_FRESH_MS, the smallest live member picks the
+ * replica of its stage with the newest copy, at step c, and sends every member and the replica
+ * QUORUM_RESTORE: the next generation, step c, the members by stage. Each stops its stage,
+ * forgets its checkpoints after c (the replica installs the one it pulled) and starts again from
+ * c: the steps after c are recomputed, identically, and never applied twice. Pipeline frames
+ * carry the generation: older ones are dropped, newer ones held until this node gets there.
+ *
+ * Not yet here (issue 7): the layer pool's assignment and the quorum core, multipath.
  */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "neuroshard/ckpt.h"
 
 #include "neuroshard/pipeline.h"
 #include "node_internal.h"
@@ -30,7 +49,12 @@
 #define SWARM_PEERS_MAX      64
 #define SWARM_MEMBERS_MAX    16
 #define SWARM_RETRY_MS       50
-#define SWARM_CAPACITY_BYTES 18
+#define SWARM_CAPACITY_BYTES 35
+#define SWARM_DEAD_MS        1000  /* a member's link down this long: it is gone */
+#define SWARM_FETCH_STALL_MS 10000 /* a checkpoint pull that makes no progress is dropped */
+#define SWARM_PENDING_MAX    128   /* frames of a newer generation held until this node is there */
+#define SWARM_NO_STAGE       0xff
+#define SWARM_PROPOSE_MS     10000 /* a proposal's answers (and a member's wait to start) */
 #define SWARM_BENCH_MS       (10 * 60 * 1000)
 
 typedef struct peer_cap {
@@ -38,7 +62,17 @@ typedef struct peer_cap {
     uint32_t memory_mb, layers, hidden, quorum_size, tier;
     bool in_quorum;
     uint64_t seen_ms;
+    uint64_t ckpt_step;    /* its newest aligned checkpoint, as a member */
+    uint32_t replica_of;   /* the stage it follows as a replica, or SWARM_NO_STAGE */
+    uint64_t replica_step; /* the step of the copy it holds */
 } peer_cap;
+
+typedef struct pending_frame {
+    struct pending_frame *next;
+    uint8_t peer[NS_NODE_ID_BYTES];
+    ns_frame f;
+    uint8_t bytes[];
+} pending_frame;
 
 typedef struct outbox_item {
     struct outbox_item *next;
@@ -63,6 +97,30 @@ struct ns_swarm {
     uint8_t members[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
     uint32_t member_count, stage;
     uint8_t quorum_id[NS_SHA256_BYTES];
+    uint32_t generation;
+    uint64_t check_timer;
+    /* formation in two phases: the proposer waits for every accept, then says start */
+    bool proposing, reserved;
+    uint64_t proposed_ms, reserved_ms;
+    uint8_t plan[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
+    uint32_t plan_count, plan_stage;
+    bool plan_accepted[SWARM_MEMBERS_MAX];
+    uint8_t plan_id[NS_SHA256_BYTES];
+    pending_frame *pending;
+    uint32_t pending_count;
+    /* as a replica: the quorum it follows (members by stage) and the copy it pulls */
+    bool knows_quorum;
+    uint8_t followed[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
+    uint32_t followed_count, followed_generation, replica_of;
+    uint64_t replica_step;
+    struct {
+        bool on;
+        uint8_t from[NS_NODE_ID_BYTES];
+        uint64_t step, offset, last_ms;
+        uint32_t file;
+        int fd;
+        char dir[PATH_MAX];
+    } fetch;
     /* what the trainer thread sends, under mu */
     pthread_mutex_t mu;
     outbox_item *out, **out_tail;
@@ -70,7 +128,8 @@ struct ns_swarm {
     bool closing;
     /* counters */
     uint64_t frames_in, frames_out, bytes_in, bytes_out, refused_neighbour, refused_malformed,
-        refused_full, proposals_refused;
+        refused_full, proposals_refused, stale_generation, failovers;
+    uint64_t failover_started_ms, failover_ms; /* the last one: from a death seen to restarted */
 };
 
 static uint64_t now_ms(const ns_swarm *s)
@@ -89,6 +148,20 @@ static uint32_t get_u16(const uint8_t *p)
     return (uint32_t)p[0] << 8 | p[1];
 }
 
+static void put_u64(uint8_t *p, uint64_t x)
+{
+    for (int i = 7; i >= 0; i--, x >>= 8)
+        p[i] = (uint8_t)x;
+}
+
+static uint64_t get_u64(const uint8_t *p)
+{
+    uint64_t x = 0;
+    for (int i = 0; i < 8; i++)
+        x = x << 8 | p[i];
+    return x;
+}
+
 /* ---- capacity heartbeats -------------------------------------------------------------------- */
 
 static void capacity_body(const ns_swarm *s, uint8_t b[SWARM_CAPACITY_BYTES])
@@ -97,7 +170,7 @@ static void capacity_body(const ns_swarm *s, uint8_t b[SWARM_CAPACITY_BYTES])
     if (*s->cfg.trainer != NULL)
         ns_trainer_pipe_status(*s->cfg.trainer, &ps);
     uint32_t mem = s->cfg.memory_mb > UINT32_MAX ? UINT32_MAX : (uint32_t)s->cfg.memory_mb;
-    b[0] = 1; /* version */
+    b[0] = 2; /* version */
     b[1] = (uint8_t)(mem >> 24);
     b[2] = (uint8_t)(mem >> 16);
     b[3] = (uint8_t)(mem >> 8);
@@ -111,6 +184,12 @@ static void capacity_body(const ns_swarm *s, uint8_t b[SWARM_CAPACITY_BYTES])
     b[13] = (uint8_t)s->cfg.quorum_size;
     put_u16(b + 14, s->cfg.model_layers);
     put_u16(b + 16, s->cfg.model_hidden);
+    ns_train_status ts = {0};
+    if (*s->cfg.trainer != NULL)
+        ns_trainer_status(*s->cfg.trainer, &ts);
+    put_u64(b + 18, s->in_quorum ? ts.aligned_checkpoint_step : 0);
+    b[26] = (uint8_t)(s->in_quorum || !s->knows_quorum ? SWARM_NO_STAGE : s->replica_of);
+    put_u64(b + 27, s->in_quorum ? 0 : s->replica_step);
 }
 
 static void send_capacity(ns_swarm *s, const uint8_t *to)
@@ -147,7 +226,7 @@ static peer_cap *peer_of(ns_swarm *s, const uint8_t *id, bool add)
 
 static void on_capacity(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
 {
-    if (f->body_len != SWARM_CAPACITY_BYTES || f->body[0] != 1) {
+    if (f->body_len != SWARM_CAPACITY_BYTES || f->body[0] != 2) {
         s->refused_malformed++;
         return;
     }
@@ -159,6 +238,9 @@ static void on_capacity(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
     p->quorum_size = b[13];
     p->layers = get_u16(b + 14);
     p->hidden = get_u16(b + 16);
+    p->ckpt_step = get_u64(b + 18);
+    p->replica_of = b[26];
+    p->replica_step = get_u64(b + 27);
     p->seen_ms = now_ms(s);
 }
 
@@ -203,16 +285,25 @@ static void publish_capacity(ns_swarm *s)
 }
 
 /* Becomes stage `stage` of the quorum `ids` and starts the trainer on that stage. */
-static void join_quorum(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n, uint32_t stage)
+static void deliver_pending(ns_swarm *s);
+static void send_info(ns_swarm *s);
+
+/* Becomes stage `stage` of the quorum `ids` (by stage) at `generation` and starts the trainer on
+ * that stage (from its newest checkpoint). */
+static void join_quorum(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n, uint32_t stage,
+                        uint32_t generation)
 {
-    memcpy(s->members, ids, (size_t)n * NS_NODE_ID_BYTES);
+    memmove(s->members, ids, (size_t)n * NS_NODE_ID_BYTES);
     s->member_count = n;
     s->stage = stage;
     s->in_quorum = true;
-    quorum_id_of(s, ids, n, s->quorum_id);
+    s->generation = generation;
+    s->knows_quorum = false;
+    quorum_id_of(s, s->members, n, s->quorum_id);
     ns_train_config tc = s->cfg.train;
     tc.stage = stage;
     tc.stages = n;
+    tc.generation = generation;
     stage_layers(s, stage, n, &tc.layer_first, &tc.layer_last);
     tc.send = out_send;
     tc.send_arg = s;
@@ -224,7 +315,9 @@ static void join_quorum(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n
     if (ns_trainer_start(s->cfg.trainer, &tc, err, sizeof err) != NS_OK)
         NS_LOG_E("swarm", "the stage could not start: %s", err);
     send_capacity(s, NULL);
+    send_info(s);
     publish_capacity(s);
+    deliver_pending(s);
 }
 
 static bool wants_same(const ns_swarm *s, const peer_cap *p, uint64_t now)
@@ -249,9 +342,13 @@ static void maybe_propose(ns_swarm *s)
             memcpy(ids[n++], s->peers[i].id, NS_NODE_ID_BYTES);
     if (n < want)
         return;
+    /* nodes that know a quorum stay its replicas (S3: two holders of every layer) until there
+     * are enough free nodes for another quorum and replicas besides */
+    if (s->knows_quorum && n < 2 * (size_t)want)
+        return;
     qsort(ids, n, NS_NODE_ID_BYTES, cmp_id);
-    if (memcmp(ids[0], s->cfg.key->node_id, NS_NODE_ID_BYTES) != 0)
-        return; /* a smaller node proposes */
+    if (memcmp(ids[0], s->cfg.key->node_id, NS_NODE_ID_BYTES) != 0 || s->proposing || s->reserved)
+        return; /* a smaller node proposes, or a proposal is out */
     uint8_t body[1 + 4 + SWARM_MEMBERS_MAX * NS_NODE_ID_BYTES];
     body[0] = (uint8_t)want;
     put_u16(body + 1, s->cfg.model_layers);
@@ -263,7 +360,55 @@ static void maybe_propose(ns_swarm *s)
     for (uint32_t i = 1; i < want; i++)
         if (ns_net_send_frame(s->cfg.net, ids[i], &f) != NS_OK)
             return; /* a member without a link yet: try again at the next heartbeat */
-    join_quorum(s, ids, want, 0);
+    /* nobody starts until every member accepted: the proposer's view may be stale */
+    s->proposing = true;
+    s->proposed_ms = now_ms(s);
+    memcpy(s->plan, ids, (size_t)want * NS_NODE_ID_BYTES);
+    s->plan_count = want;
+    s->plan_stage = 0;
+    memset(s->plan_accepted, 0, sizeof s->plan_accepted);
+    s->plan_accepted[0] = true;
+    quorum_id_of(s, s->plan, want, s->plan_id);
+}
+
+/* A member's answer to this node's proposal; when all accepted, everyone starts. */
+static void on_accept(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
+{
+    if (!s->proposing || f->body_len != NS_SHA256_BYTES + 1 ||
+        memcmp(f->body, s->plan_id, NS_SHA256_BYTES) != 0)
+        return;
+    int i = -1;
+    for (uint32_t k = 0; k < s->plan_count; k++)
+        if (memcmp(s->plan[k], peer, NS_NODE_ID_BYTES) == 0)
+            i = (int)k;
+    if (i < 0)
+        return;
+    if (f->body[NS_SHA256_BYTES] != 1) {
+        NS_LOG_W("swarm", "a member refused this node's proposal: it is withdrawn");
+        s->proposing = false;
+        return;
+    }
+    s->plan_accepted[i] = true;
+    for (uint32_t k = 0; k < s->plan_count; k++)
+        if (!s->plan_accepted[k])
+            return;
+    s->proposing = false;
+    ns_frame go = {.type = NS_FRAME_QUORUM_START, .body = s->plan_id, .body_len = NS_SHA256_BYTES};
+    for (uint32_t k = 1; k < s->plan_count; k++)
+        if (ns_net_send_frame(s->cfg.net, s->plan[k], &go) != NS_OK)
+            NS_LOG_W("swarm", "the start did not reach stage %u", k);
+    join_quorum(s, s->plan, s->plan_count, 0, 1);
+}
+
+/* The proposer says every member accepted: this node starts its stage. */
+static void on_start(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
+{
+    if (!s->reserved || f->body_len != NS_SHA256_BYTES ||
+        memcmp(f->body, s->plan_id, NS_SHA256_BYTES) != 0 ||
+        memcmp(peer, s->plan[0], NS_NODE_ID_BYTES) != 0)
+        return;
+    s->reserved = false;
+    join_quorum(s, s->plan, s->plan_count, s->plan_stage, 1);
 }
 
 /* A proposal is valid for this node when it is free, it is among the members (each once, in id
@@ -284,8 +429,8 @@ static void on_propose(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
             if (memcmp(ids[i], s->cfg.key->node_id, NS_NODE_ID_BYTES) == 0)
                 stage = i;
         }
-        if (why == NULL && s->in_quorum)
-            why = "already in a quorum";
+        if (why == NULL && (s->in_quorum || s->reserved || s->proposing))
+            why = "already in a quorum or promised to one";
         else if (why == NULL && stage == UINT32_MAX)
             why = "this node is not a member";
         else if (why == NULL && memcmp(ids[0], peer, NS_NODE_ID_BYTES) != 0)
@@ -309,7 +454,13 @@ static void on_propose(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
         NS_LOG_W("swarm", "quorum proposal refused: %s", why);
         return;
     }
-    join_quorum(s, ids, n, stage);
+    /* promised: it starts when the proposer says every member accepted */
+    s->reserved = true;
+    s->reserved_ms = now_ms(s);
+    memcpy(s->plan, ids, (size_t)n * NS_NODE_ID_BYTES);
+    s->plan_count = n;
+    s->plan_stage = stage;
+    memcpy(s->plan_id, answer, NS_SHA256_BYTES);
 }
 
 /* ---- the pipeline's frames --------------------------------------------------------------------
@@ -324,20 +475,54 @@ static const uint8_t *neighbour(const ns_swarm *s, int dir)
     return s->stage + 1 < s->member_count ? s->members[s->stage + 1] : NULL;
 }
 
-static void on_pipe(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
+/* Keeps a frame of a generation this node has not reached yet (a member that restarted first). */
+static void hold(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
 {
-    /* activations and the norm come from the stage before, gradients and the scale from after */
-    int from = f->type == NS_FRAME_PIPE_ACT || f->type == NS_FRAME_PIPE_NORM ? -1 : +1;
-    const uint8_t *want = neighbour(s, from);
-    if (want == NULL || memcmp(want, peer, NS_NODE_ID_BYTES) != 0 || *s->cfg.trainer == NULL) {
-        s->refused_neighbour++;
+    size_t tensor = f->tensor.dtype != NS_DTYPE_NONE ? f->tensor.bytes : 0;
+    pending_frame *p =
+        s->pending_count < SWARM_PENDING_MAX ? malloc(sizeof *p + f->body_len + tensor) : NULL;
+    if (p == NULL) {
+        s->refused_full++;
         return;
     }
+    memcpy(p->peer, peer, NS_NODE_ID_BYTES);
+    p->f = *f;
+    memcpy(p->bytes, f->body, f->body_len);
+    p->f.body = p->bytes;
+    if (tensor > 0) {
+        memcpy(p->bytes + f->body_len, f->tensor.data, tensor);
+        p->f.tensor.data = p->bytes + f->body_len;
+    }
+    pending_frame **tail = &s->pending;
+    while (*tail != NULL)
+        tail = &(*tail)->next;
+    p->next = NULL;
+    *tail = p;
+    s->pending_count++;
+}
+
+static void on_pipe(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
+{
     ns_pipe_msg m;
     if (ns_pipe_msg_parse(f, &m) != NS_OK) {
         s->refused_malformed++;
         NS_LOG_W("swarm", "a malformed pipeline frame (type %u) from a neighbour: refused",
                  f->type);
+        return;
+    }
+    if (m.generation < s->generation || (m.generation == s->generation && !s->in_quorum)) {
+        s->stale_generation++; /* sent before a restart: its step will be recomputed */
+        return;
+    }
+    if (m.generation > s->generation) {
+        hold(s, peer, f);
+        return;
+    }
+    /* activations and the norm come from the stage before, gradients and the scale from after */
+    int from = f->type == NS_FRAME_PIPE_ACT || f->type == NS_FRAME_PIPE_NORM ? -1 : +1;
+    const uint8_t *want = neighbour(s, from);
+    if (want == NULL || memcmp(want, peer, NS_NODE_ID_BYTES) != 0 || *s->cfg.trainer == NULL) {
+        s->refused_neighbour++;
         return;
     }
     if (ns_trainer_pipe_input(*s->cfg.trainer, &m) != NS_OK) {
@@ -348,10 +533,442 @@ static void on_pipe(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
     }
 }
 
+static void deliver_pending(ns_swarm *s)
+{
+    pending_frame *list = s->pending;
+    s->pending = NULL;
+    s->pending_count = 0;
+    while (list != NULL) {
+        pending_frame *p = list;
+        list = p->next;
+        on_pipe(s, p->peer, &p->f); /* this generation's now; a later one is held again */
+        free(p);
+    }
+}
+
+/* ---- failover: replicas, deaths, restarts -------------------------------------------------- */
+
+static int member_index(const uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n, const uint8_t *id)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (memcmp(ids[i], id, NS_NODE_ID_BYTES) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* Members send QUORUM_INFO to every peer: the generation and the members by stage. */
+static void send_info(ns_swarm *s)
+{
+    uint8_t body[4 + 1 + SWARM_MEMBERS_MAX * NS_NODE_ID_BYTES];
+    body[0] = (uint8_t)(s->generation >> 24);
+    body[1] = (uint8_t)(s->generation >> 16);
+    body[2] = (uint8_t)(s->generation >> 8);
+    body[3] = (uint8_t)s->generation;
+    body[4] = (uint8_t)s->member_count;
+    memcpy(body + 5, s->members, (size_t)s->member_count * NS_NODE_ID_BYTES);
+    ns_frame f = {.type = NS_FRAME_QUORUM_INFO,
+                  .body = body,
+                  .body_len = 5 + (size_t)s->member_count * NS_NODE_ID_BYTES};
+    (void)ns_net_broadcast(s->cfg.net, &f, NULL);
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void remove_dir(const char *dir);
+static void fetch_stop(ns_swarm *s, bool done);
+
+/* A free node that wants this quorum's size and model follows one of its stages: its rank among
+ * the free nodes it knows, modulo the stages. */
+static void on_info(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
+{
+    uint32_t n = f->body_len >= 5 ? f->body[4] : 0;
+    if (n < 2 || n > SWARM_MEMBERS_MAX || f->body_len != 5 + (size_t)n * NS_NODE_ID_BYTES) {
+        s->refused_malformed++;
+        return;
+    }
+    uint32_t gen = get_u32(f->body);
+    const uint8_t(*ids)[NS_NODE_ID_BYTES] = (const void *)(f->body + 5);
+    if (s->in_quorum || n != s->cfg.quorum_size || member_index(ids, n, peer) < 0 ||
+        (s->knows_quorum && gen < s->followed_generation))
+        return;
+    s->knows_quorum = true;
+    s->followed_generation = gen;
+    s->followed_count = n;
+    memcpy(s->followed, ids, (size_t)n * NS_NODE_ID_BYTES);
+    uint8_t free_ids[SWARM_PEERS_MAX + 1][NS_NODE_ID_BYTES];
+    size_t k = 0;
+    memcpy(free_ids[k++], s->cfg.key->node_id, NS_NODE_ID_BYTES);
+    uint64_t now = now_ms(s);
+    for (size_t i = 0; i < s->peer_count; i++)
+        if (wants_same(s, &s->peers[i], now) && member_index(ids, n, s->peers[i].id) < 0)
+            memcpy(free_ids[k++], s->peers[i].id, NS_NODE_ID_BYTES);
+    qsort(free_ids, k, NS_NODE_ID_BYTES, cmp_id);
+    uint32_t rank = (uint32_t)member_index((const uint8_t(*)[NS_NODE_ID_BYTES])free_ids,
+                                           (uint32_t)k, s->cfg.key->node_id);
+    if (s->replica_of == rank % n)
+        return;
+    /* another stage: the copy held is of the wrong layers */
+    NS_LOG_I("swarm", "a replica of stage %u (layers follow its checkpoints)", rank % n);
+    if (s->fetch.on)
+        fetch_stop(s, false);
+    if (s->replica_step != 0) {
+        char dir[PATH_MAX + 64];
+        snprintf(dir, sizeof dir, "%.3000s/replica/" NS_CKPT_DIR_PREFIX "%llu",
+                 s->cfg.train.data_dir, (unsigned long long)s->replica_step);
+        remove_dir(dir);
+        s->replica_step = 0;
+    }
+    s->replica_of = rank % n;
+    send_capacity(s, NULL);
+}
+
+static void fetch_request(ns_swarm *s)
+{
+    uint8_t body[17];
+    put_u64(body, s->fetch.step);
+    body[8] = (uint8_t)s->fetch.file;
+    put_u64(body + 9, s->fetch.offset);
+    ns_frame f = {.type = NS_FRAME_CKPT_GET, .body = body, .body_len = sizeof body};
+    if (ns_net_send_frame(s->cfg.net, s->fetch.from, &f) != NS_OK)
+        NS_LOG_D("swarm", "no link to the stage a replica follows");
+}
+
+/* Removes a directory's files and the directory (one level: a checkpoint). */
+static void remove_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d != NULL) {
+        struct dirent *e;
+        char path[PATH_MAX + 300];
+        while ((e = readdir(d)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+static void fetch_stop(ns_swarm *s, bool done)
+{
+    if (s->fetch.fd >= 0)
+        close(s->fetch.fd);
+    s->fetch.fd = -1;
+    s->fetch.on = false;
+    char base[PATH_MAX];
+    snprintf(base, sizeof base, "%.3000s/replica", s->cfg.train.data_dir);
+    if (!done) {
+        remove_dir(s->fetch.dir);
+        return;
+    }
+    /* the copy is whole: DATA/replica/ckpt-<step>, and the older copy goes */
+    char to[PATH_MAX + 64];
+    snprintf(to, sizeof to, "%s/" NS_CKPT_DIR_PREFIX "%llu", base,
+             (unsigned long long)s->fetch.step);
+    remove_dir(to);
+    if (rename(s->fetch.dir, to) != 0) {
+        remove_dir(s->fetch.dir);
+        return;
+    }
+    if (s->replica_step != 0 && s->replica_step != s->fetch.step) {
+        snprintf(to, sizeof to, "%s/" NS_CKPT_DIR_PREFIX "%llu", base,
+                 (unsigned long long)s->replica_step);
+        remove_dir(to);
+    }
+    s->replica_step = s->fetch.step;
+    NS_LOG_I("swarm", "replica of stage %u holds its checkpoint of step %llu", s->replica_of,
+             (unsigned long long)s->replica_step);
+    send_capacity(s, NULL); /* the members learn at once which copy it can restart from */
+}
+
+static int fetch_open_file(ns_swarm *s)
+{
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", s->fetch.dir, ns_ckpt_file_name(s->fetch.file));
+    s->fetch.fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    return s->fetch.fd >= 0 ? NS_OK : NS_EIO;
+}
+
+/* As a replica: pulls the followed stage's newest aligned checkpoint when it is newer than ours. */
+static void maybe_fetch(ns_swarm *s)
+{
+    if (s->in_quorum || !s->knows_quorum || s->replica_of >= s->followed_count)
+        return;
+    uint64_t now = now_ms(s);
+    if (s->fetch.on) {
+        if (now - s->fetch.last_ms > SWARM_FETCH_STALL_MS)
+            fetch_stop(s, false);
+        return;
+    }
+    const peer_cap *m = peer_of(s, s->followed[s->replica_of], false);
+    if (m == NULL || m->ckpt_step == 0 || m->ckpt_step <= s->replica_step)
+        return;
+    char base[PATH_MAX];
+    snprintf(base, sizeof base, "%.3000s/replica", s->cfg.train.data_dir);
+    (void)mkdir(base, 0700);
+    snprintf(s->fetch.dir, sizeof s->fetch.dir, "%.3000s/.tmp-%llu", base,
+             (unsigned long long)m->ckpt_step);
+    remove_dir(s->fetch.dir);
+    if (mkdir(s->fetch.dir, 0700) != 0)
+        return;
+    memcpy(s->fetch.from, m->id, NS_NODE_ID_BYTES);
+    s->fetch.step = m->ckpt_step;
+    s->fetch.file = 0;
+    s->fetch.offset = 0;
+    s->fetch.last_ms = now;
+    s->fetch.on = true;
+    if (fetch_open_file(s) != NS_OK) {
+        fetch_stop(s, false);
+        return;
+    }
+    fetch_request(s);
+}
+
+static void on_ckpt_part(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
+{
+    if (!s->fetch.on || f->body_len != 25 || memcmp(peer, s->fetch.from, NS_NODE_ID_BYTES) != 0 ||
+        get_u64(f->body) != s->fetch.step || f->body[8] != s->fetch.file ||
+        get_u64(f->body + 9) != s->fetch.offset)
+        return; /* late or not asked for */
+    uint64_t total = get_u64(f->body + 17);
+    size_t n = f->tensor.dtype == NS_DTYPE_U8 ? f->tensor.bytes : 0;
+    if (total == 0 || (n == 0 && s->fetch.offset < total) || s->fetch.offset + n > total ||
+        total > (uint64_t)8 << 30 ||
+        (n > 0 && pwrite(s->fetch.fd, f->tensor.data, n, (off_t)s->fetch.offset) != (ssize_t)n)) {
+        fetch_stop(s, false); /* gone from the member (pruned): the next one */
+        return;
+    }
+    s->fetch.offset += n;
+    s->fetch.last_ms = now_ms(s);
+    if (s->fetch.offset < total) {
+        fetch_request(s);
+        return;
+    }
+    close(s->fetch.fd);
+    s->fetch.fd = -1;
+    s->fetch.file++;
+    s->fetch.offset = 0;
+    if (s->fetch.file == NS_CKPT_FILES) {
+        fetch_stop(s, true);
+        return;
+    }
+    if (fetch_open_file(s) != NS_OK) {
+        fetch_stop(s, false);
+        return;
+    }
+    fetch_request(s);
+}
+
+/* Forgets this node's checkpoints after step c; a replica first puts its copy of c in place of
+ * all of them. */
+static int rewind_checkpoints(ns_swarm *s, uint64_t c, bool replica)
+{
+    char dir[PATH_MAX], path[PATH_MAX + 64];
+    snprintf(dir, sizeof dir, "%.3000s/checkpoints", s->cfg.train.data_dir);
+    (void)mkdir(dir, 0700);
+    uint64_t steps[64];
+    size_t count = 0;
+    if (ns_ckpt_list(dir, steps, 64, &count) != NS_OK)
+        count = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (steps[i] > c || replica) {
+            snprintf(path, sizeof path, "%s/" NS_CKPT_DIR_PREFIX "%llu", dir,
+                     (unsigned long long)steps[i]);
+            remove_dir(path);
+        }
+    }
+    if (!replica)
+        return NS_OK;
+    char from[PATH_MAX + 64];
+    snprintf(from, sizeof from, "%.3000s/replica/" NS_CKPT_DIR_PREFIX "%llu", s->cfg.train.data_dir,
+             (unsigned long long)c);
+    snprintf(path, sizeof path, "%s/" NS_CKPT_DIR_PREFIX "%llu", dir, (unsigned long long)c);
+    if (rename(from, path) != 0) {
+        NS_LOG_E("swarm", "the replica's copy of step %llu cannot be put in place: %s",
+                 (unsigned long long)c, strerror(errno));
+        return NS_EIO;
+    }
+    s->replica_step = 0;
+    return NS_OK;
+}
+
+/* Restarts this node's stage at generation gen from step c, with the members by stage. */
+static void restart(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n, uint32_t gen,
+                    uint64_t c)
+{
+    int stage = member_index(ids, n, s->cfg.key->node_id);
+    NS_ASSERT(stage >= 0);
+    bool replica = !s->in_quorum;
+    ns_trainer_stop(*s->cfg.trainer); /* its step in progress is dropped (the others wait) */
+    *s->cfg.trainer = NULL;
+    if (s->fetch.on)
+        fetch_stop(s, false);
+    if (rewind_checkpoints(s, c, replica) != NS_OK)
+        return;
+    s->failovers++;
+    uint8_t copy[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
+    memcpy(copy, ids, (size_t)n * NS_NODE_ID_BYTES);
+    NS_LOG_I("swarm", "failover: generation %u, restarting stage %d of %u from step %llu", gen,
+             stage, n, (unsigned long long)c);
+    join_quorum(s, copy, n, (uint32_t)stage, gen);
+    if (s->failover_started_ms != 0)
+        s->failover_ms = now_ms(s) - s->failover_started_ms;
+    s->failover_started_ms = 0;
+}
+
+static void on_restore(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
+{
+    uint32_t n = f->body_len >= 13 ? f->body[12] : 0;
+    const char *why = NULL;
+    if (n < 2 || n > SWARM_MEMBERS_MAX || f->body_len != 13 + (size_t)n * NS_NODE_ID_BYTES) {
+        why = "malformed";
+    } else {
+        uint32_t gen = get_u32(f->body);
+        uint64_t c = get_u64(f->body + 4);
+        uint8_t ids[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
+        memcpy(ids, f->body + 13, (size_t)n * NS_NODE_ID_BYTES);
+        const uint8_t(*old)[NS_NODE_ID_BYTES] = s->in_quorum ? s->members : s->followed;
+        uint32_t old_n = s->in_quorum ? s->member_count : s->followed_count;
+        uint32_t old_gen = s->in_quorum ? s->generation : s->followed_generation;
+        for (uint32_t i = 0; i < n && why == NULL; i++)
+            for (uint32_t j = i + 1; j < n; j++)
+                if (memcmp(ids[i], ids[j], NS_NODE_ID_BYTES) == 0)
+                    why = "a member named twice";
+        if (why == NULL && (!s->in_quorum && !s->knows_quorum))
+            why = "this node knows no quorum";
+        else if (why == NULL && gen <= old_gen)
+            why = "not a newer generation";
+        else if (why == NULL && member_index(old, old_n, peer) < 0)
+            why = "not from a member";
+        else if (why == NULL && member_index(ids, n, s->cfg.key->node_id) < 0)
+            why = "this node is not a member";
+        else if (why == NULL && (n != s->cfg.quorum_size || c == 0))
+            why = "another quorum size, or no step to restart from";
+        else if (why == NULL && !s->in_quorum && c != s->replica_step)
+            why = "this replica holds no copy of that step";
+        if (why == NULL) {
+            restart(s, ids, n, gen, c);
+            return;
+        }
+    }
+    s->proposals_refused++;
+    NS_LOG_W("swarm", "a restart refused: %s", why);
+}
+
+static void check_fired(void *arg, uint64_t now);
+
+/* The smallest live member replaces dead ones with their stages' replicas and restarts everyone
+ * from the replica's step. */
+static void check_members(ns_swarm *s)
+{
+    if (!s->in_quorum)
+        return;
+    uint64_t now = now_ms(s);
+    bool dead[SWARM_MEMBERS_MAX] = {0};
+    bool any = false;
+    const uint8_t *coordinator = NULL;
+    for (uint32_t i = 0; i < s->member_count; i++) {
+        if (i == s->stage)
+            continue;
+        const peer_cap *p = peer_of(s, s->members[i], false);
+        dead[i] = !ns_net_has_link(s->cfg.net, s->members[i]) ||
+                  (p != NULL && now - p->seen_ms > SWARM_FRESH_MS);
+        any = any || dead[i];
+    }
+    if (!any)
+        return;
+    if (s->failover_started_ms == 0)
+        s->failover_started_ms = now;
+    for (uint32_t i = 0; i < s->member_count; i++)
+        if (!dead[i] && (coordinator == NULL || cmp_id(s->members[i], coordinator) < 0))
+            coordinator = s->members[i];
+    if (memcmp(coordinator, s->cfg.key->node_id, NS_NODE_ID_BYTES) != 0)
+        return; /* another live member decides */
+    uint8_t ids[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
+    memcpy(ids, s->members, (size_t)s->member_count * NS_NODE_ID_BYTES);
+    uint64_t c = UINT64_MAX;
+    for (uint32_t i = 0; i < s->member_count; i++) {
+        if (!dead[i])
+            continue;
+        const peer_cap *best = NULL;
+        for (size_t k = 0; k < s->peer_count; k++) {
+            const peer_cap *r = &s->peers[k];
+            if (r->replica_of != i || r->replica_step == 0 || now - r->seen_ms > SWARM_FRESH_MS ||
+                !ns_net_has_link(s->cfg.net, r->id))
+                continue;
+            if (best == NULL || r->replica_step > best->replica_step ||
+                (r->replica_step == best->replica_step && cmp_id(r->id, best->id) < 0))
+                best = r;
+        }
+        if (best == NULL) {
+            NS_LOG_W("swarm", "stage %u is gone and no replica holds its layers: waiting", i);
+            if (s->check_timer == 0)
+                s->check_timer =
+                    ns_env_timer(&s->cfg.uvenv->env, now + SWARM_DEAD_MS, check_fired, s);
+            return;
+        }
+        memcpy(ids[i], best->id, NS_NODE_ID_BYTES);
+        c = best->replica_step < c ? best->replica_step : c;
+    }
+    uint8_t body[13 + SWARM_MEMBERS_MAX * NS_NODE_ID_BYTES];
+    uint32_t gen = s->generation + 1;
+    body[0] = (uint8_t)(gen >> 24);
+    body[1] = (uint8_t)(gen >> 16);
+    body[2] = (uint8_t)(gen >> 8);
+    body[3] = (uint8_t)gen;
+    put_u64(body + 4, c);
+    body[12] = (uint8_t)s->member_count;
+    memcpy(body + 13, ids, (size_t)s->member_count * NS_NODE_ID_BYTES);
+    ns_frame f = {.type = NS_FRAME_QUORUM_RESTORE,
+                  .body = body,
+                  .body_len = 13 + (size_t)s->member_count * NS_NODE_ID_BYTES};
+    for (uint32_t i = 0; i < s->member_count; i++)
+        if (i != s->stage && ns_net_send_frame(s->cfg.net, ids[i], &f) != NS_OK)
+            NS_LOG_W("swarm", "the restart did not reach stage %u", i);
+    NS_LOG_W("swarm", "a member is gone: its replica takes stage over, all restart at step %llu",
+             (unsigned long long)c);
+    restart(s, ids, s->member_count, gen, c);
+}
+
+static void check_fired(void *arg, uint64_t now)
+{
+    (void)now;
+    ns_swarm *s = arg;
+    s->check_timer = 0;
+    check_members(s);
+}
+
+static void on_link_down(void *arg, const uint8_t peer[NS_NODE_ID_BYTES])
+{
+    ns_swarm *s = arg;
+    if (!s->in_quorum || member_index(s->members, s->member_count, peer) < 0 || s->check_timer != 0)
+        return;
+    if (s->failover_started_ms == 0)
+        s->failover_started_ms = now_ms(s);
+    s->check_timer = ns_env_timer(&s->cfg.uvenv->env, now_ms(s) + SWARM_DEAD_MS, check_fired, s);
+}
+
 static void on_frame(void *arg, const uint8_t peer[NS_NODE_ID_BYTES], const ns_frame *f)
 {
     ns_swarm *s = arg;
     switch (f->type) {
+    case NS_FRAME_QUORUM_INFO:
+        on_info(s, peer, f);
+        return;
+    case NS_FRAME_CKPT_GET:
+        ns_ckpt_serve(s->cfg.net, s->cfg.train.data_dir, peer, f, NS_FRAME_CKPT_PART);
+        return;
+    case NS_FRAME_CKPT_PART:
+        on_ckpt_part(s, peer, f);
+        return;
+    case NS_FRAME_QUORUM_RESTORE:
+        on_restore(s, peer, f);
+        return;
     case NS_FRAME_CAPACITY:
         on_capacity(s, peer, f);
         maybe_propose(s);
@@ -360,8 +977,10 @@ static void on_frame(void *arg, const uint8_t peer[NS_NODE_ID_BYTES], const ns_f
         on_propose(s, peer, f);
         return;
     case NS_FRAME_QUORUM_ACCEPT:
-        if (f->body_len == NS_SHA256_BYTES + 1 && f->body[NS_SHA256_BYTES] == 0)
-            NS_LOG_W("swarm", "a member refused this node's proposal");
+        on_accept(s, peer, f);
+        return;
+    case NS_FRAME_QUORUM_START:
+        on_start(s, peer, f);
         return;
     case NS_FRAME_PIPE_ACT:
     case NS_FRAME_PIPE_GRAD:
@@ -499,8 +1118,18 @@ static void bench_fired(void *arg, uint64_t now)
 static void heartbeat_fired(void *arg, uint64_t now)
 {
     ns_swarm *s = arg;
+    if (s->proposing && now - s->proposed_ms > SWARM_PROPOSE_MS) {
+        NS_LOG_W("swarm", "a proposal was not accepted in time: withdrawn");
+        s->proposing = false;
+    }
+    if (s->reserved && now - s->reserved_ms > SWARM_PROPOSE_MS)
+        s->reserved = false; /* the proposer never said start */
     send_capacity(s, NULL);
     maybe_propose(s);
+    if (s->in_quorum)
+        send_info(s);
+    maybe_fetch(s);
+    check_members(s);
     s->heartbeat_timer =
         ns_env_timer(&s->cfg.uvenv->env, now + SWARM_HEARTBEAT_MS, heartbeat_fired, s);
 }
@@ -522,7 +1151,9 @@ int ns_swarm_start(ns_swarm **out, const ns_swarm_config *cfg)
         return NS_EIO;
     }
     s->async.data = s;
-    ns_net_set_app(cfg->net, NS_NET_APP_SWARM, on_frame, on_link, s);
+    s->fetch.fd = -1;
+    s->replica_of = SWARM_NO_STAGE;
+    ns_net_set_app(cfg->net, NS_NET_APP_SWARM, on_frame, on_link, on_link_down, s);
     s->heartbeat_timer = ns_env_timer(&cfg->uvenv->env, now_ms(s) + 1000, heartbeat_fired, s);
     s->tier = NS_TIER_T3; /* until the self-benchmark says */
     s->bench_timer = ns_env_timer(&cfg->uvenv->env, now_ms(s), bench_fired, s);
@@ -535,6 +1166,11 @@ int ns_swarm_start(ns_swarm **out, const ns_swarm_config *cfg)
 
 static void free_swarm(ns_swarm *s)
 {
+    while (s->pending != NULL) {
+        pending_frame *p = s->pending;
+        s->pending = p->next;
+        free(p);
+    }
     while (s->out != NULL) {
         outbox_item *it = s->out;
         s->out = it->next;
@@ -556,7 +1192,11 @@ void ns_swarm_stop(ns_swarm *s)
 {
     if (s == NULL)
         return;
-    ns_net_set_app(s->cfg.net, NS_NET_APP_SWARM, NULL, NULL, NULL);
+    ns_net_set_app(s->cfg.net, NS_NET_APP_SWARM, NULL, NULL, NULL, NULL);
+    if (s->check_timer != 0)
+        ns_env_timer_cancel(&s->cfg.uvenv->env, s->check_timer);
+    if (s->fetch.on)
+        fetch_stop(s, false);
     if (s->heartbeat_timer != 0)
         ns_env_timer_cancel(&s->cfg.uvenv->env, s->heartbeat_timer);
     if (s->retry_timer != 0)
@@ -602,6 +1242,15 @@ json_t *ns_swarm_json(ns_swarm *s)
         "refused_inbox_full", (json_int_t)s->refused_full, "proposals_refused",
         (json_int_t)s->proposals_refused);
     json_object_set_new(o, "tier", json_string(ns_tier_name(s->tier)));
+    json_object_set_new(o, "generation", json_integer((json_int_t)s->generation));
+    json_object_set_new(o, "failovers", json_integer((json_int_t)s->failovers));
+    json_object_set_new(o, "failover_ms", json_integer((json_int_t)s->failover_ms));
+    json_object_set_new(o, "stale_generation_frames",
+                        json_integer((json_int_t)s->stale_generation));
+    if (!s->in_quorum && s->knows_quorum)
+        json_object_set_new(o, "replica",
+                            json_pack("{s:I, s:I}", "stage", (json_int_t)s->replica_of, "step",
+                                      (json_int_t)s->replica_step));
     json_object_set_new(o, "layer_latency_us", json_integer((json_int_t)s->layer_latency_us));
     return o;
 }

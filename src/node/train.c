@@ -646,7 +646,9 @@ static void pipe_send(ns_trainer *t, int dir, const ns_pipe_msg *m, const int32_
     if (body == NULL)
         return;
     ns_frame f;
-    ns_pipe_msg_frame(m, targets, body, &f);
+    ns_pipe_msg with = *m;
+    with.generation = t->cfg.generation;
+    ns_pipe_msg_frame(&with, targets, body, &f);
     t->cfg.send(t->cfg.send_arg, dir, &f);
     if (body != stack)
         free(body);
@@ -1219,6 +1221,8 @@ static void *trainer_main(void *arg)
     t->status.params = a->params;
     t->status.step = ns_stage_optim_step(t->stage);
     t->status.checkpoint_step = t->status.step;
+    if (t->cfg.stages > 1 && t->status.step % t->cfg.checkpoint_every == 0)
+        t->status.aligned_checkpoint_step = t->status.step;
     pthread_mutex_unlock(&t->lock);
     NS_LOG_I("train",
              "model layers=%u hidden=%u heads=%u kv_heads=%u vocab=%u params=%llu "
@@ -1241,18 +1245,30 @@ static void *trainer_main(void *arg)
         double t0 = wall_s();
         ns_data_pos before = ns_data_loader_pos(t->loader);
         rc = is_pipeline(t) ? pipe_step(t, &loss, &rep) : train_step(t, &loss, &rep);
-        if (rc == NS_EWAIT)
-            break; /* stopped while the pipeline waited: the step is dropped */
+        if (rc == NS_EWAIT) { /* stopped while the pipeline waited: the step is dropped */
+            if (ns_data_loader_seek(t->loader, before) != NS_OK)
+                NS_LOG_W("train", "the data position of the dropped step is lost");
+            break;
+        }
         if (rc != NS_OK || (has_head(t) && !isfinite(loss))) {
             set_error(t, "a training step failed (loss not finite or a shape error)");
             break;
         }
         double step_s = wall_s() - t0;
-        record_step(t, ns_stage_optim_step(t->stage), loss, &rep, step_s);
-        if (note_work(t, before, loss, step_s))
-            since_ckpt = 0;
-        else if (++since_ckpt >= t->cfg.checkpoint_every && save_checkpoint(t) == NS_OK)
-            since_ckpt = 0;
+        uint64_t step = ns_stage_optim_step(t->stage);
+        record_step(t, step, loss, &rep, step_s);
+        /* a pipeline's stages checkpoint at the same steps, so that after a failover every stage
+         * (and the replica that takes over) can restart from one of them */
+        bool aligned = t->cfg.stages > 1 && step % t->cfg.checkpoint_every == 0;
+        bool saved = note_work(t, before, loss, step_s);
+        if (!saved && (aligned || (t->cfg.stages <= 1 && since_ckpt + 1 >= t->cfg.checkpoint_every)))
+            saved = save_checkpoint(t) == NS_OK;
+        since_ckpt = saved ? 0 : since_ckpt + 1;
+        if (aligned && saved) {
+            pthread_mutex_lock(&t->lock);
+            t->status.aligned_checkpoint_step = step;
+            pthread_mutex_unlock(&t->lock);
+        }
     }
     if (since_ckpt > 0)
         (void)save_checkpoint(t); /* a clean stop loses nothing */

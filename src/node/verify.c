@@ -320,11 +320,23 @@ void ns_verifier_check(ns_verifier *v, const ns_proof *p, bool spot_check)
 /* A prover serves parts of its checkpoints to whoever asks. */
 static void serve(ns_verifier *v, const uint8_t *peer, const ns_frame *f)
 {
-    if (f->body_len != 17 || f->body[8] >= VERIFY_FILES || v->cfg.silent)
+    if (!v->cfg.silent)
+        ns_ckpt_serve(v->cfg.net, v->cfg.data_dir, peer, f, NS_FRAME_VERIFY_PART);
+}
+
+const char *ns_ckpt_file_name(uint32_t file)
+{
+    return file < VERIFY_FILES ? ckpt_files[file] : NULL;
+}
+
+void ns_ckpt_serve(ns_net *net, const char *data_dir, const uint8_t *peer, const ns_frame *f,
+                   uint32_t answer_type)
+{
+    if (f->body_len != 17 || f->body[8] >= VERIFY_FILES)
         return;
     uint64_t step = get_u64be(f->body), offset = get_u64be(f->body + 9);
     char path[PATH_MAX + 96];
-    snprintf(path, sizeof path, "%s/checkpoints/" NS_CKPT_DIR_PREFIX "%llu/%s", v->cfg.data_dir,
+    snprintf(path, sizeof path, "%.3000s/checkpoints/" NS_CKPT_DIR_PREFIX "%llu/%s", data_dir,
              (unsigned long long)step, ckpt_files[f->body[8]]);
     uint8_t head[8 + 1 + 8 + 8];
     memcpy(head, f->body, 17);
@@ -345,14 +357,14 @@ static void serve(ns_verifier *v, const uint8_t *peer, const ns_frame *f)
     if (fd >= 0)
         close(fd);
     put_u64be(head + 17, total); /* 0: this node does not have it (any more) */
-    ns_frame out = {.type = NS_FRAME_VERIFY_PART, .body = head, .body_len = sizeof head};
+    ns_frame out = {.type = answer_type, .body = head, .body_len = sizeof head};
     if (got > 0)
         out.tensor = (ns_wire_tensor){.dtype = NS_DTYPE_U8,
                                       .ndim = 1,
                                       .shape = {(uint32_t)got},
                                       .data = data,
                                       .bytes = (size_t)got};
-    if (ns_net_send_frame(v->cfg.net, peer, &out) != NS_OK)
+    if (ns_net_send_frame(net, peer, &out) != NS_OK)
         NS_LOG_D("verify", "a checkpoint part could not be sent (the link is gone or full)");
     free(data);
 }

@@ -14,7 +14,8 @@
 #include "neuroshard/pipeline.h"
 #include "neuroshard/wire.h"
 
-#define SHAPE_BYTES (8 + 4 + 4 + 4 + 4)
+#define HEAD_BYTES  (8 + 4)            /* step, generation */
+#define SHAPE_BYTES (HEAD_BYTES + 4 * 4) /* micro, rows, seq_len, hidden */
 
 static void put_u32(uint8_t *p, uint32_t x)
 {
@@ -48,9 +49,9 @@ size_t ns_pipe_msg_body_bytes(const ns_pipe_msg *m)
     case NS_FRAME_PIPE_GRAD:
         return SHAPE_BYTES;
     case NS_FRAME_PIPE_NORM:
-        return 16;
+        return HEAD_BYTES + 8;
     default:
-        return 12;
+        return HEAD_BYTES + 4;
     }
 }
 
@@ -60,22 +61,23 @@ void ns_pipe_msg_frame(const ns_pipe_msg *m, const int32_t *targets_host, uint8_
     NS_ASSERT(m->type >= NS_FRAME_PIPE_ACT && m->type <= NS_FRAME_PIPE_SCALE);
     *f = (ns_frame){.type = m->type, .body = body_buf, .body_len = ns_pipe_msg_body_bytes(m)};
     put_u64(body_buf, m->step);
+    put_u32(body_buf + 8, m->generation);
     if (m->type == NS_FRAME_PIPE_NORM) {
         uint64_t bits;
         memcpy(&bits, &m->norm, sizeof bits);
-        put_u64(body_buf + 8, bits);
+        put_u64(body_buf + HEAD_BYTES, bits);
         return;
     }
     if (m->type == NS_FRAME_PIPE_SCALE) {
         uint32_t bits;
         memcpy(&bits, &m->scale, sizeof bits);
-        put_u32(body_buf + 8, bits);
+        put_u32(body_buf + HEAD_BYTES, bits);
         return;
     }
-    put_u32(body_buf + 8, m->micro);
-    put_u32(body_buf + 12, m->rows);
-    put_u32(body_buf + 16, m->seq_len);
-    put_u32(body_buf + 20, m->hidden);
+    put_u32(body_buf + HEAD_BYTES, m->micro);
+    put_u32(body_buf + HEAD_BYTES + 4, m->rows);
+    put_u32(body_buf + HEAD_BYTES + 8, m->seq_len);
+    put_u32(body_buf + HEAD_BYTES + 12, m->hidden);
     if (m->type == NS_FRAME_PIPE_ACT) {
         NS_ASSERT(targets_host != NULL);
         for (size_t i = 0; i < (size_t)m->rows * m->seq_len; i++)
@@ -102,16 +104,17 @@ int ns_pipe_msg_parse(const ns_frame *f, ns_pipe_msg *out)
     memset(out, 0, sizeof *out);
     out->type = f->type;
     if (f->type == NS_FRAME_PIPE_NORM || f->type == NS_FRAME_PIPE_SCALE) {
-        size_t want = f->type == NS_FRAME_PIPE_NORM ? 16 : 12;
+        size_t want = HEAD_BYTES + (f->type == NS_FRAME_PIPE_NORM ? 8 : 4);
         if (f->body_len != want || f->tensor.dtype != NS_DTYPE_NONE)
             return NS_EPARSE;
         out->step = get_u64(f->body);
+        out->generation = get_u32(f->body + 8);
         if (f->type == NS_FRAME_PIPE_NORM) {
-            uint64_t bits = get_u64(f->body + 8);
+            uint64_t bits = get_u64(f->body + HEAD_BYTES);
             memcpy(&out->norm, &bits, sizeof bits);
             return isfinite(out->norm) && out->norm >= 0.0 ? NS_OK : NS_EPARSE;
         }
-        uint32_t bits = get_u32(f->body + 8);
+        uint32_t bits = get_u32(f->body + HEAD_BYTES);
         memcpy(&out->scale, &bits, sizeof bits);
         return out->scale > 0.0f && out->scale <= 1.0f ? NS_OK : NS_EPARSE;
     }
@@ -120,10 +123,11 @@ int ns_pipe_msg_parse(const ns_frame *f, ns_pipe_msg *out)
     if (f->body_len < SHAPE_BYTES)
         return NS_EPARSE;
     out->step = get_u64(f->body);
-    out->micro = get_u32(f->body + 8);
-    out->rows = get_u32(f->body + 12);
-    out->seq_len = get_u32(f->body + 16);
-    out->hidden = get_u32(f->body + 20);
+    out->generation = get_u32(f->body + 8);
+    out->micro = get_u32(f->body + HEAD_BYTES);
+    out->rows = get_u32(f->body + HEAD_BYTES + 4);
+    out->seq_len = get_u32(f->body + HEAD_BYTES + 8);
+    out->hidden = get_u32(f->body + HEAD_BYTES + 12);
     if (out->micro >= NS_PIPE_MICRO_MAX || out->rows == 0 || out->rows > NS_PIPE_ROWS_MAX ||
         out->seq_len == 0 || out->seq_len > NS_PIPE_SEQ_MAX || out->hidden == 0 ||
         out->hidden > NS_PIPE_HIDDEN_MAX)

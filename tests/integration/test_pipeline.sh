@@ -76,7 +76,10 @@ check "  ... and the loss falls ($first -> $last)" awk "BEGIN { exit !($last < $
 s=$(status_of "$API_f")
 check "/training_status shows the pipeline's stages, bubble and refusals" contains "$s" '"bubble_1f1b":'
 check "  ... and the quorum's members" contains "$s" '"role":"initiator"'
-benchmarked() { status_of "$API_f" | grep -q '"tier":"T[1-5]","layer_latency_us":[1-9]'; }
+benchmarked() {
+    _s=$(status_of "$API_f")
+    echo "$_s" | grep -q '"tier":"T[1-5]"' && echo "$_s" | grep -q '"layer_latency_us":[1-9]'
+}
 check "the self-benchmark timed a layer and gave a tier (S2)" wait_for 20 benchmarked
 q=$("$CTL" --data-dir "$TMP_ROOT/$FIN" quorum 2>&1)
 check "neuroctl quorum lists the members" contains "$q" "finisher"
