@@ -50,15 +50,15 @@ typedef struct ns_config {
     char dataset[PATH_MAX]; /* a folder of UTF-8 text instead of Genesis; "" = Genesis */
     uint32_t model_layers;  /* 0 = the architecture function decides (S3) */
     uint32_t model_hidden;
-    uint64_t ponw_interval_s; /* between this node's proofs (S9: 60) */
-    uint64_t ponw_window_s;   /* challenge window (S9: 600); the same on every node of a swarm */
-    bool verifier;            /* --role verify: recompute a sample of peers' training proofs */
-    int64_t verify_ppm;       /* proofs a verifier checks, per million; -1: S9 by swarm size */
-    bool exec_fast;           /* train in the fast mode (unverifiable, so unpaid for training) */
-    int64_t ponw_bond_nano;   /* a challenge's bond (S9: 10 NEURO); the same on every node */
-    uint32_t threads;         /* compute threads; 0: one a core */
-    uint32_t quorum_size;     /* 1: train alone; N: as one of a pipeline of N (S5, S6) */
-    uint32_t micro_batches;   /* a step's micro-batches; 0: automatic */
+    uint64_t ponw_interval_s;  /* between this node's proofs (S9: 60) */
+    uint64_t ponw_window_s;    /* challenge window (S9: 600); the same on every node of a swarm */
+    bool verifier;             /* --role verify: recompute a sample of peers' training proofs */
+    int64_t verify_ppm;        /* proofs a verifier checks, per million; -1: S9 by swarm size */
+    bool exec_fast;            /* train in the fast mode (unverifiable, so unpaid for training) */
+    int64_t ponw_bond_nano;    /* a challenge's bond (S9: 10 NEURO); the same on every node */
+    uint32_t threads;          /* compute threads; 0: one a core */
+    uint32_t quorum_size;      /* 1: train alone; N: as one of a pipeline of N (S5, S6) */
+    uint32_t micro_batches;    /* a step's micro-batches; 0: automatic */
     uint32_t checkpoint_every; /* steps between checkpoints; 0: NS_TRAIN_CKPT_EVERY */
 } ns_config;
 

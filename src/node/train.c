@@ -1261,7 +1261,8 @@ static void *trainer_main(void *arg)
          * (and the replica that takes over) can restart from one of them */
         bool aligned = t->cfg.stages > 1 && step % t->cfg.checkpoint_every == 0;
         bool saved = note_work(t, before, loss, step_s);
-        if (!saved && (aligned || (t->cfg.stages <= 1 && since_ckpt + 1 >= t->cfg.checkpoint_every)))
+        if (!saved &&
+            (aligned || (t->cfg.stages <= 1 && since_ckpt + 1 >= t->cfg.checkpoint_every)))
             saved = save_checkpoint(t) == NS_OK;
         since_ckpt = saved ? 0 : since_ckpt + 1;
         if (aligned && saved) {

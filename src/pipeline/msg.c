@@ -14,7 +14,7 @@
 #include "neuroshard/pipeline.h"
 #include "neuroshard/wire.h"
 
-#define HEAD_BYTES  (8 + 4)            /* step, generation */
+#define HEAD_BYTES  (8 + 4)              /* step, generation */
 #define SHAPE_BYTES (HEAD_BYTES + 4 * 4) /* micro, rows, seq_len, hidden */
 
 static void put_u32(uint8_t *p, uint32_t x)

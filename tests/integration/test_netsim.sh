@@ -129,4 +129,18 @@ run_netsim e3 --economy "$T/bad-econ.ini"
 check "a bad economy scenario gives exit 2 naming the line (rc $RC)" \
     contains "$RC $(cat "$T/e3.err")" "2 netsim: $T/bad-econ.ini:3"
 
+# ---- the swarm: quorum and pipeline cores, tiers, churn ---------------------------------------
+SWARM=netsim/scenarios/swarm-small.ini
+run_netsim w1 --swarm "$SWARM"
+check "the swarm scenario passes its goals (rc $RC)" contains "$RC $(cat "$T/w1.out")" "swarm: PASS"
+check "  ... reports the first full quorum and the windows" \
+    contains "$(cat "$T/w1.out")" "first full quorum at "
+check "  ... with the measured and 1F1B bubbles" contains "$(cat "$T/w1.out")" ",bubble_1f1b,"
+run_netsim w2 --swarm "$SWARM"
+check "  ... and replays exactly" test "$(report_of w1)" = "$(report_of w2)"
+printf '[swarm]\nnodes = 40\ntiers = 0.5, 0.5\n' >"$T/bad-swarm.ini"
+run_netsim w3 --swarm "$T/bad-swarm.ini"
+check "a bad swarm scenario gives exit 2 naming the line (rc $RC)" \
+    contains "$RC $(cat "$T/w3.err")" "2 netsim: $T/bad-swarm.ini:3: tiers needs 5"
+
 finish
