@@ -316,6 +316,8 @@ int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--economy") == 0)
         return ns__sim_economy_main(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "--swarm") == 0)
+        return ns__sim_swarm_main(argv[2]);
     options o;
     int rc = parse_options(argc, argv, &o);
     if (rc != 0)

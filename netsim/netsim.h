@@ -419,4 +419,10 @@ NS_MUST_USE int ns__report_csv(const char *path, const ns_sim *sim, const ns_sim
  * 0 pass, 2 a bad scenario, 3 an assertion of the run failed. */
 int ns__sim_economy_main(const char *path);
 
+/* ---- swarm.c: `netsim --swarm FILE` ----------------------------------------------------- */
+
+/* Runs the quorum and pipeline cores of a [swarm] scenario; the exit status: 0 pass, 2 a bad
+ * scenario, 3 a goal of the scenario was missed. */
+int ns__sim_swarm_main(const char *path);
+
 #endif
