@@ -27,6 +27,8 @@ fi
 if [ -z "${BENCH_SKIP_PIPE:-}" ]; then
     echo "== scripts/bench-pipeline.sh (about three minutes)" >&2
     scripts/bench-pipeline.sh "$build" | grep '^bench ' | sed 's|^bench |pipeline |' >>"$tmp"
+    echo "== scripts/bench-failover.sh (under a minute)" >&2
+    scripts/bench-failover.sh "$build" | grep '^bench ' | sed 's|^bench |failover |' >>"$tmp"
 fi
 
 # netsim at 10,000 nodes: figures against the issue's goals (the baseline of a simulation is the
@@ -123,6 +125,9 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
     echo "  the stages sent (activations with their targets, gradients, norm and scale) per trained"
     echo "  token, against 2 C floats (one activation row forward, its gradient back). bubble: the"
     echo "  share of a stage's time spent waiting for its neighbour, against 1F1B's (S-1)/(m+S-1)."
-    echo "  Failover after kill -9 is not measured yet: quorums do not fail over yet (issue 7)."
+    echo "- failover (scripts/bench-failover.sh): six daemons (3x64), three in the quorum and three"
+    echo "  replicas; the processor is killed with -9. failover_ms: from the finisher's first sign"
+    echo "  of the death (its link closing) to its restart in the next generation; kill_to_next_step:"
+    echo "  from the kill until the finisher completes a step again."
 } >"$out"
 cat "$out"

@@ -50,7 +50,7 @@
 #define SWARM_MEMBERS_MAX    16
 #define SWARM_RETRY_MS       50
 #define SWARM_CAPACITY_BYTES 35
-#define SWARM_DEAD_MS        1000  /* a member's link down this long: it is gone */
+#define SWARM_DEAD_MS        500   /* a member's link down this long: it is gone */
 #define SWARM_FETCH_STALL_MS 10000 /* a checkpoint pull that makes no progress is dropped */
 #define SWARM_PENDING_MAX    128   /* frames of a newer generation held until this node is there */
 #define SWARM_NO_STAGE       0xff
