@@ -880,8 +880,10 @@ static void check_members(ns_swarm *s)
                   (p != NULL && now - p->seen_ms > SWARM_FRESH_MS);
         any = any || dead[i];
     }
-    if (!any)
+    if (!any) {
+        s->failover_started_ms = 0; /* a link that came back: no death */
         return;
+    }
     if (s->failover_started_ms == 0)
         s->failover_started_ms = now;
     for (uint32_t i = 0; i < s->member_count; i++)
