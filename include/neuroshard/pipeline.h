@@ -103,6 +103,16 @@ uint32_t ns_pipe_in_flight_max(const ns_pipe_config *cfg);
 uint32_t ns_pipe_micro_rows(uint64_t memory_bytes, uint64_t act_bytes_per_row, uint32_t seq_len,
                             uint32_t hidden, uint32_t batch);
 
+/* Splits layers [0, layers) among stages so that the slowest stage is as fast as it can be:
+ * every layer costs 1000, the last stage also pays head_cost (the LM head and the loss, in
+ * thousandths of a layer: about 1000 * vocab / (12 * hidden) for a forward and backward), the
+ * first embed_cost. bounds[0..stages] gets the boundaries (bounds[0] = 0, bounds[stages] =
+ * layers, each stage at least one layer). Among equal splits, the one with the smallest sum of
+ * squared stage costs, then the first in order. NS_EINVAL when stages is 0, above
+ * NS_PIPE_STAGES_MAX or above layers, or layers above 4096. */
+NS_MUST_USE int ns_pipe_split(uint32_t layers, uint32_t stages, uint64_t head_cost,
+                              uint64_t embed_cost, uint32_t *bounds);
+
 /* The bubble of 1F1B: (S - 1) / (m + S - 1) of each stage's time idle, with equal stages. */
 double ns_pipe_bubble_fraction(uint32_t stages, uint32_t micro_batches);
 

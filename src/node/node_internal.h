@@ -145,7 +145,8 @@ NS_MUST_USE int ns_net_send_frame(ns_net *net, const uint8_t peer_id[NS_NODE_ID_
 
 /* ---- solo training (train.c) ------------------------------------------------------------- */
 
-#define NS_TRAIN_CKPT_EVERY       100 /* steps between checkpoints */
+#define NS_TRAIN_CKPT_EVERY       100  /* steps between checkpoints */
+#define NS_TRAIN_VOCAB            8192 /* the tokenizer trained on the Genesis text */
 #define NS_TRAIN_QUEUED_MAX       10000
 #define NS_TRAIN_REPLAY_STEPS_MAX 100000 /* steps one proof's recompute may take */
 

@@ -17,7 +17,8 @@
  * quorum go into its capacity heartbeats and its signed node record in the DHT.
  *
  * Failover. Nodes that want the same quorum but are left out become replicas: each follows one
- * stage (its rank among the free nodes, modulo the stages), learns the quorum from the members'
+ * stage (first its rank among the free nodes modulo the stages; it keeps it unless another
+ * follows it too while a stage has nobody), learns the quorum from the members'
  * QUORUM_INFO and pulls that stage's newest aligned checkpoint (every stage writes one at the same
  * steps) over CKPT_GET/CKPT_PART. When a member's link goes down and does not come back within
  * SWARM_DEAD_MS, or its heartbeats stop for SWARM_FRESH_MS, the smallest live member picks the
@@ -49,7 +50,7 @@
 #define SWARM_PEERS_MAX      64
 #define SWARM_MEMBERS_MAX    16
 #define SWARM_RETRY_MS       50
-#define SWARM_CAPACITY_BYTES 35
+#define SWARM_CAPACITY_BYTES 43
 #define SWARM_DEAD_MS        500   /* a member's link down this long: it is gone */
 #define SWARM_FETCH_STALL_MS 10000 /* a checkpoint pull that makes no progress is dropped */
 #define SWARM_PENDING_MAX    128   /* frames of a newer generation held until this node is there */
@@ -63,6 +64,7 @@ typedef struct peer_cap {
     bool in_quorum;
     uint64_t seen_ms;
     uint64_t ckpt_step;    /* its newest aligned checkpoint, as a member */
+    uint64_t ckpt_oldest;  /* its oldest checkpoint kept, as a member (a restart needs one) */
     uint32_t replica_of;   /* the stage it follows as a replica, or SWARM_NO_STAGE */
     uint64_t replica_step; /* the step of the copy it holds */
 } peer_cap;
@@ -164,6 +166,18 @@ static uint64_t get_u64(const uint8_t *p)
 
 /* ---- capacity heartbeats -------------------------------------------------------------------- */
 
+/* The smallest step of this node's checkpoints (0: none). */
+static uint64_t oldest_checkpoint(const ns_swarm *s)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%.3000s/checkpoints", s->cfg.train.data_dir);
+    uint64_t steps[64];
+    size_t count = 0;
+    if (ns_ckpt_list(dir, steps, 64, &count) != NS_OK || count == 0)
+        return 0;
+    return steps[count - 1]; /* newest first */
+}
+
 static void capacity_body(const ns_swarm *s, uint8_t b[SWARM_CAPACITY_BYTES])
 {
     ns_train_pipe_status ps = {0};
@@ -190,6 +204,7 @@ static void capacity_body(const ns_swarm *s, uint8_t b[SWARM_CAPACITY_BYTES])
     put_u64(b + 18, s->in_quorum ? ts.aligned_checkpoint_step : 0);
     b[26] = (uint8_t)(s->in_quorum || !s->knows_quorum ? SWARM_NO_STAGE : s->replica_of);
     put_u64(b + 27, s->in_quorum ? 0 : s->replica_step);
+    put_u64(b + 35, s->in_quorum ? oldest_checkpoint(s) : 0);
 }
 
 static void send_capacity(ns_swarm *s, const uint8_t *to)
@@ -241,6 +256,7 @@ static void on_capacity(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
     p->ckpt_step = get_u64(b + 18);
     p->replica_of = b[26];
     p->replica_step = get_u64(b + 27);
+    p->ckpt_oldest = get_u64(b + 35);
     p->seen_ms = now_ms(s);
 }
 
@@ -251,11 +267,22 @@ static int cmp_id(const void *a, const void *b)
     return memcmp(a, b, NS_NODE_ID_BYTES);
 }
 
-/* [first, last) of stage i of n over the model's layers: equal shares in member order. */
+/* [first, last) of stage i of n: the split that makes the slowest stage fastest, counting the
+ * head (and the loss) of the last stage as vocab / (12 hidden) layers (its matrix against a
+ * layer's twelve hidden x hidden ones). */
 static void stage_layers(const ns_swarm *s, uint32_t i, uint32_t n, uint32_t *first, uint32_t *last)
 {
-    *first = s->cfg.model_layers * i / n;
-    *last = s->cfg.model_layers * (i + 1) / n;
+    uint32_t bounds[SWARM_MEMBERS_MAX + 1];
+    uint64_t head =
+        1000ull * NS_TRAIN_VOCAB / (12ull * (s->cfg.model_hidden ? s->cfg.model_hidden : 1));
+    if (ns_pipe_split(s->cfg.model_layers, n, head, 0, bounds) != NS_OK) {
+        *first =
+            s->cfg.model_layers * i / n; /* (a quorum of more members than layers is refused) */
+        *last = s->cfg.model_layers * (i + 1) / n;
+        return;
+    }
+    *first = bounds[i];
+    *last = bounds[i + 1];
 }
 
 static void quorum_id_of(const ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n,
@@ -591,27 +618,63 @@ static void on_info(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
     }
     uint32_t gen = get_u32(f->body);
     const uint8_t(*ids)[NS_NODE_ID_BYTES] = (const void *)(f->body + 5);
-    if (s->in_quorum || n != s->cfg.quorum_size || member_index(ids, n, peer) < 0 ||
-        (s->knows_quorum && gen < s->followed_generation))
+    if (n != s->cfg.quorum_size || member_index(ids, n, peer) < 0)
         return;
+    if (s->in_quorum) {
+        /* a member that stalled past the failover learns that it was replaced: it leaves and
+         * becomes a replica like any free node */
+        if (gen <= s->generation || member_index(ids, n, s->cfg.key->node_id) >= 0 ||
+            member_index(s->members, s->member_count, peer) < 0)
+            return;
+        NS_LOG_W("swarm", "this node was replaced in its quorum (generation %u): it follows now",
+                 gen);
+        ns_trainer_stop(*s->cfg.trainer);
+        *s->cfg.trainer = NULL;
+        s->in_quorum = false;
+        s->member_count = 0;
+        s->generation = gen;
+        publish_capacity(s);
+    } else if (s->knows_quorum && gen < s->followed_generation) {
+        return;
+    }
     s->knows_quorum = true;
     s->followed_generation = gen;
     s->followed_count = n;
     memcpy(s->followed, ids, (size_t)n * NS_NODE_ID_BYTES);
-    uint8_t free_ids[SWARM_PEERS_MAX + 1][NS_NODE_ID_BYTES];
-    size_t k = 0;
-    memcpy(free_ids[k++], s->cfg.key->node_id, NS_NODE_ID_BYTES);
+    /* First its rank among the free nodes, modulo n; then sticky: a replica keeps its stage
+     * unless a free node with a smaller id follows it too, and then takes the first stage nobody
+     * follows. */
     uint64_t now = now_ms(s);
-    for (size_t i = 0; i < s->peer_count; i++)
-        if (wants_same(s, &s->peers[i], now) && member_index(ids, n, s->peers[i].id) < 0)
-            memcpy(free_ids[k++], s->peers[i].id, NS_NODE_ID_BYTES);
-    qsort(free_ids, k, NS_NODE_ID_BYTES, cmp_id);
-    uint32_t rank = (uint32_t)member_index((const uint8_t(*)[NS_NODE_ID_BYTES])free_ids,
-                                           (uint32_t)k, s->cfg.key->node_id);
-    if (s->replica_of == rank % n)
+    bool covered[SWARM_MEMBERS_MAX] = {0};
+    bool shared = false;
+    uint32_t rank = 0;
+    for (size_t i = 0; i < s->peer_count; i++) {
+        const peer_cap *p = &s->peers[i];
+        if (!wants_same(s, p, now) || member_index(ids, n, p->id) >= 0)
+            continue;
+        bool smaller = cmp_id(p->id, s->cfg.key->node_id) < 0;
+        rank += smaller;
+        if (p->replica_of < n) {
+            covered[p->replica_of] = true;
+            shared = shared || (p->replica_of == s->replica_of && smaller);
+        }
+    }
+    uint32_t pick = s->replica_of;
+    if (pick >= n) {
+        pick = rank % n; /* a first choice: distinct wherever the free nodes see each other */
+    } else if (shared) {
+        pick = rank % n;
+        for (uint32_t st = 0; st < n; st++) {
+            if (!covered[st]) {
+                pick = st;
+                break;
+            }
+        }
+    }
+    if (s->replica_of == pick)
         return;
     /* another stage: the copy held is of the wrong layers */
-    NS_LOG_I("swarm", "a replica of stage %u (layers follow its checkpoints)", rank % n);
+    NS_LOG_I("swarm", "a replica of stage %u (layers follow its checkpoints)", pick);
     if (s->fetch.on)
         fetch_stop(s, false);
     if (s->replica_step != 0) {
@@ -621,7 +684,7 @@ static void on_info(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
         remove_dir(dir);
         s->replica_step = 0;
     }
-    s->replica_of = rank % n;
+    s->replica_of = pick;
     send_capacity(s, NULL);
 }
 
@@ -810,6 +873,21 @@ static void restart(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n, ui
         fetch_stop(s, false);
     if (rewind_checkpoints(s, c, replica) != NS_OK)
         return;
+    char have[PATH_MAX + 64];
+    snprintf(have, sizeof have, "%.3000s/checkpoints/" NS_CKPT_DIR_PREFIX "%llu",
+             s->cfg.train.data_dir, (unsigned long long)c);
+    struct stat st;
+    if (stat(have, &st) != 0) {
+        /* restarting from another step would silently split the model: leave instead, and the
+         * others replace this node like a dead one */
+        NS_LOG_E("swarm", "no checkpoint of step %llu here: this node leaves the quorum",
+                 (unsigned long long)c);
+        s->in_quorum = false;
+        s->member_count = 0;
+        s->generation = gen;
+        send_capacity(s, NULL);
+        return;
+    }
     s->failovers++;
     uint8_t copy[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
     memcpy(copy, ids, (size_t)n * NS_NODE_ID_BYTES);
@@ -877,7 +955,7 @@ static void check_members(ns_swarm *s)
             continue;
         const peer_cap *p = peer_of(s, s->members[i], false);
         dead[i] = !ns_net_has_link(s->cfg.net, s->members[i]) ||
-                  (p != NULL && now - p->seen_ms > SWARM_FRESH_MS);
+                  (p != NULL && (now - p->seen_ms > SWARM_FRESH_MS || !p->in_quorum));
         any = any || dead[i];
     }
     if (!any) {
@@ -893,6 +971,13 @@ static void check_members(ns_swarm *s)
         return; /* another live member decides */
     uint8_t ids[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
     memcpy(ids, s->members, (size_t)s->member_count * NS_NODE_ID_BYTES);
+    /* the restart step must be one every live member still keeps */
+    uint64_t floor = oldest_checkpoint(s);
+    for (uint32_t i = 0; i < s->member_count; i++) {
+        const peer_cap *p = i != s->stage ? peer_of(s, s->members[i], false) : NULL;
+        if (p != NULL && !dead[i] && p->ckpt_oldest > floor)
+            floor = p->ckpt_oldest;
+    }
     uint64_t c = UINT64_MAX;
     for (uint32_t i = 0; i < s->member_count; i++) {
         if (!dead[i])
@@ -900,15 +985,18 @@ static void check_members(ns_swarm *s)
         const peer_cap *best = NULL;
         for (size_t k = 0; k < s->peer_count; k++) {
             const peer_cap *r = &s->peers[k];
-            if (r->replica_of != i || r->replica_step == 0 || now - r->seen_ms > SWARM_FRESH_MS ||
-                !ns_net_has_link(s->cfg.net, r->id))
+            if (r->replica_of != i || r->replica_step == 0 || r->replica_step < floor ||
+                now - r->seen_ms > SWARM_FRESH_MS || !ns_net_has_link(s->cfg.net, r->id))
                 continue;
             if (best == NULL || r->replica_step > best->replica_step ||
                 (r->replica_step == best->replica_step && cmp_id(r->id, best->id) < 0))
                 best = r;
         }
         if (best == NULL) {
-            NS_LOG_W("swarm", "stage %u is gone and no replica holds its layers: waiting", i);
+            NS_LOG_W("swarm",
+                     "stage %u is gone and no replica holds its layers at a step every member "
+                     "keeps (from %llu): waiting",
+                     i, (unsigned long long)floor);
             if (s->check_timer == 0)
                 s->check_timer =
                     ns_env_timer(&s->cfg.uvenv->env, now + SWARM_DEAD_MS, check_fired, s);

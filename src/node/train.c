@@ -28,7 +28,7 @@
 #include "neuroshard/pipeline.h"
 #include "node_internal.h"
 
-#define TRAIN_VOCAB       8192 /* the tokenizer trained on the Genesis text */
+#define TRAIN_VOCAB       NS_TRAIN_VOCAB
 #define TRAIN_BATCH       8
 #define TRAIN_SEQ         128
 #define TRAIN_SEED        20261126u

@@ -304,6 +304,49 @@ uint32_t ns_pipe_micro_rows(uint64_t memory_bytes, uint64_t act_bytes_per_row, u
     return (uint32_t)rows;
 }
 
+int ns_pipe_split(uint32_t layers, uint32_t stages, uint64_t head_cost, uint64_t embed_cost,
+                  uint32_t *bounds)
+{
+    if (stages == 0 || stages > NS_PIPE_STAGES_MAX || stages > layers || layers > 4096 ||
+        head_cost > 1000000000 || embed_cost > 1000000000)
+        return NS_EINVAL;
+    /* best[k][j]: the best split of layers [0, j) into k stages (max cost, then sum of squares);
+     * from[k][j] the start of its last stage. O(stages * layers^2), a few million steps at most. */
+    typedef struct cell {
+        uint64_t max, sq;
+        uint32_t from;
+        bool ok;
+    } cell;
+    size_t w = (size_t)layers + 1;
+    cell *best = calloc((size_t)(stages + 1) * w, sizeof *best);
+    if (best == NULL)
+        return NS_ENOMEM;
+    best[0].ok = true;
+    for (uint32_t k = 1; k <= stages; k++) {
+        for (uint32_t j = k; j <= layers; j++) {
+            cell *c = &best[(size_t)k * w + j];
+            for (uint32_t i = k - 1; i < j; i++) {
+                const cell *p = &best[(size_t)(k - 1) * w + i];
+                if (!p->ok)
+                    continue;
+                uint64_t cost = 1000ull * (j - i) + (i == 0 ? embed_cost : 0) +
+                                (j == layers && k == stages ? head_cost : 0);
+                uint64_t max = p->max > cost ? p->max : cost, sq = p->sq + cost * cost;
+                if (!c->ok || max < c->max || (max == c->max && sq < c->sq)) {
+                    *c = (cell){.max = max, .sq = sq, .from = i, .ok = true};
+                }
+            }
+        }
+    }
+    NS_ASSERT(best[(size_t)stages * w + layers].ok);
+    bounds[stages] = layers;
+    for (uint32_t k = stages; k > 0; k--)
+        bounds[k - 1] = best[(size_t)k * w + bounds[k]].from;
+    NS_ASSERT(bounds[0] == 0);
+    free(best);
+    return NS_OK;
+}
+
 double ns_pipe_bubble_fraction(uint32_t stages, uint32_t micro_batches)
 {
     NS_ASSERT(stages >= 1);

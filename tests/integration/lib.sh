@@ -111,6 +111,30 @@ http() {
     echo "$(cat "$TMP_ROOT/code") $(cat "$TMP_ROOT/body")"
 }
 
+# wait_for HALF_SECONDS COMMAND...: runs COMMAND every half second until it succeeds.
+wait_for() {
+    _wf_n=$1
+    shift
+    _wf=0
+    while [ $_wf -lt "$_wf_n" ]; do
+        "$@" && return 0
+        sleep 0.5
+        _wf=$((_wf + 1))
+    done
+    return 1
+}
+
+# json_field FIELD: the value of "FIELD" (a string or a number) in the JSON on stdin; its last
+# occurrence when it occurs more than once.
+json_field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p"; }
+
+# text_dir DIR: a small folder of text to train on (this repository's own documents).
+text_dir() {
+    mkdir -p "$1"
+    cat README.md docs/design.md >"$1/a.txt"
+    cat docs/operator.md docs/ledger.md >"$1/b.txt"
+}
+
 # tree_sum DIR: one hash over every file's name and bytes (what "nothing changed" compares).
 tree_sum() {
     (cd "$1" && find . -type f ! -name lock -print0 | sort -z | xargs -0 sha256sum) | sha256sum

@@ -6,29 +6,19 @@
 # same steps, --checkpoint-every 5). The processor (stage 1) is killed with -9. The smallest live
 # member sees its link gone, hands stage 1 to its replica, and everyone restarts from the
 # replica's step: the steps after it are computed again, to the same losses digit for digit (so
-# none was applied twice), and training goes on past the step where the processor died.
+# none was applied twice), and training goes on past the step where the processor died. Then the
+# initiator stalls (SIGSTOP): its heartbeats stop, it is replaced the same way, and when it wakes
+# it learns it was replaced and follows the quorum as a replica.
 
 . "$(dirname "$0")/lib.sh"
 
 TXT=$TMP_ROOT/text
-mkdir -p "$TXT"
-cat README.md docs/design.md >"$TXT/a.txt"
-cat docs/operator.md docs/ledger.md >"$TXT/b.txt"
+text_dir "$TXT"
 COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 3x64 --micro-batches 4 --threads 1 --train on --quorum-size 3 --checkpoint-every 5"
 NODES="n1 n2 n3 n4 n5 n6"
 for n in $NODES; do new_wallet "$TMP_ROOT/$n" >/dev/null; done
 
-json_field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p"; }
 first_field() { grep -o "\"$1\":[0-9]*" | head -1 | cut -d: -f2; }
-wait_for() {
-    _wf=0
-    while [ $_wf -lt "$1" ]; do
-        "$2" && return 0
-        sleep 0.5
-        _wf=$((_wf + 1))
-    done
-    return 1
-}
 status_of() { curl -s "http://$1/training_status"; }
 
 SEED=""
@@ -88,6 +78,34 @@ agree() {
 }
 check "steps computed again after the restart give the same losses ($dups steps twice)" agree
 check "  ... and some were" test "$dups" -gt 0
+
+# A member that stalls (SIGSTOP: its links stay up, its heartbeats stop) is replaced too, and
+# when it wakes up it learns so and follows the quorum as a replica.
+INIT=""
+for n in $NODES; do
+    [ "$n" = "$PROC" ] && continue
+    [ "$(role_of $n)" = initiator ] && INIT=$n
+done
+eval "PID_i=\$PID_$INIT"
+# its replica must hold a copy from this generation first: one every member still keeps
+c2=$(grep -o "restarting stage [0-9] of 3 from step [0-9]*" "$TMP_ROOT/$FIN.log" | tail -1 | sed 's/.* //')
+fresh() {
+    for n in $NODES; do
+        eval "api=\$API_$n"
+        step=$(status_of "$api" | grep -o '"replica":{"stage":0,"step":[0-9]*' | sed 's/.*"step"://')
+        [ "${step:-0}" -gt "${c2:-0}" ] && return 0
+    done
+    return 1
+}
+check "the initiator's replica pulls a checkpoint of the new generation" wait_for 120 fresh
+kill -STOP "$PID_i"
+gen3() { case "$(status_of "$API_f")" in *'"generation":3'*) return 0 ;; esac; return 1; }
+check "a stalled initiator is replaced by its replica when its heartbeats stop" wait_for 90 gen3
+kill -CONT "$PID_i"
+woke() { grep -q "was replaced in its quorum" "$TMP_ROOT/$INIT.log"; }
+check "  ... and, woken up, it learns it was replaced and follows" wait_for 30 woke
+before=$(status_of "$API_f" | json_field step)
+check "  ... while training goes on" wait_for 120 past
 
 for n in $NODES; do
     [ "$n" = "$PROC" ] && continue

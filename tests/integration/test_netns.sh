@@ -132,12 +132,9 @@ fi
 
 # ---- helpers --------------------------------------------------------------------------------
 TXT=$TMP_ROOT/text
-mkdir -p "$TXT"
-cat README.md docs/design.md >"$TXT/a.txt"
-cat docs/operator.md docs/ledger.md >"$TXT/b.txt"
+text_dir "$TXT"
 COMMON="--lan-discovery off --dataset $TXT --model 3x64 --micro-batches 4 --threads 1 --train on --quorum-size 3"
 
-json_field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p"; }
 
 # in_ns NS COMMAND...: runs COMMAND in namespace NS, or here when NS is empty (the loopback run).
 in_ns() {
@@ -180,17 +177,6 @@ start_ns_node() {
     return 1
 }
 
-wait_for() { # wait_for HALF_SECONDS COMMAND...
-    _wf_n=$1
-    shift
-    _wf=0
-    while [ $_wf -lt "$_wf_n" ]; do
-        "$@" && return 0
-        sleep 0.5
-        _wf=$((_wf + 1))
-    done
-    return 1
-}
 status_of() { # status_of NODE (of the current run: $P is its variable prefix)
     eval "in_ns \"\$${P}NS_$1\" curl -s \"http://\$${P}API_$1/training_status\""
 }

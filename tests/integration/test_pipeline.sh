@@ -10,14 +10,11 @@
 . "$(dirname "$0")/lib.sh"
 
 TXT=$TMP_ROOT/text
-mkdir -p "$TXT"
-cat README.md docs/design.md >"$TXT/a.txt"
-cat docs/operator.md docs/ledger.md >"$TXT/b.txt"
+text_dir "$TXT"
 COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 3x64 --micro-batches 4 --threads 1 --train on"
 STEPS=6
 for n in r a b c; do new_wallet "$TMP_ROOT/$n" >/dev/null; done
 
-json_field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p"; }
 
 # shellcheck disable=SC2086
 start_node "$TMP_ROOT/r" $COMMON || exit 1
@@ -32,15 +29,6 @@ for n in b c; do
     eval "PID_$n=\$NODE_PID API_$n=\$API"
 done
 
-wait_for() {
-    _wf=0
-    while [ $_wf -lt "$1" ]; do
-        "$2" && return 0
-        sleep 0.5
-        _wf=$((_wf + 1))
-    done
-    return 1
-}
 status_of() { curl -s "http://$1/training_status"; }
 in_quorum() {
     for n in a b c; do

@@ -14,13 +14,10 @@
 . "$(dirname "$0")/lib.sh"
 
 TXT=$TMP_ROOT/text
-mkdir -p "$TXT"
-cat README.md docs/design.md >"$TXT/a.txt"
-cat docs/operator.md docs/ledger.md >"$TXT/b.txt"
+text_dir "$TXT"
 RULES="--ponw-interval-s 3 --ponw-window-s 20 --ponw-bond 0.01"
 COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 2x64 $RULES"
 
-json_field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p"; }
 nano_of() { echo "${1:-0}" | awk -F. '{ printf "%d\n", $1 * 1000000000 + $2 }'; }
 
 for n in v h c d; do
@@ -44,16 +41,6 @@ start_node "$TMP_ROOT/d" $COMMON --train on --bootstrap "$SEED" || exit 1
 PID_d=$NODE_PID API_d=$API
 unset NEUROSHARD_TEST_CHEAT
 
-# wait_for HALF_SECONDS COMMAND: until COMMAND succeeds
-wait_for() {
-    _wf=0
-    while [ $_wf -lt "$1" ]; do
-        "$2" && return 0
-        sleep 0.5
-        _wf=$((_wf + 1))
-    done
-    return 1
-}
 not_contains() {
     case "$1" in *"$2"*)
         echo "    did not expect: $2" >&2

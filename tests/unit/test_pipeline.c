@@ -184,6 +184,38 @@ static void test_micro_batch_rows_and_bubble(void **state)
     assert_true(ns_pipe_bubble_fraction(3, 4) == 2.0 / 6.0);
 }
 
+/* The split balances the slowest stage, counting the head on the last one. */
+static void test_split_balances_the_slowest_stage(void **state)
+{
+    (void)state;
+    uint32_t b[8];
+    /* no head: equal shares */
+    assert_int_equal(ns_pipe_split(6, 3, 0, 0, b), NS_OK);
+    assert_int_equal(b[0], 0);
+    assert_int_equal(b[1], 2);
+    assert_int_equal(b[2], 4);
+    assert_int_equal(b[3], 6);
+    /* 8 layers, a head worth 1.33 layers: 5 | 3 + head (4.33) beats 4 | 4 + head (5.33) */
+    assert_int_equal(ns_pipe_split(8, 2, 1333, 0, b), NS_OK);
+    assert_int_equal(b[1], 5);
+    /* a heavy head: the last stage keeps one layer, the others share the rest as evenly as they
+     * can (2 | 3 and 3 | 2 tie: the first found wins) */
+    assert_int_equal(ns_pipe_split(6, 3, 5333, 0, b), NS_OK);
+    assert_int_equal(b[1], 2);
+    assert_int_equal(b[2], 5);
+    assert_int_equal(b[3], 6);
+    /* one layer a stage when there are as many stages as layers */
+    assert_int_equal(ns_pipe_split(3, 3, 10000, 0, b), NS_OK);
+    assert_int_equal(b[1], 1);
+    assert_int_equal(b[2], 2);
+    /* the embedding's cost moves layers off the first stage */
+    assert_int_equal(ns_pipe_split(4, 2, 0, 2000, b), NS_OK);
+    assert_int_equal(b[1], 1);
+    /* refused: no stages, more stages than layers */
+    assert_int_equal(ns_pipe_split(4, 0, 0, 0, b), NS_EINVAL);
+    assert_int_equal(ns_pipe_split(2, 3, 0, 0, b), NS_EINVAL);
+}
+
 /* ---- the frames -------------------------------------------------------------------------- */
 
 static void test_frames_round_trip_and_refuse_what_would_poison_a_stage(void **state)
@@ -546,6 +578,7 @@ int main(void)
         cmocka_unit_test(test_every_shape_keeps_its_bounds),
         cmocka_unit_test(test_inputs_that_do_not_belong_are_refused),
         cmocka_unit_test(test_micro_batch_rows_and_bubble),
+        cmocka_unit_test(test_split_balances_the_slowest_stage),
         cmocka_unit_test(test_frames_round_trip_and_refuse_what_would_poison_a_stage),
         cmocka_unit_test(test_three_stages_train_like_one_process_bit_for_bit),
     };
