@@ -5,12 +5,12 @@
  * (S6's capacity heartbeat: memory, inbox depth, layer range, flags, tier, the quorum size it
  * wants and the model it trains). When `quorum_size` nodes that want the same quorum and model
  * are known and free, the one with the smallest id proposes: the quorum_size smallest ids, in id
- * order, each taking an equal share of the layers (the first holds the embedding and reads the
- * data, the last holds the head). A member that is free and finds the plan valid for itself
- * accepts and starts its stage; one that is not says so. The trainer thread runs the stage's
- * 1F1B schedule (train.c, pipeline.h); its frames leave through an outbox drained here (the
- * links live on this thread), and frames from the neighbours are checked (the right neighbour, a
- * well-formed message) before they are copied to the trainer.
+ * order, the layers split so that the slowest stage is fastest (ns_pipe_split; the first holds
+ * the embedding and reads the data, the last holds the head). A member that is free and finds the
+ * plan valid for itself accepts and starts its stage; one that is not says so. The trainer thread
+ * runs the stage's 1F1B schedule (train.c, pipeline.h); its frames leave through an outbox drained
+ * here (the links live on this thread), and frames from the neighbours are checked (the right
+ * neighbour, a well-formed message) before they are copied to the trainer.
  *
  * At start and every SWARM_BENCH_MS the node times the forward of one layer of its model on a
  * libuv worker thread (S2's self-benchmark); the tier that follows, the layers it holds and its
