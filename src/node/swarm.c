@@ -1,13 +1,15 @@
 /*
  * swarm.c: this node in a training swarm, on the loop thread (SPEC S5, S6).
  *
- * Every SWARM_HEARTBEAT_MS a node tells its peers what it offers in a CAPACITY frame of 18 bytes
- * (S6's capacity heartbeat: memory, inbox depth, layer range, flags, tier, the quorum size it
- * wants and the model it trains). When `quorum_size` nodes that want the same quorum and model
+ * Every SWARM_HEARTBEAT_MS a node tells its peers what it offers in a CAPACITY frame of 43 bytes
+ * (S6's capacity heartbeat: memory, inbox depth, layer range, GPU %, flags, tier; then the quorum
+ * size it wants, the model it trains, and for failover its newest and oldest checkpoints and the
+ * replica it keeps). When `quorum_size` nodes that want the same quorum and model
  * are known and free, the one with the smallest id proposes: the quorum_size smallest ids, in id
  * order, the layers split so that the slowest stage is fastest (ns_pipe_split; the first holds
  * the embedding and reads the data, the last holds the head). A member that is free and finds the
- * plan valid for itself accepts and starts its stage; one that is not says so. The trainer thread
+ * plan valid for itself accepts (one that is not says so); when every member accepted, the
+ * proposer says start and each starts its stage. The trainer thread
  * runs the stage's 1F1B schedule (train.c, pipeline.h); its frames leave through an outbox drained
  * here (the links live on this thread), and frames from the neighbours are checked (the right
  * neighbour, a well-formed message) before they are copied to the trainer.
