@@ -57,6 +57,7 @@
 #define SWARM_FETCH_STALL_MS 10000 /* a checkpoint pull that makes no progress is dropped */
 #define SWARM_PENDING_MAX    128   /* frames of a newer generation held until this node is there */
 #define SWARM_NO_STAGE       0xff
+#define SWARM_REASONS_MAX    16    /* kinds of refused proposals and restarts counted */
 #define SWARM_PROPOSE_MS     10000 /* a proposal's answers (and a member's wait to start) */
 #define SWARM_BENCH_MS       (10 * 60 * 1000)
 
@@ -134,6 +135,10 @@ struct ns_swarm {
     uint64_t frames_in, frames_out, bytes_in, bytes_out, refused_neighbour, refused_malformed,
         refused_full, proposals_refused, stale_generation, failovers;
     uint64_t failover_started_ms, failover_ms; /* the last one: from a death seen to restarted */
+    struct {
+        const char *why; /* a string literal of on_propose / on_restore */
+        uint64_t count;
+    } reasons[SWARM_REASONS_MAX];
 };
 
 static uint64_t now_ms(const ns_swarm *s)
@@ -442,6 +447,35 @@ static void on_start(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
 
 /* A proposal is valid for this node when it is free, it is among the members (each once, in id
  * order, as many as it wants), the model is its own, and the proposer is the smallest member. */
+/* Every member other than this node announced, lately, that it wants this quorum size and
+ * model: a proposal cannot enlist nodes that never offered themselves. */
+static bool in_pool(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n)
+{
+    uint64_t now = now_ms(s);
+    for (uint32_t i = 0; i < n; i++) {
+        if (memcmp(ids[i], s->cfg.key->node_id, NS_NODE_ID_BYTES) == 0)
+            continue;
+        const peer_cap *p = peer_of(s, ids[i], false);
+        if (p == NULL || now - p->seen_ms > SWARM_FRESH_MS ||
+            p->quorum_size != s->cfg.quorum_size || p->layers != s->cfg.model_layers ||
+            p->hidden != s->cfg.model_hidden)
+            return false;
+    }
+    return true;
+}
+
+/* Counts a refused proposal or restart by its reason (a few fixed strings). */
+static void count_refusal(ns_swarm *s, const char *why)
+{
+    for (uint32_t i = 0; i < SWARM_REASONS_MAX; i++) {
+        if (s->reasons[i].why == NULL || strcmp(s->reasons[i].why, why) == 0) {
+            s->reasons[i].why = why;
+            s->reasons[i].count++;
+            return;
+        }
+    }
+}
+
 static void on_propose(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
 {
     const char *why = NULL;
@@ -470,6 +504,8 @@ static void on_propose(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
             why = "another quorum size or model";
         else if (why == NULL && n > s->cfg.model_layers)
             why = "more members than layers";
+        else if (why == NULL && !in_pool(s, ids, n))
+            why = "a member outside the pool (never announced this quorum size and model)";
     }
     uint8_t answer[NS_SHA256_BYTES + 1] = {0};
     if (why == NULL)
@@ -480,6 +516,7 @@ static void on_propose(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
         NS_LOG_D("swarm", "no link back to the proposer for the answer");
     if (why != NULL) {
         s->proposals_refused++;
+        count_refusal(s, why);
         NS_LOG_W("swarm", "quorum proposal refused: %s", why);
         return;
     }
@@ -937,6 +974,7 @@ static void on_restore(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
         }
     }
     s->proposals_refused++;
+    count_refusal(s, why);
     NS_LOG_W("swarm", "a restart refused: %s", why);
 }
 
@@ -1335,6 +1373,10 @@ json_t *ns_swarm_json(ns_swarm *s)
         (json_int_t)s->proposals_refused);
     json_object_set_new(o, "tier", json_string(ns_tier_name(s->tier)));
     json_object_set_new(o, "generation", json_integer((json_int_t)s->generation));
+    json_t *why = json_object();
+    for (uint32_t i = 0; i < SWARM_REASONS_MAX && s->reasons[i].why != NULL; i++)
+        json_object_set_new(why, s->reasons[i].why, json_integer((json_int_t)s->reasons[i].count));
+    json_object_set_new(o, "refused_by_reason", why);
     json_object_set_new(o, "failovers", json_integer((json_int_t)s->failovers));
     json_object_set_new(o, "failover_ms", json_integer((json_int_t)s->failover_ms));
     json_object_set_new(o, "stale_generation_frames",
