@@ -340,6 +340,8 @@ void ns_verifier_counts(const ns_verifier *v, uint64_t *checked, uint64_t *fraud
 /* A checkpoint's files, as they are asked for by index (verify.c): model, optimizer, config,
  * state; NULL beyond. */
 #define NS_CKPT_FILES 4
+/* Removes a directory's files and the directory (one level: a checkpoint). */
+void ns_dir_remove(const char *dir);
 const char *ns_ckpt_file_name(uint32_t file);
 /* Answers a request for part of one of this node's checkpoints (body: step 8, file 1, offset 8,
  * big-endian) with a frame of answer_type: the request's 17 bytes, the file's size (0: not

@@ -32,7 +32,6 @@
  *
  * Not yet here (issue 7): the layer pool's assignment and the quorum core, multipath.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -155,6 +154,12 @@ static void put_u16(uint8_t *p, uint32_t x)
 static uint32_t get_u16(const uint8_t *p)
 {
     return (uint32_t)p[0] << 8 | p[1];
+}
+
+static void put_u32(uint8_t *p, uint32_t x)
+{
+    put_u16(p, x >> 16);
+    put_u16(p + 2, x & 0xffff);
 }
 
 static void put_u64(uint8_t *p, uint64_t x)
@@ -626,10 +631,7 @@ static int member_index(const uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n, const
 static void send_info(ns_swarm *s)
 {
     uint8_t body[4 + 1 + SWARM_MEMBERS_MAX * NS_NODE_ID_BYTES];
-    body[0] = (uint8_t)(s->generation >> 24);
-    body[1] = (uint8_t)(s->generation >> 16);
-    body[2] = (uint8_t)(s->generation >> 8);
-    body[3] = (uint8_t)s->generation;
+    put_u32(body, s->generation);
     body[4] = (uint8_t)s->member_count;
     memcpy(body + 5, s->members, (size_t)s->member_count * NS_NODE_ID_BYTES);
     ns_frame f = {.type = NS_FRAME_QUORUM_INFO,
@@ -643,7 +645,6 @@ static uint32_t get_u32(const uint8_t *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-static void remove_dir(const char *dir);
 static void fetch_stop(ns_swarm *s, bool done);
 
 /* A free node that wants this quorum's size and model follows one of its stages: its rank among
@@ -720,7 +721,7 @@ static void on_info(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
         char dir[PATH_MAX + 64];
         snprintf(dir, sizeof dir, "%.3000s/replica/" NS_CKPT_DIR_PREFIX "%llu",
                  s->cfg.train.data_dir, (unsigned long long)s->replica_step);
-        remove_dir(dir);
+        ns_dir_remove(dir);
         s->replica_step = 0;
     }
     s->replica_of = pick;
@@ -738,24 +739,6 @@ static void fetch_request(ns_swarm *s)
         NS_LOG_D("swarm", "no link to the stage a replica follows");
 }
 
-/* Removes a directory's files and the directory (one level: a checkpoint). */
-static void remove_dir(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (d != NULL) {
-        struct dirent *e;
-        char path[PATH_MAX + 300];
-        while ((e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-            unlink(path);
-        }
-        closedir(d);
-    }
-    rmdir(dir);
-}
-
 static void fetch_stop(ns_swarm *s, bool done)
 {
     if (s->fetch.fd >= 0)
@@ -765,22 +748,22 @@ static void fetch_stop(ns_swarm *s, bool done)
     char base[PATH_MAX];
     snprintf(base, sizeof base, "%.3000s/replica", s->cfg.train.data_dir);
     if (!done) {
-        remove_dir(s->fetch.dir);
+        ns_dir_remove(s->fetch.dir);
         return;
     }
     /* the copy is whole: DATA/replica/ckpt-<step>, and the older copy goes */
     char to[PATH_MAX + 64];
     snprintf(to, sizeof to, "%s/" NS_CKPT_DIR_PREFIX "%llu", base,
              (unsigned long long)s->fetch.step);
-    remove_dir(to);
+    ns_dir_remove(to);
     if (rename(s->fetch.dir, to) != 0) {
-        remove_dir(s->fetch.dir);
+        ns_dir_remove(s->fetch.dir);
         return;
     }
     if (s->replica_step != 0 && s->replica_step != s->fetch.step) {
         snprintf(to, sizeof to, "%s/" NS_CKPT_DIR_PREFIX "%llu", base,
                  (unsigned long long)s->replica_step);
-        remove_dir(to);
+        ns_dir_remove(to);
     }
     s->replica_step = s->fetch.step;
     NS_LOG_I("swarm", "replica of stage %u holds its checkpoint of step %llu", s->replica_of,
@@ -815,7 +798,7 @@ static void maybe_fetch(ns_swarm *s)
     (void)mkdir(base, 0700);
     snprintf(s->fetch.dir, sizeof s->fetch.dir, "%.3000s/.tmp-%llu", base,
              (unsigned long long)m->ckpt_step);
-    remove_dir(s->fetch.dir);
+    ns_dir_remove(s->fetch.dir);
     if (mkdir(s->fetch.dir, 0700) != 0)
         return;
     memcpy(s->fetch.from, m->id, NS_NODE_ID_BYTES);
@@ -881,7 +864,7 @@ static int rewind_checkpoints(ns_swarm *s, uint64_t c, bool replica)
         if (steps[i] > c || replica) {
             snprintf(path, sizeof path, "%s/" NS_CKPT_DIR_PREFIX "%llu", dir,
                      (unsigned long long)steps[i]);
-            remove_dir(path);
+            ns_dir_remove(path);
         }
     }
     if (!replica)
@@ -1047,10 +1030,7 @@ static void check_members(ns_swarm *s)
     }
     uint8_t body[13 + SWARM_MEMBERS_MAX * NS_NODE_ID_BYTES];
     uint32_t gen = s->generation + 1;
-    body[0] = (uint8_t)(gen >> 24);
-    body[1] = (uint8_t)(gen >> 16);
-    body[2] = (uint8_t)(gen >> 8);
-    body[3] = (uint8_t)gen;
+    put_u32(body, gen);
     put_u64(body + 4, c);
     body[12] = (uint8_t)s->member_count;
     memcpy(body + 13, ids, (size_t)s->member_count * NS_NODE_ID_BYTES);

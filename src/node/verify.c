@@ -18,6 +18,7 @@
  * by what it was sent, so it relies on provers being reachable within that time; docs/ledger.md
  * says what a partition does to it.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -129,14 +130,27 @@ static void keep_verdict(ns_verifier *v, const uint8_t id[NS_SHA256_BYTES], ns_j
  */
 
 /* Removes a job's DATA/verify/<proof>/ckpt-<step> and the <proof> directory above it. */
-static void rmtree_ckpt(const char *dir)
+void ns_dir_remove(const char *dir)
 {
-    char path[PATH_MAX + 64];
-    for (int i = 0; i < VERIFY_FILES; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, ckpt_files[i]);
-        unlink(path);
+    DIR *d = opendir(dir);
+    if (d != NULL) {
+        struct dirent *e;
+        char path[PATH_MAX + 300];
+        while ((e = readdir(d)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+        closedir(d);
     }
     rmdir(dir);
+}
+
+static void rmtree_ckpt(const char *dir)
+{
+    ns_dir_remove(dir);
+    char path[PATH_MAX + 64];
     snprintf(path, sizeof path, "%s", dir);
     char *slash = strrchr(path, '/');
     if (slash != NULL) {
