@@ -103,6 +103,7 @@ struct ns_swarm {
     uint8_t quorum_id[NS_SHA256_BYTES];
     uint32_t generation;
     uint64_t check_timer;
+    uint64_t beat_ms, woke_ms; /* this node's last heartbeat; when it found it had been stalled */
     /* formation in two phases: the proposer waits for every accept, then says start */
     bool proposing, reserved;
     uint64_t proposed_ms, reserved_ms;
@@ -970,6 +971,8 @@ static void check_members(ns_swarm *s)
     if (!s->in_quorum)
         return;
     uint64_t now = now_ms(s);
+    if (s->woke_ms != 0 && now - s->woke_ms <= SWARM_FRESH_MS)
+        return; /* this node was the one stalled: it hears the others anew before judging them */
     bool dead[SWARM_MEMBERS_MAX] = {0};
     bool any = false;
     const uint8_t *coordinator = NULL;
@@ -1228,6 +1231,9 @@ static void bench_fired(void *arg, uint64_t now)
 static void heartbeat_fired(void *arg, uint64_t now)
 {
     ns_swarm *s = arg;
+    if (s->beat_ms != 0 && now - s->beat_ms > 2 * SWARM_HEARTBEAT_MS)
+        s->woke_ms = now; /* its own heartbeat came late: this process was stopped or starved */
+    s->beat_ms = now;
     if (s->proposing && now - s->proposed_ms > SWARM_PROPOSE_MS) {
         NS_LOG_W("swarm", "a proposal was not accepted in time: withdrawn");
         s->proposing = false;
