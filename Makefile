@@ -30,7 +30,7 @@ endif
 WORDLIST ?= /usr/lib/python3/dist-packages/mnemonic/wordlist/english.txt
 
 PKGS := libuv libsodium libsecp256k1 sqlite3 libprotobuf-c libmicrohttpd jansson inih \
-        libsystemd icu-uc libcurl openblas
+        libsystemd icu-uc libcurl openblas libzstd
 
 ifeq ($(filter clean format format-check deps,$(MAKECMDGOALS)),)
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -58,7 +58,7 @@ GEN_C     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS)) $(BUILD)/
 GEN_H     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.h,$(PROTOS))
 LIB_SRC   := $(wildcard src/base/*.c src/crypto/*.c src/wire/*.c src/link/*.c src/dht/*.c \
              src/ledger/*.c src/swarm/*.c src/data/*.c src/ckpt/*.c src/exec/*.c \
-             src/ponw/*.c src/quorum/*.c src/pipeline/*.c)
+             src/ponw/*.c src/quorum/*.c src/pipeline/*.c src/sync/*.c)
 NODE_SRC  := $(filter-out src/node/main.c,$(wildcard src/node/*.c))
 CLI_SRC   := $(wildcard src/cli/*.c)
 NETSIM_SRC := $(wildcard netsim/*.c)

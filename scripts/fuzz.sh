@@ -11,7 +11,7 @@ make --no-print-directory BUILD=$bd CC=clang SAN=1 EXTRA_CFLAGS=-fsanitize=fuzze
     $bd/libneuroshard.a $bd/libneuroshard-node.a
 mkdir -p $bd/fuzz $bd/crashes
 libs=$(pkg-config --libs libuv libsodium libsecp256k1 sqlite3 libprotobuf-c libmicrohttpd jansson \
-    inih libsystemd icu-uc libcurl)
+    inih libsystemd icu-uc libcurl openblas libzstd)
 status=0
 for src in tests/fuzz/fuzz_*.c; do
     name=$(basename "$src" .c)

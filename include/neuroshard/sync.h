@@ -1,0 +1,164 @@
+/*
+ * sync.h: DiLoCo's outer loop and the cohort exchange that feeds it (SPEC S7, S8), sans-IO.
+ *
+ * Holders of the same layers in different quorums (a layer cohort) train apart for H inner steps
+ * and then meet: each computes its pseudo-gradient Δ = w0 - wH (w0: the weights all of them
+ * shared at the last meeting), the cohort aggregates the Δs robustly, and every member applies
+ * the same outer Nesterov step from the same w0, so all end the round with the same weights:
+ *
+ *     m <- beta * m + Δ          w <- w0 - lr * (beta * m + Δ)          w0 <- w
+ *
+ * (SPEC S7 writes the step as w + lr(...) with Δ = w0 - wN; the sign here is the one that
+ * descends, as in the DiLoCo paper: Δ points uphill, like a gradient.)
+ *
+ * The exchange (ns_cohort) scales with the cohort: members, sorted by id, are placed on a grid of
+ * groups of at most group_max (Moshpit SGD's scheme); a round has one phase per grid dimension,
+ * and in each phase a member meets only the others of its group. Within a group of s members the
+ * vector is cut into s contiguous chunks; member j owns chunk j: everyone sends it that chunk
+ * (PART, compressed), the owner screens and aggregates what came (aggregate.h) and sends the
+ * result back to everyone (RESULT, compressed; the owner uses the decoded result itself, so every
+ * member holds the same bits). A group's result is the next phase's input; after the last phase
+ * every member holds the cohort's aggregate. With 16 per group, 4,096 members need 3 phases and
+ * no member ever talks to more than 15 others in one.
+ *
+ * Faults. The owner waits until timeout_ms after the phase began, then aggregates what it has
+ * (its own part always counts). A member whose owner sends no result by twice that takes zero
+ * for that chunk (every member that misses it agrees); the round report counts missing chunks.
+ * Every PART carries the hash of the sender's w0: a member whose w0 differs (it missed an update)
+ * is refused and counted, and must download the weights again (ns_outer_rebase).
+ *
+ * Messages are untrusted input: ns_cohort_on_message checks the type, the round (older: stale,
+ * newer: early), the phase, that the sender is a member of this node's group and the chunk is
+ * this node's (PART) or the sender's (RESULT), duplicates, lengths, and that the blob decodes to
+ * the chunk's length with finite values; every refusal is counted by reason and changes nothing.
+ * Messages carry no signature: the daemon signs the bytes it sends and keeps the signed envelope
+ * of a contribution that is judged fraud (the verdict callback gives the message's bytes).
+ */
+#ifndef NEUROSHARD_SYNC_H
+#define NEUROSHARD_SYNC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "neuroshard/aggregate.h"
+#include "neuroshard/base.h"
+#include "neuroshard/compress.h"
+#include "neuroshard/crypto.h"
+
+#define NS_SYNC_BETA        0.9
+#define NS_SYNC_LR          0.7
+#define NS_SYNC_GROUP_MAX   16
+#define NS_SYNC_MEMBERS_MAX 4096
+#define NS_SYNC_TIMEOUT_MS  30000
+#define NS_SYNC_MSG_MAX     (64u << 20) /* one message, bytes */
+#define NS_SYNC_HELD_MAX    64          /* messages of the next round kept before it starts */
+
+/* H for a swarm of `nodes` nodes: 100 (< 10), 500 (< 100), else 1000. */
+uint32_t ns_sync_inner_steps(size_t nodes);
+/* S7's freshness of a contribution whose base weights are age_ms old: 1.0 (< 1 h), 0.9 (< 1 day),
+ * 0.7 (< 1 week), 0.3 (older). */
+double ns_sync_freshness(uint64_t age_ms);
+/* sqrt(batches) * freshness(age_ms). */
+double ns_sync_weight(uint64_t batches, uint64_t age_ms);
+
+/* ---- the outer step ----------------------------------------------------------------------- */
+
+typedef struct ns_outer {
+    size_t n;
+    float *w0;       /* the weights of the last meeting */
+    float *momentum; /* m, zero at start */
+    uint64_t round;  /* outer steps taken */
+    double beta, lr;
+} ns_outer;
+
+/* Copies w[0..n) as w0; momentum zero. NS_EINVAL for n 0, NaN/Inf in w, beta outside [0, 1) or
+ * lr not finite and positive; NS_ENOMEM. */
+NS_MUST_USE int ns_outer_init(ns_outer *o, const float *w, size_t n, double beta, double lr);
+void ns_outer_free(ns_outer *o);
+/* delta = w0 - w. */
+void ns_outer_delta(const ns_outer *o, const float *w, float *delta);
+/* The outer Nesterov step with the cohort's aggregate: writes w[0..n), then w0 = w, round + 1.
+ * NS_EINVAL (and nothing changes) for NaN/Inf in agg. */
+NS_MUST_USE int ns_outer_apply(ns_outer *o, const float *agg, float *w);
+/* Starts again from downloaded weights: w0 = w (momentum kept unless reset_momentum). */
+void ns_outer_rebase(ns_outer *o, const float *w, bool reset_momentum);
+/* SHA-256 of w0's bytes (little-endian floats), the round's identity of the base weights. */
+void ns_outer_w0_hash(const ns_outer *o, uint8_t out[NS_SHA256_BYTES]);
+
+/* ---- the cohort exchange ------------------------------------------------------------------ */
+
+typedef enum ns_cohort_refusal {
+    NS_COHORT_REFUSE_MALFORMED = 0,  /* type, lengths, header fields */
+    NS_COHORT_REFUSE_STALE = 1,      /* a round or phase already done */
+    NS_COHORT_REFUSE_EARLY = 2,      /* a round this node has not started */
+    NS_COHORT_REFUSE_NOT_MEMBER = 3, /* the sender is not in this node's group */
+    NS_COHORT_REFUSE_NOT_OWNER = 4,  /* a PART for a chunk this node does not own, or a RESULT
+                                        from a member that does not own that chunk */
+    NS_COHORT_REFUSE_DUPLICATE = 5,
+    NS_COHORT_REFUSE_BAD_BLOB = 6, /* does not decode to the chunk's length, or NaN/Inf */
+    NS_COHORT_REFUSE_BASE = 7,     /* the sender's w0 hash differs from this node's */
+    NS_COHORT_REFUSE_COUNT_ = 8
+} ns_cohort_refusal;
+
+const char *ns_cohort_refusal_text(ns_cohort_refusal why);
+
+typedef struct ns_cohort_report {
+    uint64_t round;
+    uint32_t members; /* in the cohort this round */
+    uint32_t phases;
+    uint32_t contributions;  /* parts aggregated at chunks this node owns (its own included) */
+    uint32_t rejected;       /* of those: rejected or fraud by the screen */
+    uint32_t missing_chunks; /* chunks whose result never came (taken as zero) */
+    uint64_t bytes_sent;     /* this node, messages of this round */
+    uint64_t bytes_received;
+} ns_cohort_report;
+
+typedef struct ns_cohort ns_cohort;
+
+typedef struct ns_cohort_config {
+    uint8_t self_id[NS_ID_BYTES];
+    uint32_t group_max;  /* 2..NS_SYNC_GROUP_MAX (0: NS_SYNC_GROUP_MAX) */
+    uint64_t timeout_ms; /* 0: NS_SYNC_TIMEOUT_MS */
+    ns_compress_config compress;
+    ns_agg_config agg;
+    bool error_feedback; /* keep a residual of this node's Δ between rounds */
+    void *arg;
+    /* Send msg to member `to` (never this node). Must not call back into the core. */
+    void (*send)(void *arg, const uint8_t to[NS_ID_BYTES], const uint8_t *msg, size_t len);
+    /* The round is over: agg[0..n) is the cohort's aggregate, the same on every member that
+     * heard every result. May call back into the core (start the next round). */
+    void (*done)(void *arg, const float *agg, size_t n, const ns_cohort_report *report);
+    /* A contribution this node screened as REJECTED or FRAUD (msg: the PART's bytes, to keep as
+     * evidence). May be NULL. */
+    void (*verdict)(void *arg, const uint8_t from[NS_ID_BYTES], ns_agg_verdict verdict,
+                    double sigma, const uint8_t *msg, size_t len);
+} ns_cohort_config;
+
+/* A core for vectors of n floats. Keeps a copy of config and a pointer to env (timers). */
+NS_MUST_USE int ns_cohort_new(ns_cohort **out, const ns_cohort_config *config, size_t n,
+                              const ns_env *env);
+void ns_cohort_free(ns_cohort *c);
+
+/* Starts round `round` (greater than the last one started) among members[0..m) (this node
+ * included; any order: the core sorts them; the same set on every member) with this node's Δ,
+ * its weight, and the hash of its w0. A round still running is abandoned. NS_EINVAL for a round
+ * not above the last, this node not among members, a member twice, m above
+ * NS_SYNC_MEMBERS_MAX, NaN/Inf in delta, a weight not finite and positive. With m = 1 the round
+ * is done at once (the aggregate is this node's Δ as the compression carries it). */
+NS_MUST_USE int ns_cohort_start(ns_cohort *c, uint64_t round, const uint8_t (*members)[NS_ID_BYTES],
+                                size_t m, const float *delta, double weight,
+                                const uint8_t w0_hash[NS_SHA256_BYTES]);
+
+/* A message from `from`. 0 when taken; NS_EINVAL (refused: counted, nothing changes) otherwise.
+ * Members start a round when their own H steps are done, so a faster member's messages may come
+ * before this node starts it: messages of the round after the last one started are kept (at most
+ * NS_SYNC_HELD_MAX, copied) and taken when it starts; the sender's timeout covers the difference
+ * in start times. Rounds further ahead are refused as early. */
+NS_MUST_USE int ns_cohort_on_message(ns_cohort *c, const uint8_t from[NS_ID_BYTES],
+                                     const uint8_t *msg, size_t len);
+
+uint64_t ns_cohort_refusals(const ns_cohort *c, ns_cohort_refusal why);
+bool ns_cohort_busy(const ns_cohort *c); /* a round is running */
+
+#endif
