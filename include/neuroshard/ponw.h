@@ -56,6 +56,13 @@ typedef struct ns_training_commit {
     uint32_t layer_first;
     uint32_t layer_last;
     uint32_t exec_mode;
+    /* A pipeline stage's work (in_pipeline): the quorum and generation it ran in, and the steps
+     * one activation hash covers. Entry i then chains the stage's inputs (activation_in) and
+     * outputs (activation_out) of steps [batch_first + i * segment_steps, + segment_steps), in
+     * step then micro-batch order: h = SHA-256(h || SHA-256(tensor bytes)) from h = 0. */
+    bool in_pipeline;
+    uint8_t pipeline_id[NS_SHA256_BYTES];
+    uint32_t segment_steps;
 } ns_training_commit;
 
 typedef struct ns_proof {
@@ -144,6 +151,13 @@ uint64_t ns_ponw_verdict_count(const ns_ponw_validator *v, ns_ponw_verdict verdi
  * (b starting later: steps never proved, e.g. after a crash) is no contradiction. NULL when they
  * are consistent or not comparable, else the reason. */
 const char *ns_ponw_contradiction(const ns_proof *a, const ns_proof *b);
+
+/* Cross-checks two pipeline stages' proofs: when both are training proofs of one pipeline
+ * (pipeline id and segment length) and `up`'s layers end where `down`'s begin, every aligned
+ * segment both cover must have up's output hash equal to down's input hash. Returns how many
+ * segments were compared (0: not neighbours of one pipeline, or no common steps); *mismatched
+ * gets how many differed: one of the two lied about its activations. */
+uint32_t ns_ponw_cross_check(const ns_proof *up, const ns_proof *down, uint32_t *mismatched);
 
 /* ---- rewards (S10) ------------------------------------------------------------------------ */
 

@@ -21,11 +21,12 @@
 #include "neuroshard/swarm.h"
 #include "node_internal.h"
 
-#define ECON_CLAIM_MS        15000 /* how often to look for proofs to claim */
-#define ECON_PENDING_MAX     4096  /* entries waiting for what they depend on */
-#define ECON_WANT_LIMIT      256   /* entries sent for one WANT */
-#define ECON_HEADS_PER_FRAME 1024
-#define ECON_VALIDATOR_NODES 100000
+#define ECON_CLAIM_MS         15000 /* how often to look for proofs to claim */
+#define ECON_PENDING_MAX      4096  /* entries waiting for what they depend on */
+#define ECON_WANT_LIMIT       256   /* entries sent for one WANT */
+#define ECON_HEADS_PER_FRAME  1024
+#define ECON_VALIDATOR_NODES  100000
+#define ECON_STAGE_PROOFS_MAX 64 /* pipeline stages' proofs kept for the cross-check */
 
 typedef struct pending_entry {
     uint8_t *buf;
@@ -39,6 +40,10 @@ struct ns_econ {
     uint64_t proof_timer, claim_timer, verify_timer;
     uint64_t challenges_made, frauds_seen;
     uint64_t last_end_ms; /* the end of this node's newest proof */
+    /* pipeline stages' recent training proofs, for the activation cross-check (a ring) */
+    ns_proof *stage_proofs;
+    size_t stage_next, stage_count;
+    uint64_t cross_checked, cross_mismatched;
     uint32_t last_tier;
     pending_entry pending[ECON_PENDING_MAX];
     size_t pending_count;
@@ -357,6 +362,41 @@ static void check_continuity(ns_econ *e, const ns_proof *p, const uint8_t *buf, 
     free(prev);
 }
 
+/* Compares a pipeline stage's training proof with the recent ones of its quorum's other stages:
+ * where one's output hashes and its neighbour's input hashes cover the same steps they must be
+ * equal; a difference means one of the two lied about its activations. Then keeps the proof. */
+static void cross_check(ns_econ *e, const ns_proof *p)
+{
+    if (p->type != NS_PROOF_TRAINING || !p->training.in_pipeline)
+        return;
+    if (e->stage_proofs == NULL &&
+        (e->stage_proofs = calloc(ECON_STAGE_PROOFS_MAX, sizeof *e->stage_proofs)) == NULL)
+        return;
+    for (size_t i = 0; i < e->stage_count; i++) {
+        const ns_proof *q = &e->stage_proofs[i];
+        if (memcmp(q->id, p->id, NS_SHA256_BYTES) == 0)
+            return; /* seen already */
+        uint32_t m1, m2;
+        uint32_t n = ns_ponw_cross_check(q, p, &m1) + ns_ponw_cross_check(p, q, &m2);
+        e->cross_checked += n;
+        e->cross_mismatched += m1 + m2;
+        if (m1 + m2 > 0) {
+            char a[17], b[17];
+            ns_hex_encode(a, sizeof a, q->author, 8);
+            ns_hex_encode(b, sizeof b, p->author, 8);
+            NS_LOG_W("verify",
+                     "cross-check: the stage proofs of %s… (layers %u..%u) and %s… (layers "
+                     "%u..%u) disagree on %u of %u segments: one of them lied",
+                     a, q->training.layer_first, q->training.layer_last, b, p->training.layer_first,
+                     p->training.layer_last, m1 + m2, n);
+        }
+    }
+    e->stage_proofs[e->stage_next] = *p;
+    e->stage_next = (e->stage_next + 1) % ECON_STAGE_PROOFS_MAX;
+    if (e->stage_count < ECON_STAGE_PROOFS_MAX)
+        e->stage_count++;
+}
+
 static void on_proof(ns_econ *e, const uint8_t *peer, const ns_frame *f)
 {
     ns_proof p;
@@ -368,6 +408,7 @@ static void on_proof(ns_econ *e, const uint8_t *peer, const ns_frame *f)
     }
     if (ns_ledger_proof_put(e->cfg.ledger, &p, f->body, f->body_len, now_ms(e)) == NS_OK)
         broadcast_except(e, NS_FRAME_PROOF, f->body, f->body_len, peer);
+    cross_check(e, &p);
     if (e->cfg.verifier && p.type == NS_PROOF_TRAINING)
         check_continuity(e, &p, f->body, f->body_len);
     if (e->cfg.verifier && p.type == NS_PROOF_TRAINING) {
@@ -410,7 +451,8 @@ static void on_frame(void *arg, const uint8_t peer_id[NS_NODE_ID_BYTES], const n
 
 /* NEUROSHARD_TEST_CHEAT, a comma-separated list: what a lying node does, so that tests can show
  * it is caught. "batches": claims ten times the batches it trained; "delta": claims weights it
- * never computed; "silent": never serves its checkpoints to verifiers. */
+ * never computed; "silent": never serves its checkpoints to verifiers; "activations": a
+ * pipeline stage claims activations it never computed or received. */
 static bool cheats(const char *list, const char *how)
 {
     size_t n = strlen(how);
@@ -433,6 +475,11 @@ static void cheat(const ns_econ *e, ns_proof *p)
     }
     if (cheats(e->cfg.cheat, "delta")) {
         randombytes_buf(p->training.model_hash_after, NS_SHA256_BYTES);
+        lies = true;
+    }
+    if (cheats(e->cfg.cheat, "activations")) {
+        randombytes_buf(p->training.activation_in, sizeof p->training.activation_in);
+        randombytes_buf(p->training.activation_out, sizeof p->training.activation_out);
         lies = true;
     }
     if (lies)
@@ -476,9 +523,19 @@ static void make_proof(ns_econ *e, uint64_t now)
         c->data_epoch = w.data_epoch;
         c->loss_before = w.loss_first;
         c->loss_after = w.loss_last;
-        c->micro_batches = 1;
-        memcpy(c->activation_in[0], w.input_hash, NS_SHA256_BYTES);
-        memcpy(c->activation_out[0], w.output_hash, NS_SHA256_BYTES);
+        if (w.in_pipeline) { /* a stage: one hash pair per aligned segment (ns_training_commit) */
+            _Static_assert(NS_TRAIN_SEGMENTS_MAX == NS_PONW_MICRO_BATCHES_MAX, "segments");
+            c->in_pipeline = true;
+            memcpy(c->pipeline_id, w.pipeline_id, NS_SHA256_BYTES);
+            c->segment_steps = w.segment_steps;
+            c->micro_batches = w.segments;
+            memcpy(c->activation_in, w.segment_in, (size_t)w.segments * NS_SHA256_BYTES);
+            memcpy(c->activation_out, w.segment_out, (size_t)w.segments * NS_SHA256_BYTES);
+        } else {
+            c->micro_batches = 1;
+            memcpy(c->activation_in[0], w.input_hash, NS_SHA256_BYTES);
+            memcpy(c->activation_out[0], w.output_hash, NS_SHA256_BYTES);
+        }
         /* solo training: the weight change is fixed by the weights before and after */
         uint8_t both[2 * NS_SHA256_BYTES];
         memcpy(both, w.model_before, NS_SHA256_BYTES);
@@ -501,9 +558,15 @@ static void make_proof(ns_econ *e, uint64_t now)
         ns_ledger_proof_put(e->cfg.ledger, &checked, buf, len, now) == NS_OK) {
         e->proofs_made++;
         e->last_end_ms = now;
+        cross_check(e, &checked);
         send_frame(e, NULL, NS_FRAME_PROOF, buf, len);
-        NS_LOG_D("ponw", "proof type=%u batches=%llu uptime_s=%llu", p.type,
-                 (unsigned long long)p.batches, (unsigned long long)p.uptime_s);
+        if (p.type == NS_PROOF_TRAINING)
+            NS_LOG_I("ponw", "training proof: steps %llu..%llu, layers %u..%u, %u segments",
+                     (unsigned long long)p.training.batch_first,
+                     (unsigned long long)(p.training.batch_first + p.batches),
+                     p.training.layer_first, p.training.layer_last, p.training.micro_batches);
+        else
+            NS_LOG_D("ponw", "proof type=%u uptime_s=%llu", p.type, (unsigned long long)p.uptime_s);
     } else {
         NS_LOG_W("ponw", "own proof refused: %s", ns_ponw_verdict_name(v));
     }
@@ -697,6 +760,7 @@ void ns_econ_stop(ns_econ *e)
     for (size_t i = 0; i < e->pending_count; i++)
         free(e->pending[i].buf);
     ns_ponw_validator_free(e->validator);
+    free(e->stage_proofs);
     free(e);
 }
 
@@ -730,13 +794,14 @@ json_t *ns_econ_ponw_json(ns_econ *e, uint32_t limit)
     uint64_t checked, fraud, failed, unanswered;
     ns_verifier_counts(e->verifier, &checked, &fraud, &failed, &unanswered);
     return json_pack(
-        "{s:o, s:o, s:I, s:I, s:I, s:I, s:{s:b, s:I, s:I, s:I, s:I, s:I}}", "proofs", c.list,
-        "verdicts", verdicts, "proofs_made", (json_int_t)e->proofs_made, "claims_made",
+        "{s:o, s:o, s:I, s:I, s:I, s:I, s:{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I}}", "proofs",
+        c.list, "verdicts", verdicts, "proofs_made", (json_int_t)e->proofs_made, "claims_made",
         (json_int_t)e->claims_made, "claims_refused", (json_int_t)e->claims_refused, "interval_ms",
         (json_int_t)e->cfg.proof_interval_ms, "verifier", "on", e->cfg.verifier, "recomputed",
         (json_int_t)checked, "fraud_found", (json_int_t)(fraud + e->frauds_seen), "unjudged",
         (json_int_t)failed, "unanswered", (json_int_t)unanswered, "challenges_made",
-        (json_int_t)e->challenges_made);
+        (json_int_t)e->challenges_made, "cross_checked", (json_int_t)e->cross_checked,
+        "cross_mismatched", (json_int_t)e->cross_mismatched);
 }
 
 int ns_econ_metrics(ns_econ *e, char **text)

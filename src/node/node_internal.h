@@ -170,6 +170,12 @@ typedef struct ns_train_config {
      * network; it is called on the trainer thread and must copy what it keeps. */
     uint32_t stage, stages, layer_first, layer_last, micro_batches;
     uint32_t generation; /* of the quorum's membership, stamped on every pipeline frame */
+    /* names the quorum and generation in this stage's proofs, so neighbours' proofs cross-check
+     * (SHA-256 of the members by stage and the generation) */
+    uint8_t pipeline_id[NS_SHA256_BYTES];
+    /* steps up to this one were already in a closed work period (a restart after a failover
+     * recomputes them): they are not counted again */
+    uint64_t proved_through;
     void (*send)(void *arg, int dir, const ns_frame *f);
     void *send_arg;
 } ns_train_config;
@@ -225,6 +231,7 @@ typedef struct ns_train_pipe_status {
 void ns_trainer_pipe_status(ns_trainer *t, ns_train_pipe_status *out);
 /* What the trainer did in one period, for a training proof (ponw.h): the steps from the
  * checkpoint at step ckpt_step to the checkpoint written when the period closed. */
+#define NS_TRAIN_SEGMENTS_MAX 64 /* a proof's activation hashes (NS_PONW_MICRO_BATCHES_MAX) */
 typedef struct ns_train_work {
     uint64_t ckpt_step; /* the optimizer step the period starts from (a checkpoint) */
     uint32_t exec_mode;
@@ -240,6 +247,13 @@ typedef struct ns_train_work {
     uint8_t model_before[NS_SHA256_BYTES], model_after[NS_SHA256_BYTES];
     uint8_t input_hash[NS_SHA256_BYTES];  /* of the last step's token ids */
     uint8_t output_hash[NS_SHA256_BYTES]; /* of its loss */
+    /* a pipeline stage's period is whole aligned segments of segment_steps steps; for each, the
+     * chained hashes of its inputs and outputs (ns_training_commit) */
+    bool in_pipeline;
+    uint8_t pipeline_id[NS_SHA256_BYTES];
+    uint32_t segment_steps, segments;
+    uint8_t segment_in[NS_TRAIN_SEGMENTS_MAX][NS_SHA256_BYTES];
+    uint8_t segment_out[NS_TRAIN_SEGMENTS_MAX][NS_SHA256_BYTES];
 } ns_train_work;
 
 typedef enum ns_work_state {
@@ -250,6 +264,9 @@ typedef enum ns_work_state {
 /* Takes the work period the trainer closed since the last call, and asks it to close the current
  * one at its next step (checkpoint and weight hash on its own thread). */
 ns_work_state ns_trainer_take_work(ns_trainer *t, ns_train_work *out);
+/* The last step any work period of this trainer (or its predecessors: cfg.proved_through) holds:
+ * a trainer started again after a failover must not count those steps twice. */
+uint64_t ns_trainer_closed_through(ns_trainer *t);
 
 /* Recomputes `steps` training steps from the checkpoint at ckpt_path with this node's copy of
  * the data (cfg as the trainer would open it), in the reproducible mode: what a verifier does

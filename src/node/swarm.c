@@ -102,6 +102,7 @@ struct ns_swarm {
     uint32_t member_count, stage;
     uint8_t quorum_id[NS_SHA256_BYTES];
     uint32_t generation;
+    uint64_t proved_through; /* the steps this node's work periods already hold */
     uint64_t check_timer;
     uint64_t beat_ms, woke_ms; /* this node's last heartbeat; when it found it had been stalled */
     /* formation in two phases: the proposer waits for every accept, then says start */
@@ -310,6 +311,19 @@ static void quorum_id_of(const ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uin
 
 static void out_send(void *arg, int dir, const ns_frame *f);
 
+/* Stops this node's stage, remembering which steps its proofs already hold: a restart from an
+ * older checkpoint recomputes them, and they must not be proved twice. */
+static void stop_trainer(ns_swarm *s)
+{
+    if (*s->cfg.trainer != NULL) {
+        uint64_t through = ns_trainer_closed_through(*s->cfg.trainer);
+        if (through > s->proved_through)
+            s->proved_through = through;
+    }
+    ns_trainer_stop(*s->cfg.trainer);
+    *s->cfg.trainer = NULL;
+}
+
 /* What the node record says of this node's capacity (S2). */
 static void publish_capacity(ns_swarm *s)
 {
@@ -344,6 +358,11 @@ static void join_quorum(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n
     tc.stage = stage;
     tc.stages = n;
     tc.generation = generation;
+    tc.proved_through = s->proved_through;
+    uint8_t named[NS_SHA256_BYTES + 4];
+    memcpy(named, s->quorum_id, NS_SHA256_BYTES);
+    put_u32(named + NS_SHA256_BYTES, generation);
+    ns_sha256(tc.pipeline_id, named, sizeof named);
     stage_layers(s, stage, n, &tc.layer_first, &tc.layer_last);
     tc.send = out_send;
     tc.send_arg = s;
@@ -669,8 +688,7 @@ static void on_info(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
             return;
         NS_LOG_W("swarm", "this node was replaced in its quorum (generation %u): it follows now",
                  gen);
-        ns_trainer_stop(*s->cfg.trainer);
-        *s->cfg.trainer = NULL;
+        stop_trainer(s);
         s->in_quorum = false;
         s->member_count = 0;
         s->generation = gen;
@@ -890,8 +908,7 @@ static void restart(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n, ui
     int stage = member_index(ids, n, s->cfg.key->node_id);
     NS_ASSERT(stage >= 0);
     bool replica = !s->in_quorum;
-    ns_trainer_stop(*s->cfg.trainer); /* its step in progress is dropped (the others wait) */
-    *s->cfg.trainer = NULL;
+    stop_trainer(s); /* its step in progress is dropped (the others wait) */
     if (s->fetch.on)
         fetch_stop(s, false);
     if (rewind_checkpoints(s, c, replica) != NS_OK)

@@ -77,6 +77,11 @@ struct ns_trainer {
     bool close_wanted, closed_ready;
     uint64_t open_batches; /* period.batches, readable under lock */
     double last_close_s;
+    uint64_t closed_through; /* the last step of any closed period (under lock) */
+    /* a pipeline stage's open segment: chained hashes of what went in and out since the last
+     * aligned step; segment_ok once the segment began at an aligned step */
+    uint8_t chain_in[NS_SHA256_BYTES], chain_out[NS_SHA256_BYTES];
+    bool segment_ok;
     /* a pipeline (or gradient accumulation alone): the schedule, the inbox (under lock), and
      * the trainer thread's buffers for what neighbours sent */
     ns_pipe *pipe;
@@ -679,6 +684,8 @@ static bool wait_inbox(ns_trainer *t)
  * back through the stages, the gradient norm and the clip scale travel along, and every stage
  * updates. *loss is the step's loss at the stage with the head (NaN elsewhere). NS_EWAIT when the
  * trainer was stopped while it waited. */
+static void chain_add(uint8_t h[NS_SHA256_BYTES], const void *buf, size_t len);
+
 static int pipe_step(ns_trainer *t, float *loss, ns_optim_report *report)
 {
     const ns_pipe_config *pc = ns_pipe_config_of(t->pipe);
@@ -714,6 +721,16 @@ static int pipe_step(ns_trainer *t, float *loss, ns_optim_report *report)
             rc = ns_stage_forward(t->stage, i, &in, t->out_buf);
             if (rc == NS_OK && last)
                 t->micro_loss[i] = t->out_buf[0];
+            if (rc == NS_OK && pc->stages > 1) { /* what the neighbours' proofs must agree on */
+                if (first)
+                    chain_add(t->chain_in, in.tokens, sizeof *in.tokens * cells);
+                else
+                    chain_add(t->chain_in, in.acts, sizeof *in.acts * cells * C);
+                if (last)
+                    chain_add(t->chain_out, &t->micro_loss[i], sizeof t->micro_loss[i]);
+                else
+                    chain_add(t->chain_out, t->out_buf, sizeof *t->out_buf * cells * C);
+            }
             if (rc == NS_OK && !last) {
                 ns_pipe_msg msg = {.type = NS_FRAME_PIPE_ACT,
                                    .step = step,
@@ -971,11 +988,51 @@ static void plan_retention(ns_trainer *t)
              (unsigned long long)t->cfg.ckpt_budget_mb);
 }
 
+/* h = SHA-256(h || SHA-256(buf)): one tensor more in a segment's chain. */
+static void chain_add(uint8_t h[NS_SHA256_BYTES], const void *buf, size_t len)
+{
+    uint8_t both[2 * NS_SHA256_BYTES];
+    memcpy(both, h, NS_SHA256_BYTES);
+    ns_ckpt_sha256(both + NS_SHA256_BYTES, buf, len);
+    ns_sha256(h, both, sizeof both);
+}
+
+/* A pipeline stage at step `step` (just done): ends the open segment at an aligned step. Its
+ * chains go into the period when the segment began aligned and its steps were never proved
+ * before (a restart recomputes steps a closed period already holds); otherwise the period starts
+ * again here. false when this step is not counted. */
+static bool pipe_segment(ns_trainer *t, uint64_t step)
+{
+    ns_train_work *p = &t->period;
+    bool aligned = step % t->cfg.checkpoint_every == 0;
+    bool counted = t->segment_ok && step > t->cfg.proved_through;
+    if (aligned) {
+        if (counted && p->segments < NS_TRAIN_SEGMENTS_MAX) {
+            memcpy(p->segment_in[p->segments], t->chain_in, NS_SHA256_BYTES);
+            memcpy(p->segment_out[p->segments], t->chain_out, NS_SHA256_BYTES);
+            p->segments++;
+        }
+        memset(t->chain_in, 0, sizeof t->chain_in);
+        memset(t->chain_out, 0, sizeof t->chain_out);
+        if (!counted && p->batches == 0) { /* the period starts at this aligned step */
+            p->ckpt_step = step;
+            hash_model(t, p->model_before);
+        }
+        t->segment_ok = true;
+    }
+    return counted;
+}
+
 /* After a step: counts it into the open period; when the loop asked and the period has lasted
- * period_min_ms, writes a checkpoint and closes the period there. true when it checkpointed. */
+ * period_min_ms, writes a checkpoint and closes the period there (a pipeline stage: at an aligned
+ * step, after whole segments). true when it checkpointed. */
 static bool note_work(ns_trainer *t, ns_data_pos before, float loss, double step_s)
 {
     ns_train_work *p = &t->period;
+    bool pipeline = t->cfg.stages > 1;
+    uint64_t step = ns_stage_optim_step(t->stage);
+    if (pipeline && !pipe_segment(t, step))
+        return false;
     if (p->batches == 0) {
         p->batch_first = before.index;
         p->data_epoch = before.epoch;
@@ -1001,12 +1058,20 @@ static bool note_work(ns_trainer *t, ns_data_pos before, float loss, double step
     t->open_batches = p->batches;
     bool close = t->close_wanted && (now - t->last_close_s) * 1000.0 >= (double)t->period_min_ms;
     pthread_mutex_unlock(&t->lock);
+    if (pipeline) {
+        bool aligned = step % t->cfg.checkpoint_every == 0;
+        close = aligned && (close || p->segments == NS_TRAIN_SEGMENTS_MAX);
+        p->in_pipeline = true;
+        memcpy(p->pipeline_id, t->cfg.pipeline_id, NS_SHA256_BYTES);
+        p->segment_steps = t->cfg.checkpoint_every;
+    }
     if (!close || save_checkpoint(t) != NS_OK)
         return false;
     hash_model(t, p->model_after);
     pthread_mutex_lock(&t->lock);
     t->closed = *p;
     t->closed_ready = true;
+    t->closed_through = p->ckpt_step + p->batches;
     t->close_wanted = false;
     t->open_batches = 0;
     t->last_close_s = now;
@@ -1208,6 +1273,7 @@ static void *trainer_main(void *arg)
     plan_retention(t);
     /* the first work period starts from a checkpoint too, so that a verifier can recompute it */
     t->period.ckpt_step = ns_stage_optim_step(t->stage);
+    t->segment_ok = t->cfg.stages > 1 && t->period.ckpt_step % t->cfg.checkpoint_every == 0;
     if (ns_stage_optim_step(t->stage) == 0)
         (void)save_checkpoint(t);
     t->last_close_s = wall_s();
@@ -1453,6 +1519,15 @@ int ns_trainer_queue_steps(ns_trainer *t, uint32_t steps)
     pthread_cond_signal(&t->wake);
     pthread_mutex_unlock(&t->lock);
     return rc;
+}
+
+uint64_t ns_trainer_closed_through(ns_trainer *t)
+{
+    pthread_mutex_lock(&t->lock);
+    uint64_t through =
+        t->closed_through > t->cfg.proved_through ? t->closed_through : t->cfg.proved_through;
+    pthread_mutex_unlock(&t->lock);
+    return through;
 }
 
 ns_work_state ns_trainer_take_work(ns_trainer *t, ns_train_work *out)

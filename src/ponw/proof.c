@@ -49,6 +49,12 @@ const char *ns_proof_check(const ns_proof *p)
             return "the commit's layer range differs from the layers held";
         if (t->micro_batches == 0 || t->micro_batches > NS_PONW_MICRO_BATCHES_MAX)
             return "activation hashes missing or too many";
+        if (t->in_pipeline && (t->segment_steps == 0 ||
+                               (uint64_t)t->micro_batches * t->segment_steps != t->batch_count ||
+                               t->batch_first % t->segment_steps != 0))
+            return "a pipeline proof's segments do not tile its aligned steps";
+        if (!t->in_pipeline && t->segment_steps != 0)
+            return "segments on a proof that is not a pipeline stage's";
         if (p->tokens < p->batches)
             return "fewer tokens than batches";
     } else if (p->batches != 0) {
@@ -99,6 +105,9 @@ int ns_proof_encode(const ns_proof *p, uint8_t **out, size_t *out_len)
         t.layer_first = c->layer_first;
         t.layer_last = c->layer_last;
         t.exec_mode = c->exec_mode;
+        if (c->in_pipeline)
+            t.pipeline_id = bin(c->pipeline_id, NS_SHA256_BYTES);
+        t.segment_steps = c->segment_steps;
         m.training = &t;
     }
     size_t n = neuroshard__proof__get_packed_size(&m);
@@ -139,6 +148,12 @@ static bool commit_from(const Neuroshard__TrainingCommit *t, ns_training_commit 
     c->layer_first = t->layer_first;
     c->layer_last = t->layer_last;
     c->exec_mode = t->exec_mode;
+    if (t->pipeline_id.len != 0 && !hash_ok(t->pipeline_id))
+        return false;
+    c->in_pipeline = t->pipeline_id.len != 0;
+    if (c->in_pipeline)
+        memcpy(c->pipeline_id, t->pipeline_id.data, NS_SHA256_BYTES);
+    c->segment_steps = t->segment_steps;
     return true;
 }
 

@@ -261,3 +261,27 @@ const char *ns_ponw_contradiction(const ns_proof *a, const ns_proof *b)
         return "the later proof starts from other weights than the earlier one claims to end with";
     return NULL;
 }
+
+uint32_t ns_ponw_cross_check(const ns_proof *up, const ns_proof *down, uint32_t *mismatched)
+{
+    *mismatched = 0;
+    const ns_training_commit *u = &up->training, *d = &down->training;
+    if (!up->has_training || !down->has_training || !u->in_pipeline || !d->in_pipeline ||
+        memcmp(u->pipeline_id, d->pipeline_id, NS_SHA256_BYTES) != 0 ||
+        u->segment_steps != d->segment_steps || u->segment_steps == 0 ||
+        u->layer_last != d->layer_first)
+        return 0;
+    uint64_t seg = u->segment_steps, compared = 0;
+    for (uint32_t i = 0; i < u->micro_batches; i++) {
+        uint64_t first = u->batch_first + i * seg;
+        if (first < d->batch_first || (first - d->batch_first) % seg != 0)
+            continue;
+        uint64_t j = (first - d->batch_first) / seg;
+        if (j >= d->micro_batches)
+            continue;
+        compared++;
+        if (memcmp(u->activation_out[i], d->activation_in[j], NS_SHA256_BYTES) != 0)
+            (*mismatched)++;
+    }
+    return (uint32_t)compared;
+}

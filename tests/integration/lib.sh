@@ -18,7 +18,7 @@ FAILED=0
 
 cleanup() {
     for p in $PIDS; do kill -9 "$p" 2>/dev/null; done
-    rm -rf "$TMP_ROOT"
+    if [ -n "${KEEP_TMP:-}" ]; then echo "# kept $TMP_ROOT" >&2; else rm -rf "$TMP_ROOT"; fi
 }
 trap cleanup EXIT
 

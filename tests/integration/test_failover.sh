@@ -14,7 +14,7 @@
 
 TXT=$TMP_ROOT/text
 text_dir "$TXT"
-COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 3x64 --micro-batches 4 --threads 1 --train on --quorum-size 3 --checkpoint-every 5"
+COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 3x64 --micro-batches 4 --threads 1 --train on --quorum-size 3 --checkpoint-every 5 --ponw-interval-s 1 --role verify --verify-ppm 0"
 NODES="n1 n2 n3 n4 n5 n6"
 for n in $NODES; do new_wallet "$TMP_ROOT/$n" >/dev/null; done
 
@@ -106,6 +106,24 @@ woke() { grep -q "was replaced in its quorum" "$TMP_ROOT/$INIT.log"; }
 check "  ... and, woken up, it learns it was replaced and follows" wait_for 30 woke
 before=$(status_of "$API_f" | json_field step)
 check "  ... while training goes on" wait_for 120 past
+
+# Every stage proved its segments of steps with hashes of its activations, and every node (a
+# verifier) compared neighbours' proofs and each author's proofs with its previous one: the
+# steps recomputed after each restart were not proved twice, and every hash agreed.
+sum_ponw() {
+    _t=0
+    for n in $NODES; do
+        [ "$n" = "$PROC" ] && continue
+        eval "api=\$API_$n"
+        _v=$(curl -s "http://$api/api/ponw" | json_field "$1")
+        _t=$((_t + ${_v:-0}))
+    done
+    echo $_t
+}
+crossed() { [ "$(sum_ponw cross_checked)" -gt 0 ]; }
+check "neighbouring stages' proofs cross-check their activations" wait_for 60 crossed
+check "  ... and agree" test "$(sum_ponw cross_mismatched)" -eq 0
+check "no stage proved a step twice across the restarts (no contradiction found)" test "$(sum_ponw fraud_found)" -eq 0
 
 for n in $NODES; do
     [ "$n" = "$PROC" ] && continue

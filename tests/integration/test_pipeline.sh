@@ -5,13 +5,15 @@
 # proposes, each takes a third of the layers, and they train: activations forward and gradients
 # back over their encrypted links, the gradient norm and the clip scale along the chain. R trains
 # the same model alone with the same micro-batches. The finisher's losses must be R's, digit for
-# digit (the reproducible mode computes the same bits whatever the split), and fall.
+# digit (the reproducible mode computes the same bits whatever the split), and fall. Each stage
+# proves its work with hashes of the activations it took in and sent on; B lies about them
+# (NEUROSHARD_TEST_CHEAT=activations), and the cross-check of neighbouring stages' proofs names it.
 
 . "$(dirname "$0")/lib.sh"
 
 TXT=$TMP_ROOT/text
 text_dir "$TXT"
-COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 3x64 --micro-batches 4 --threads 1 --train on"
+COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 3x64 --micro-batches 4 --threads 1 --train on --checkpoint-every 2 --ponw-interval-s 1"
 STEPS=6
 for n in r a b c; do new_wallet "$TMP_ROOT/$n" >/dev/null; done
 
@@ -24,8 +26,10 @@ start_node "$TMP_ROOT/a" $COMMON --quorum-size 3 || exit 1
 PID_a=$NODE_PID API_a=$API
 SEED=$(curl -s "http://$API_a/api/stats" | json_field listen)
 for n in b c; do
+    [ $n = b ] && export NEUROSHARD_TEST_CHEAT=activations
     # shellcheck disable=SC2086
     start_node "$TMP_ROOT/$n" $COMMON --quorum-size 3 --bootstrap "$SEED" || exit 1
+    unset NEUROSHARD_TEST_CHEAT
     eval "PID_$n=\$NODE_PID API_$n=\$API"
 done
 
@@ -74,6 +78,26 @@ check "neuroctl quorum lists the members" contains "$q" "finisher"
 API=$API_f
 g=$(http POST /generate_text -H "Authorization: Bearer $(cat "$TMP_ROOT/$FIN/api.token")" -d '{"prompt":"the"}')
 check "a stage refuses generation it cannot do alone" contains "$g" "503"
+
+# every stage proves its segments of aligned steps; B's hashes of its activations are lies
+cross_mismatched() {
+    for n in a b c; do
+        eval "api=\$API_$n"
+        [ "$(curl -s "http://$api/api/ponw" | json_field cross_mismatched)" -gt 0 ] 2>/dev/null && return 0
+    done
+    return 1
+}
+check "the cross-check of neighbouring stages' proofs finds the lying stage" wait_for 60 cross_mismatched
+ID_b=$(curl -s "http://$API_b/api/stats" | json_field node_id | cut -c1-16)
+lines=$(cat "$TMP_ROOT"/a.log "$TMP_ROOT"/b.log "$TMP_ROOT"/c.log | grep "cross-check:")
+check "  ... and every disagreement it reports involves B" sh -c '! echo "$1" | grep -v "$2"' _ "$lines" "$ID_b"
+checked=0
+for n in a b c; do
+    eval "api=\$API_$n"
+    c=$(curl -s "http://$api/api/ponw" | json_field cross_checked)
+    checked=$((checked + ${c:-0}))
+done
+check "  ... after comparing segments ($checked)" test "$checked" -gt 0
 
 for n in r a b c; do
     eval "pid=\$PID_$n"

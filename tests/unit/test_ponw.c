@@ -471,6 +471,90 @@ static void test_contradictions_between_consecutive_proofs(void **state)
     assert_null(ns_ponw_contradiction(&a, &up));
 }
 
+/* A stage's proof over `segments` aligned segments of 10 steps from step `first`, layers
+ * [lf, ll); input hash of segment i is tag_in + step/10, output tag_out + step/10. */
+static ns_proof stage_proof(uint32_t lf, uint32_t ll, uint64_t first, uint32_t segments,
+                            uint8_t tag_in, uint8_t tag_out)
+{
+    ns_proof p = training_proof(T0_MS, 1);
+    p.layers = ll - lf;
+    p.has_embed = lf == 0;
+    p.has_head = false;
+    p.batches = (uint64_t)segments * 10;
+    p.tokens = p.batches * 64;
+    ns_training_commit *c = &p.training;
+    c->layer_first = lf;
+    c->layer_last = ll;
+    c->batch_first = first;
+    c->batch_count = (uint32_t)p.batches;
+    c->in_pipeline = true;
+    memset(c->pipeline_id, 0x77, NS_SHA256_BYTES);
+    c->segment_steps = 10;
+    c->micro_batches = segments;
+    for (uint32_t i = 0; i < segments; i++) {
+        uint8_t k = (uint8_t)((first / 10) + i);
+        memset(c->activation_in[i], (uint8_t)(tag_in + k), NS_SHA256_BYTES);
+        memset(c->activation_out[i], (uint8_t)(tag_out + k), NS_SHA256_BYTES);
+    }
+    return p;
+}
+
+static void test_pipeline_stage_proofs_cross_check_their_activations(void **state)
+{
+    (void)state;
+    /* stage 0 (layers 0..3) outputs what stage 1 (3..8) takes in: tag 0x40 */
+    ns_proof up = stage_proof(0, 3, 100, 4, 0x10, 0x40);
+    ns_proof down = stage_proof(3, 8, 120, 4, 0x40, 0x70);
+    assert_null(ns_proof_check(&up));
+    assert_null(ns_proof_check(&down));
+    uint8_t *buf;
+    size_t len;
+    ns_proof q = {0};
+    assert_int_equal(ns_proof_encode(&down, &buf, &len), NS_OK);
+    assert_int_equal(ns_proof_decode(buf, len, &q), NS_OK);
+    free(buf);
+    assert_memory_equal(&q.training, &down.training, sizeof q.training);
+
+    uint32_t bad = 99;
+    /* up covers steps 100..139, down 120..159: two segments in common, both equal */
+    assert_int_equal(ns_ponw_cross_check(&up, &down, &bad), 2);
+    assert_int_equal(bad, 0);
+    /* the wrong direction (down's layers do not end where up's begin): nothing compared */
+    assert_int_equal(ns_ponw_cross_check(&down, &up, &bad), 0);
+    /* down lies about its input of steps 130..139 */
+    ns_proof liar = down;
+    liar.training.activation_in[1][5] ^= 1;
+    assert_int_equal(ns_ponw_cross_check(&up, &liar, &bad), 2);
+    assert_int_equal(bad, 1);
+    /* another pipeline (or generation), another segment length, no common steps: not compared */
+    ns_proof other = down;
+    other.training.pipeline_id[0] ^= 1;
+    assert_int_equal(ns_ponw_cross_check(&up, &other, &bad), 0);
+    other = stage_proof(3, 8, 140, 2, 0x40, 0x70);
+    assert_int_equal(ns_ponw_cross_check(&up, &other, &bad), 0);
+    assert_int_equal(bad, 0);
+    ns_proof solo = training_proof(T0_MS, 1);
+    assert_int_equal(ns_ponw_cross_check(&solo, &down, &bad), 0);
+
+    /* the segments must tile the period's aligned steps */
+    other = up;
+    other.training.batch_first = 105;
+    assert_non_null(strstr(ns_proof_check(&other), "segments"));
+    other = up;
+    other.training.segment_steps = 0;
+    assert_non_null(ns_proof_check(&other));
+    other = solo;
+    other.training.segment_steps = 10;
+    assert_non_null(ns_proof_check(&other));
+    /* a pipeline id of another length does not decode */
+    assert_int_equal(ns_proof_encode(&up, &buf, &len), NS_OK);
+    uint8_t *at = memmem(buf, len, up.training.pipeline_id, NS_SHA256_BYTES);
+    assert_non_null(at);
+    at[-1] = 31; /* the length byte before the id */
+    assert_int_equal(ns_proof_decode(buf, len, &q), NS_EPARSE);
+    free(buf);
+}
+
 static void test_challenge_probability_by_swarm_size(void **state)
 {
     (void)state;
@@ -498,6 +582,7 @@ int main(void)
         cmocka_unit_test(test_stake_multiplier_is_one_plus_a_tenth_of_log2),
         cmocka_unit_test(test_rewards_match_hand_computed_values),
         cmocka_unit_test(test_contradictions_between_consecutive_proofs),
+        cmocka_unit_test(test_pipeline_stage_proofs_cross_check_their_activations),
         cmocka_unit_test(test_challenge_probability_by_swarm_size),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
