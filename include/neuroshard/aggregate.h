@@ -10,18 +10,24 @@
  * (MAD floored at 1e-3 med(d) + 1e-12, so identical honest vectors do not divide by zero);
  * z_i > reject_sigma is REJECTED, z_i > fraud_sigma is FRAUD (rejected, and provable: the caller
  * turns it into a fraud proof). The screen needs at least 3 valid contributions; with fewer,
- * nothing is rejected. The aggregator then runs over the accepted contributions only.
+ * nothing is rejected. The screen's medians (of each coordinate, of d, of |d - med(d)|) are plain,
+ * unweighted ones (the mean of the two middle values for an even count): a weight is its sender's
+ * claim, and must not steer the screen. Since at least half of the valid ones lie at or below
+ * med(d), the screen never rejects them all. The aggregator then runs over the accepted
+ * contributions only; below, m is their count.
  *
- * Aggregators:
+ * Aggregators (equal values are ordered by input index, so no result depends on how they sort):
  *   MEAN          weighted mean.
- *   TRIMMED_MEAN  per coordinate, drop the floor(trim * m) smallest and largest values, weighted
- *                 mean of the rest.
+ *   TRIMMED_MEAN  per coordinate, drop the floor(trim * m + 1e-9) smallest and largest values
+ *                 (the 1e-9 so that 0.29 x 100 drops 29; at least one value stays), weighted mean
+ *                 of the rest.
  *   MEDIAN        per coordinate, weighted median (the lower one at an exact half).
  *   KRUM          the one contribution whose summed squared distance to its m - f - 2 nearest
- *                 others is smallest (f = byzantine, default floor((m - 3) / 2)).
- *   BULYAN        select m - 2f contributions by repeated Krum, then per coordinate the trimmed
- *                 mean of the beta = m - 4f values nearest the median (falls back to MEDIAN when
- *                 m < 4f + 3).
+ *                 others (at least 1) is smallest, copied; the lowest index on a tie (f =
+ *                 byzantine, default floor((m - 3) / 2)). Weights play no part.
+ *   BULYAN        select m - 2f contributions by repeated Krum, then per coordinate the weighted
+ *                 mean of the beta = m - 4f values nearest their weighted median (falls back to
+ *                 MEDIAN when m < 4f + 3).
  */
 #ifndef NEUROSHARD_AGGREGATE_H
 #define NEUROSHARD_AGGREGATE_H
@@ -49,9 +55,9 @@ typedef struct ns_agg_config {
     ns_agg_kind kind;
     double trim;         /* TRIMMED_MEAN: share dropped at each end, [0, 0.5) (default 0.2) */
     uint32_t byzantine;  /* KRUM/BULYAN: f; 0 means floor((m - 3) / 2) for KRUM, floor((m-3)/4)
-                            for BULYAN */
-    double reject_sigma; /* 3 (S8) */
-    double fraud_sigma;  /* 5 (S8) */
+                            for BULYAN (m: the accepted count) */
+    double reject_sigma; /* 3 (S8); > 0; HUGE_VAL turns rejection off (INVALID still holds) */
+    double fraud_sigma;  /* 5 (S8); >= reject_sigma */
 } ns_agg_config;
 
 void ns_agg_config_default(ns_agg_config *cfg);
@@ -71,9 +77,11 @@ typedef enum ns_agg_verdict {
 const char *ns_agg_verdict_name(ns_agg_verdict v);
 
 /* Screens and aggregates in[0..m) into out[0..n). verdicts[i] and sigmas[i] (the z-score, 0 when
- * not screened) are filled for every input when not NULL. NS_EINVAL for a bad config, m 0 or
- * above NS_AGG_INPUTS_MAX, n 0, NULL vectors; NS_ENOENT when no contribution is accepted (out is
- * left zero); NS_ENOMEM. Scratch memory is allocated and freed inside. */
+ * not screened) are filled for every input when not NULL. NS_EINVAL for a bad config (unknown
+ * kind, trim outside [0, 0.5), sigmas as above), m 0 or above NS_AGG_INPUTS_MAX, n 0, NULL in,
+ * vectors or out (nothing is written then); NS_ENOENT when no contribution is accepted, which
+ * happens only when none is valid (out is left zero, verdicts and sigmas filled); NS_ENOMEM.
+ * Scratch memory (O(m), and m x m doubles for KRUM and BULYAN) is allocated and freed inside. */
 NS_MUST_USE int ns_agg_run(const ns_agg_config *cfg, const ns_agg_input *in, size_t m, size_t n,
                            float *out, ns_agg_verdict *verdicts, double *sigmas);
 
@@ -88,12 +96,14 @@ typedef struct ns_grad_check {
     double magnitude; /* ||update|| / ||trusted|| */
     double variance;  /* var(update) / var(trusted) */
     bool ok;          /* every check passed */
-    const char *why;  /* the first check that failed, or NULL */
+    const char *why;  /* the first check that failed: "cosine", "magnitude", "variance"; or NULL */
 } ns_grad_check;
 
 /* Compares an update with one computed here on a trusted micro-batch: cosine > 0.5, magnitude
- * ratio <= 10, variance ratio <= 100. NS_EINVAL for n 0, NaN/Inf in
- * either vector, or a zero trusted vector. */
+ * ratio <= 10, variance ratio <= 100 (population variances over the n values; a zero update has
+ * cosine 0; a constant trusted vector gives a variance ratio of 0 for a constant update and
+ * HUGE_VAL otherwise). NS_EINVAL for NULL vectors, n 0, NaN/Inf in either vector, or a zero
+ * trusted vector (out is not written then). */
 NS_MUST_USE int ns_grad_check_run(const float *update, const float *trusted, size_t n,
                                   ns_grad_check *out);
 
