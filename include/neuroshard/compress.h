@@ -9,9 +9,11 @@
  * only delayed.
  *
  * A blob is untrusted input: decoding checks the magic, version, declared length against the
- * caller's n, k <= n, chunk sizes, strictly increasing indices below n, every scale finite and
+ * caller's n, 1 <= k <= n, chunk sizes, strictly increasing indices below n, every scale finite and
  * non-negative, and the decompressed size against the size k and n imply before it allocates;
- * it never writes outside out[0..n) and never yields NaN or Inf.
+ * it never writes outside out[0..n) and never yields NaN or Inf. It accepts only what the encoder
+ * writes: exactly one zstd frame that states its content size, each gap in LEB128's shortest form
+ * (at most 5 bytes), values in [-127, 127] (never -128), scales s with 127 * s finite in f32.
  *
  * Blob layout (little-endian): "NSDW" | u8 version (1) | u8 flags (0) | u16 reserved (0) |
  * u64 n | u32 k | u32 chunk | u32 payload bytes | zstd frame of: k LEB128 index gaps (the first
@@ -52,18 +54,23 @@ void ns_ef_reset(ns_ef *ef);
 
 /* Encodes delta[0..n) (plus ef->residual when ef is not NULL) into a new blob *out (free with
  * free()) of *out_len bytes. With ef, afterwards ef->residual = (delta + residual) - decoded
- * blob, exactly (the encoder decodes what it wrote). NS_EINVAL for a bad config, n 0 or above
- * NS_COMPRESS_N_MAX, ef of another length, or NaN/Inf in delta or residual (nothing changes);
- * NS_ENOMEM. */
+ * blob, exactly (the encoder decodes what it wrote). k = ceil(n * density) computed in double,
+ * at least 1. NS_EINVAL for a bad config, n 0 or above NS_COMPRESS_N_MAX, ef of another length,
+ * or NaN/Inf in delta, residual or their sum; NS_ENOMEM; NS_ETOOBIG if the zstd frame would
+ * exceed the u32 payload field. On any error *out is NULL, *out_len 0 and the residual is as it
+ * was. */
 NS_MUST_USE int ns_compress_encode(const ns_compress_config *cfg, const float *delta, size_t n,
                                    ns_ef *ef, uint8_t **out, size_t *out_len);
 
-/* Decodes blob into out[0..n): the kept entries, zero elsewhere. NS_EINVAL when the blob's
- * declared length is not n; NS_EPARSE for anything malformed; NS_ETOOBIG when it would
- * decompress to more than its header implies. On error out is all zero. */
+/* Decodes blob into out[0..n): the kept entries, zero elsewhere. NS_EINVAL when n is 0 or the
+ * blob's declared length is not n (checked after magic, version, flags and reserved);
+ * NS_EPARSE for anything malformed; NS_ETOOBIG when the zstd frame declares more content than
+ * n and k allow; NS_ENOMEM. On error out is all zero. */
 NS_MUST_USE int ns_compress_decode(const uint8_t *blob, size_t len, float *out, size_t n);
 
-/* Reads the header only: the declared length and kept count. NS_EPARSE when malformed. */
+/* Reads the header only: the declared length and kept count. NS_EPARSE when the header is
+ * malformed (every check above that needs no payload, n within 1..NS_COMPRESS_N_MAX, and the
+ * payload length equal to len minus the header). */
 NS_MUST_USE int ns_compress_peek(const uint8_t *blob, size_t len, uint64_t *n, uint32_t *k);
 
 #endif
