@@ -7,7 +7,8 @@
  * screen runs first, whatever the aggregator: a contribution with NaN/Inf or a weight that is not
  * finite and positive is INVALID; of the rest, the distance d_i = ||v_i - median||_2 to the
  * coordinate-wise median is turned into a robust z-score z_i = (d_i - med(d)) / (1.4826 MAD(d))
- * (MAD floored at 1e-3 med(d) + 1e-12, so identical honest vectors do not divide by zero);
+ * (MAD floored at 0.25 med(d) + 1e-12: in a small cohort the MAD of three honest distances can
+ * be tiny by chance, and identical honest vectors must not divide by zero);
  * z_i > reject_sigma is REJECTED, z_i > fraud_sigma is FRAUD (rejected, and provable: the caller
  * turns it into a fraud proof). The screen needs at least 3 valid contributions; with fewer,
  * nothing is rejected. The screen's medians (of each coordinate, of d, of |d - med(d)|) are plain,

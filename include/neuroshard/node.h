@@ -60,7 +60,11 @@ typedef struct ns_config {
     uint32_t quorum_size;      /* 1: train alone; N: as one of a pipeline of N (S5, S6) */
     uint32_t micro_batches;    /* a step's micro-batches; 0: automatic */
     uint32_t checkpoint_every; /* steps between checkpoints; 0: NS_TRAIN_CKPT_EVERY */
+    uint32_t sync_every;       /* DiLoCo's H (S7): 0 off, NS_SYNC_EVERY_AUTO by swarm size */
+    uint32_t sync_aggregator;  /* ns_agg_kind of the cohort's robust aggregation (S8) */
 } ns_config;
+
+#define NS_SYNC_EVERY_AUTO UINT32_MAX
 
 /* Parses "HOST:PORT" ("127.0.0.1:8421", "[::1]:8421", "localhost:0"). */
 NS_MUST_USE int ns_addr_parse(const char *text, ns_addr_text *out);

@@ -63,6 +63,9 @@ typedef struct ns_training_commit {
     bool in_pipeline;
     uint8_t pipeline_id[NS_SHA256_BYTES];
     uint32_t segment_steps;
+    /* DiLoCo: the outer round whose step the period starts from (0: none); between periods of
+     * different rounds the weights change by the cohort's outer step */
+    uint64_t outer_round;
 } ns_training_commit;
 
 typedef struct ns_proof {
@@ -147,7 +150,8 @@ uint64_t ns_ponw_verdict_count(const ns_ponw_validator *v, ns_ponw_verdict verdi
 /* Whether two training proofs of one author contradict each other, so that the earlier one (a)
  * is fraud without any recompute: b comes after a, holds the same layers, and starts from a step
  * before the end a claims (a claimed batches it did not train), or from exactly that step but
- * from other weights than a says it ended with (a claimed weights it did not compute). A gap
+ * from other weights than a says it ended with (a claimed weights it did not compute) when no
+ * outer step of DiLoCo came between (the same outer round). A gap
  * (b starting later: steps never proved, e.g. after a crash) is no contradiction. NULL when they
  * are consistent or not comparable, else the reason. */
 const char *ns_ponw_contradiction(const ns_proof *a, const ns_proof *b);

@@ -19,7 +19,10 @@
  * result back to everyone (RESULT, compressed; the owner uses the decoded result itself, so every
  * member holds the same bits). A group's result is the next phase's input; after the last phase
  * every member holds the cohort's aggregate. With 16 per group, 4,096 members need 3 phases and
- * no member ever talks to more than 15 others in one.
+ * no member ever talks to more than 15 others in one. When m is not a product of sides the
+ * grid's rows (the phase-0 groups) differ by one member, and a member of a short row plays a
+ * second place in the later phases (twice the traffic, 30 others at most): every group of a phase
+ * then sees the same inputs in the same order, so the cohort ends with the same bits (cohort.c).
  *
  * Faults. The owner waits until timeout_ms after the phase began, then aggregates what it has
  * (its own part always counts). A member whose owner sends no result by twice that takes zero
@@ -46,13 +49,15 @@
 #include "neuroshard/compress.h"
 #include "neuroshard/crypto.h"
 
-#define NS_SYNC_BETA        0.9
-#define NS_SYNC_LR          0.7
-#define NS_SYNC_GROUP_MAX   16
-#define NS_SYNC_MEMBERS_MAX 4096
-#define NS_SYNC_TIMEOUT_MS  30000
-#define NS_SYNC_MSG_MAX     (64u << 20) /* one message, bytes */
-#define NS_SYNC_HELD_MAX    64          /* messages of the next round kept before it starts */
+#define NS_SYNC_BETA           0.9
+#define NS_SYNC_LR             0.7
+#define NS_SYNC_GROUP_MAX      16
+#define NS_SYNC_MEMBERS_MAX    4096
+#define NS_SYNC_TIMEOUT_MS     30000
+#define NS_SYNC_MSG_MAX        (64u << 20)  /* one message, bytes */
+#define NS_SYNC_HELD_MAX       64           /* messages of a round or phase kept before it starts */
+#define NS_SYNC_HELD_BYTES_MAX (256u << 20) /* their bytes, all together */
+#define NS_SYNC_WEIGHT_MAX     1e15         /* one member's weight */
 
 /* H for a swarm of `nodes` nodes: 100 (< 10), 500 (< 100), else 1000. */
 uint32_t ns_sync_inner_steps(size_t nodes);
@@ -127,34 +132,46 @@ typedef struct ns_cohort_config {
     /* Send msg to member `to` (never this node). Must not call back into the core. */
     void (*send)(void *arg, const uint8_t to[NS_ID_BYTES], const uint8_t *msg, size_t len);
     /* The round is over: agg[0..n) is the cohort's aggregate, the same on every member that
-     * heard every result. May call back into the core (start the next round). */
+     * heard every result. May call back into the core (start the next round); agg is valid
+     * until done returns or calls back in. */
     void (*done)(void *arg, const float *agg, size_t n, const ns_cohort_report *report);
     /* A contribution this node screened as REJECTED or FRAUD (msg: the PART's bytes, to keep as
-     * evidence). May be NULL. */
+     * evidence; NULL and 0 if they could not be kept). May be NULL. Must not call back into the
+     * core. Never called for this node's own part (the report counts it). */
     void (*verdict)(void *arg, const uint8_t from[NS_ID_BYTES], ns_agg_verdict verdict,
                     double sigma, const uint8_t *msg, size_t len);
 } ns_cohort_config;
 
-/* A core for vectors of n floats. Keeps a copy of config and a pointer to env (timers). */
+/* A core for vectors of n floats. Keeps a copy of config and a pointer to env (timers).
+ * NS_EINVAL for a missing send or done, group_max outside 2..NS_SYNC_GROUP_MAX, n below
+ * group_max, or a compress or agg config that their parts refuse; NS_ETOOBIG for n above
+ * NS_COMPRESS_N_MAX or so large that a chunk's message could exceed NS_SYNC_MSG_MAX (at density
+ * 1, about 20 M floats); NS_ENOMEM. Everything it needs (about 5 n floats, 6 with error
+ * feedback) is allocated here. */
 NS_MUST_USE int ns_cohort_new(ns_cohort **out, const ns_cohort_config *config, size_t n,
                               const ns_env *env);
 void ns_cohort_free(ns_cohort *c);
 
-/* Starts round `round` (greater than the last one started) among members[0..m) (this node
- * included; any order: the core sorts them; the same set on every member) with this node's Δ,
- * its weight, and the hash of its w0. A round still running is abandoned. NS_EINVAL for a round
- * not above the last, this node not among members, a member twice, m above
- * NS_SYNC_MEMBERS_MAX, NaN/Inf in delta, a weight not finite and positive. With m = 1 the round
- * is done at once (the aggregate is this node's Δ as the compression carries it). */
+/* Starts round `round` (greater than the last one started; rounds count from 1) among
+ * members[0..m) (this node included; any order: the core sorts them; the same set on every
+ * member) with this node's Δ, its weight, and the hash of its w0. A round still running is
+ * abandoned. NS_EINVAL for a round not above the last, this node not among members, a member
+ * twice, m above NS_SYNC_MEMBERS_MAX, NaN/Inf in delta, a weight not finite and positive or above
+ * NS_SYNC_WEIGHT_MAX (nothing changes); NS_ENOMEM. With m = 1 the round is done at once, inside
+ * this call (the aggregate is this node's Δ as the compression carries it). done may also run
+ * inside ns_cohort_on_message and in a timer. */
 NS_MUST_USE int ns_cohort_start(ns_cohort *c, uint64_t round, const uint8_t (*members)[NS_ID_BYTES],
                                 size_t m, const float *delta, double weight,
                                 const uint8_t w0_hash[NS_SHA256_BYTES]);
 
-/* A message from `from`. 0 when taken; NS_EINVAL (refused: counted, nothing changes) otherwise.
- * Members start a round when their own H steps are done, so a faster member's messages may come
- * before this node starts it: messages of the round after the last one started are kept (at most
- * NS_SYNC_HELD_MAX, copied) and taken when it starts; the sender's timeout covers the difference
- * in start times. Rounds further ahead are refused as early. */
+/* A message from `from` (the authenticated sender). 0 when taken; NS_EINVAL (refused: counted,
+ * nothing changes) otherwise. Members start a round when their own H steps are done, so a faster
+ * member's messages may come before this node starts it: messages of the round after the last
+ * one started, and of a later phase of the running round, are kept (at most NS_SYNC_HELD_MAX,
+ * 8 from one sender, and NS_SYNC_HELD_BYTES_MAX, copied; beyond that refused as early) and taken
+ * when that round or phase starts, when any refusal is counted as for a message that comes then;
+ * the sender's timeout covers the difference in start times. Rounds further ahead are refused as
+ * early. */
 NS_MUST_USE int ns_cohort_on_message(ns_cohort *c, const uint8_t from[NS_ID_BYTES],
                                      const uint8_t *msg, size_t len);
 

@@ -73,6 +73,8 @@ typedef enum {
     NS_FRAME_CKPT_PART = 80,      /* swarm.c: as VERIFY_PART */
     NS_FRAME_QUORUM_RESTORE = 81, /* swarm.c: new generation, restart step, members by stage */
     NS_FRAME_QUORUM_START = 82,   /* swarm.c: every member accepted the proposal (its id): start */
+    NS_FRAME_SYNC_HELLO = 83,     /* diloco.c: model, layers trained, H, step (every 5 s) */
+    NS_FRAME_SYNC_MSG = 84,       /* diloco.c: tensor U8: a cohort exchange message (sync.h) */
 } ns_frame_type;
 
 struct ns_frame {

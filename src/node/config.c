@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "neuroshard/aggregate.h"
 #include "neuroshard/exec.h"
 #include "neuroshard/ledger.h"
 #include "neuroshard/node.h"
@@ -49,6 +50,8 @@ static const setting settings[] = {
     {"quorum_size", "--quorum-size", "NEUROSHARD_QUORUM_SIZE"},
     {"micro_batches", "--micro-batches", "NEUROSHARD_MICRO_BATCHES"},
     {"checkpoint_every", "--checkpoint-every", "NEUROSHARD_CHECKPOINT_EVERY"},
+    {"sync_every", "--sync-every", "NEUROSHARD_SYNC_EVERY"},
+    {"aggregator", "--aggregator", "NEUROSHARD_AGGREGATOR"},
 };
 #define SETTINGS_COUNT (sizeof settings / sizeof settings[0])
 
@@ -80,6 +83,11 @@ static const char usage[] =
     "  --micro-batches N    micro-batches a step (default: 1 alone, S6's rule in a pipeline)\n"
     "  --checkpoint-every N steps between checkpoints (default 100; a pipeline's stages write\n"
     "                       theirs at the same steps, its failover restarts from one)\n"
+    "  --sync-every N       DiLoCo: meet the other holders of this node's layers every N steps\n"
+    "                       and take the outer step with their robust aggregate (default auto:\n"
+    "                       S7's 100, 500 or 1000 by swarm size; off: never)\n"
+    "  --aggregator A       trimmed-mean (default), median, krum, bulyan or mean: how a cohort\n"
+    "                       combines its members' updates (S8)\n"
     "  --ponw-bond AMOUNT   NEURO a challenge bonds (default 10); a rule of the swarm, like\n"
     "                       the window\n"
     "  --role R             train (default), or verify: also recompute a sample of peers'\n"
@@ -341,6 +349,28 @@ static int config_set(ns_config *cfg, const char *key, const char *value, char *
             cfg->checkpoint_every = (uint32_t)v;
         snprintf(why, why_size, "checkpoint_every '%s' is not a number of steps in 1..1000000",
                  value);
+    } else if (strcmp(key, "sync_every") == 0) {
+        uint64_t v = 0;
+        if (strcmp(value, "auto") == 0) {
+            cfg->sync_every = NS_SYNC_EVERY_AUTO;
+        } else if (strcmp(value, "off") == 0) {
+            cfg->sync_every = 0;
+        } else {
+            rc = parse_u64(value, &v);
+            if (rc == NS_OK && (v == 0 || v > 1000000))
+                rc = NS_EINVAL;
+            if (rc == NS_OK)
+                cfg->sync_every = (uint32_t)v;
+        }
+        snprintf(why, why_size,
+                 "sync_every '%s' is not auto, off or a number of steps in 1..1000000", value);
+    } else if (strcmp(key, "aggregator") == 0) {
+        ns_agg_kind kind;
+        rc = ns_agg_parse(value, &kind);
+        if (rc == NS_OK)
+            cfg->sync_aggregator = (uint32_t)kind;
+        snprintf(why, why_size, "aggregator '%s' is not mean, trimmed-mean, median, krum or bulyan",
+                 value);
     } else if (strcmp(key, "ponw_bond") == 0) {
         ns_neuro bond = {0};
         rc = ns_neuro_parse(value, &bond);
@@ -485,6 +515,8 @@ static void config_defaults(ns_config *cfg)
     cfg->ponw_window_s = 600;
     cfg->verify_ppm = -1;
     cfg->quorum_size = 1;
+    cfg->sync_every = NS_SYNC_EVERY_AUTO;
+    cfg->sync_aggregator = NS_AGG_TRIMMED_MEAN;
     cfg->ponw_bond_nano = 10 * NS_NEURO_NANO_PER_UNIT;
     strcpy(cfg->network, "neuroshard-genesis");
 }

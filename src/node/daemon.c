@@ -27,6 +27,7 @@
 #include "neuroshard/ledger.h"
 #include "neuroshard/swarm.h"
 #include "neuroshard/pipeline.h"
+#include "neuroshard/sync.h"
 #include "node_internal.h"
 
 #define EXIT_REFUSED 1
@@ -49,6 +50,7 @@ typedef struct node {
     ns_gen_service *gen;
     ns_econ *econ;
     ns_swarm *swarm;
+    ns_diloco *diloco;
     struct dht_op *dht_ops; /* API requests waiting on a DHT lookup */
     ns_addr_text api_bound;
     int api_fd; /* bound, not yet served */
@@ -283,6 +285,12 @@ static void train_config(const node *n, ns_train_config *tc)
     tc->interval_ms = n->cfg.ponw_interval_s * 1000;
     tc->micro_batches = n->cfg.micro_batches;
     tc->checkpoint_every = n->cfg.checkpoint_every;
+    tc->sync_every =
+        n->cfg.sync_every == NS_SYNC_EVERY_AUTO
+            ? ns_sync_inner_steps(n->net != NULL ? ns_dht_contact_count(ns_net_dht(n->net)) + 1 : 1)
+            : n->cfg.sync_every;
+    tc->sync = n->diloco != NULL ? ns_diloco_request : NULL;
+    tc->sync_arg = n->diloco;
 }
 
 /* A model that would not fit is refused before anything is allocated or written. */
@@ -293,6 +301,14 @@ static int check_training(node *n)
     if (n->cfg.quorum_size > 1 && n->cfg.model_layers == 0) {
         refuse("cannot train in a pipeline: --quorum-size needs --model LxH, the same on every "
                "member");
+        return NS_EINVAL;
+    }
+    uint32_t every = n->cfg.sync_every == NS_SYNC_EVERY_AUTO ? 100 : n->cfg.sync_every;
+    uint32_t ckpt = n->cfg.checkpoint_every ? n->cfg.checkpoint_every : NS_TRAIN_CKPT_EVERY;
+    if (n->cfg.quorum_size > 1 && every != 0 && every % ckpt != 0) {
+        refuse("cannot sync a pipeline stage every %u steps: it must be a multiple of "
+               "--checkpoint-every (%u), where every stage can stop together",
+               every, ckpt);
         return NS_EINVAL;
     }
     if (n->cfg.quorum_size > n->cfg.model_layers && n->cfg.model_layers != 0) {
@@ -781,6 +797,18 @@ static void answer_training_status(node *n, ns_api_request *req)
     }
     if (n->swarm != NULL)
         json_object_set_new(o, "quorum", ns_swarm_json(n->swarm));
+    ns_train_sync_status ss;
+    ns_trainer_sync_status(n->trainer, &ss);
+    if (ss.on && n->diloco != NULL) {
+        json_t *sync = ns_diloco_json(n->diloco);
+        char w0[2 * NS_SHA256_BYTES + 1];
+        ns_hex_encode(w0, sizeof w0, ss.w0_hash, NS_SHA256_BYTES);
+        json_object_set_new(sync, "outer_steps", json_integer((json_int_t)ss.rounds));
+        json_object_set_new(sync, "outer_round", json_integer((json_int_t)ss.last_round));
+        json_object_set_new(sync, "waiting", json_boolean(ss.waiting));
+        json_object_set_new(sync, "w0_sha256", json_string(w0));
+        json_object_set_new(o, "sync", sync);
+    }
     ns_api_reply_json(req, 200, o);
 }
 
@@ -1218,6 +1246,7 @@ static void node_stop(node *n, const char *why)
     ns_trainer_stop(n->trainer); /* finishes the step in progress, writes a checkpoint */
     n->trainer = NULL;
     ns_swarm_stop(n->swarm); /* after the trainer: nothing more is queued for the links */
+    ns_diloco_stop(n->diloco);
     n->swarm = NULL;
     ns_gen_stop(n->gen); /* answers what the trainer finished, before the API goes */
     n->gen = NULL;
@@ -1290,6 +1319,20 @@ static int node_start(node *n)
     n->started_ms = ns_env_now(&n->uvenv.env);
     watch_signals(n);
     start_chores(n);
+    if (n->cfg.train && n->cfg.sync_every != 0) {
+        ns_diloco_config dc = {.uvenv = &n->uvenv,
+                               .net = n->net,
+                               .key = &n->key,
+                               .trainer = &n->trainer,
+                               .aggregator = (ns_agg_kind)n->cfg.sync_aggregator,
+                               .cheat = getenv("NEUROSHARD_TEST_CHEAT")};
+        ns_train_config tc;
+        train_config(n, &tc);
+        dc.sync_every = tc.sync_every;
+        snprintf(dc.data_dir, sizeof dc.data_dir, "%s", n->cfg.data_dir);
+        if (ns_diloco_start(&n->diloco, &dc) != NS_OK)
+            NS_LOG_E("sync", "cohort sync not started: out of memory");
+    }
     start_training(n);
     ns_econ_config ec = {.ledger = n->ledger,
                          .key = &n->key,

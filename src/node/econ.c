@@ -544,6 +544,7 @@ static void make_proof(ns_econ *e, uint64_t now)
         c->layer_first = w.layer_first;
         c->layer_last = w.layer_last;
         c->exec_mode = w.exec_mode;
+        c->outer_round = w.outer_round;
         cheat(e, &p);
     }
     uint8_t *buf;

@@ -132,7 +132,12 @@ typedef void (*ns_net_link_fn)(void *arg, const uint8_t peer_id[NS_NODE_ID_BYTES
 void ns_net_set_capacity(ns_net *net, const ns_node_info *capacity);
 /* Who takes a peer link's frames of type >= NS_FRAME_APP: the ledger's gossip and verification
  * (types below NS_FRAME_PIPE_ACT) or the swarm (the pipeline, capacity and quorum frames). */
-typedef enum ns_net_app { NS_NET_APP_ECON = 0, NS_NET_APP_SWARM = 1, NS_NET_APPS_ = 2 } ns_net_app;
+typedef enum ns_net_app {
+    NS_NET_APP_ECON = 0,
+    NS_NET_APP_SWARM = 1,
+    NS_NET_APP_SYNC = 2,
+    NS_NET_APPS_ = 3
+} ns_net_app;
 void ns_net_set_app(ns_net *net, ns_net_app app, ns_net_frame_fn on_frame, ns_net_link_fn on_link,
                     ns_net_link_fn on_down, void *arg);
 /* Whether an established peer link to peer_id is up. */
@@ -176,6 +181,13 @@ typedef struct ns_train_config {
     /* steps up to this one were already in a closed work period (a restart after a failover
      * recomputes them): they are not counted again */
     uint64_t proved_through;
+    /* DiLoCo (sync.h): every sync_every steps (0: never) the trainer hands its pseudo-gradient
+     * to sync (trainer thread; it must copy nothing it needs later and return at once) and waits
+     * for ns_trainer_sync_result. Its checkpoints keep the outer state beside them. */
+    uint32_t sync_every;
+    void (*sync)(void *arg, uint64_t round, const float *delta, size_t n, double weight,
+                 const uint8_t w0_hash[NS_SHA256_BYTES], uint32_t layer_first, uint32_t layer_last);
+    void *sync_arg;
     void (*send)(void *arg, int dir, const ns_frame *f);
     void *send_arg;
 } ns_train_config;
@@ -254,6 +266,7 @@ typedef struct ns_train_work {
     uint32_t segment_steps, segments;
     uint8_t segment_in[NS_TRAIN_SEGMENTS_MAX][NS_SHA256_BYTES];
     uint8_t segment_out[NS_TRAIN_SEGMENTS_MAX][NS_SHA256_BYTES];
+    uint64_t outer_round; /* the DiLoCo round whose outer step the period starts from (0: none) */
 } ns_train_work;
 
 typedef enum ns_work_state {
@@ -267,6 +280,20 @@ ns_work_state ns_trainer_take_work(ns_trainer *t, ns_train_work *out);
 /* The last step any work period of this trainer (or its predecessors: cfg.proved_through) holds:
  * a trainer started again after a failover must not count those steps twice. */
 uint64_t ns_trainer_closed_through(ns_trainer *t);
+/* The cohort's answer to round `round` (any thread): agg[0..n) is its aggregate pseudo-gradient;
+ * n = 0 when this node was alone (no outer step: the inner weights stand) or the round failed.
+ * The trainer copies agg before returning. An answer to a round it no longer waits for is
+ * dropped. */
+void ns_trainer_sync_result(ns_trainer *t, uint64_t round, const float *agg, size_t n);
+/* DiLoCo figures for /training_status. */
+typedef struct ns_train_sync_status {
+    bool on;
+    uint32_t every;
+    uint64_t rounds, rounds_alone, rounds_failed, last_round;
+    bool waiting;
+    uint8_t w0_hash[NS_SHA256_BYTES]; /* the weights of the last meeting */
+} ns_train_sync_status;
+void ns_trainer_sync_status(ns_trainer *t, ns_train_sync_status *out);
 
 /* Recomputes `steps` training steps from the checkpoint at ckpt_path with this node's copy of
  * the data (cfg as the trainer would open it), in the reproducible mode: what a verifier does
@@ -382,6 +409,31 @@ typedef struct ns_swarm_config {
 NS_MUST_USE int ns_swarm_start(ns_swarm **out, const ns_swarm_config *cfg);
 void ns_swarm_stop(ns_swarm *s); /* NULL is a no-op; after the trainer stopped */
 json_t *ns_swarm_json(ns_swarm *s);
+
+/* ---- DiLoCo's cohort sync (diloco.c) ----------------------------------------------------- */
+
+#include "neuroshard/aggregate.h"
+
+typedef struct ns_diloco ns_diloco;
+typedef struct ns_diloco_config {
+    ns_uv_env *uvenv;
+    ns_net *net;
+    const ns_key *key;
+    ns_trainer **trainer; /* the daemon's (it may come and go) */
+    uint32_t sync_every;  /* H */
+    ns_agg_kind aggregator;
+    double density;      /* top-k share (0: compress.h's default) */
+    uint64_t timeout_ms; /* a round's phases (0: sync.h's default) */
+    char data_dir[PATH_MAX];
+    const char *cheat; /* NEUROSHARD_TEST_CHEAT */
+} ns_diloco_config;
+NS_MUST_USE int ns_diloco_start(ns_diloco **out, const ns_diloco_config *cfg);
+void ns_diloco_stop(ns_diloco *d); /* NULL is a no-op; after the trainer stopped */
+/* The trainer's sync callback (ns_train_config.sync with sync_arg = the ns_diloco). */
+void ns_diloco_request(void *arg, uint64_t round, const float *delta, size_t n, double weight,
+                       const uint8_t w0_hash[NS_SHA256_BYTES], uint32_t layer_first,
+                       uint32_t layer_last);
+json_t *ns_diloco_json(ns_diloco *d);
 
 /* ---- proofs of neural work and the ledger's gossip (econ.c) -------------------------------- */
 

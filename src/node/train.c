@@ -11,6 +11,7 @@
  * written every NS_TRAIN_CKPT_EVERY steps and when the trainer stops, so a kill -9 loses at most
  * the steps since the last one.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,6 +28,7 @@
 #include "neuroshard/data.h"
 #include "neuroshard/exec.h"
 #include "neuroshard/pipeline.h"
+#include "neuroshard/sync.h"
 #include "node_internal.h"
 
 #define TRAIN_VOCAB       NS_TRAIN_VOCAB
@@ -94,6 +97,15 @@ struct ns_trainer {
     float *out_buf, *dinp_buf;
     float micro_loss[NS_PIPE_MICRO_MAX];
     ns_train_pipe_status pipe_status; /* under lock */
+    /* DiLoCo: the outer state (trainer thread), the pseudo-gradient handed out and the
+     * cohort's answer (agg, agg_n and the flags under lock) */
+    ns_outer outer;
+    bool outer_on;
+    float *delta, *agg;
+    size_t agg_n;
+    bool sync_waiting, sync_ready;
+    uint64_t sync_round;
+    ns_train_sync_status sync_status; /* under lock */
     char ckpt_dir[PATH_MAX + 32];
     char csv_path[PATH_MAX + 32];
 };
@@ -469,6 +481,16 @@ static int open_model(ns_trainer *t, char *err)
     if (rc == NS_ENOENT) {
         err[0] = '\0';
         ns_stage_init(t->stage, TRAIN_SEED);
+        if (t->cfg.sync_every > 0 && t->cfg.key != NULL) {
+            /* members of a cohort start from the same weights but read the data from their own
+             * place in it (their checkpoints carry it on) */
+            uint64_t at = 0, room = ns_data_loader_epoch_sequences(t->loader) / TRAIN_BATCH;
+            for (int i = 0; i < 8; i++)
+                at = at << 8 | t->cfg.key->node_id[i];
+            ns_data_pos pos = {.epoch = 0, .index = room > 0 ? (at % room) * TRAIN_BATCH : 0};
+            if (ns_data_loader_seek(t->loader, pos) != NS_OK)
+                NS_LOG_W("sync", "the data position of this node could not be set");
+        }
         return NS_OK;
     }
     if (rc != NS_OK)
@@ -481,6 +503,8 @@ static int open_model(ns_trainer *t, char *err)
              t->ckpt_dir);
     return NS_OK;
 }
+
+static void outer_save(ns_trainer *t, uint64_t step);
 
 static int save_checkpoint(ns_trainer *t)
 {
@@ -499,6 +523,8 @@ static int save_checkpoint(ns_trainer *t)
         NS_LOG_E("train", "checkpoint failed: %s", err);
         return rc;
     }
+    if (t->outer_on)
+        outer_save(t, state.step);
     pthread_mutex_lock(&t->lock);
     t->status.checkpoint_step = state.step;
     pthread_mutex_unlock(&t->lock);
@@ -1026,7 +1052,7 @@ static bool pipe_segment(ns_trainer *t, uint64_t step)
 /* After a step: counts it into the open period; when the loop asked and the period has lasted
  * period_min_ms, writes a checkpoint and closes the period there (a pipeline stage: at an aligned
  * step, after whole segments). true when it checkpointed. */
-static bool note_work(ns_trainer *t, ns_data_pos before, float loss, double step_s)
+static bool note_work(ns_trainer *t, ns_data_pos before, float loss, double step_s, bool sync_now)
 {
     ns_train_work *p = &t->period;
     bool pipeline = t->cfg.stages > 1;
@@ -1058,6 +1084,8 @@ static bool note_work(ns_trainer *t, ns_data_pos before, float loss, double step
     t->open_batches = p->batches;
     bool close = t->close_wanted && (now - t->last_close_s) * 1000.0 >= (double)t->period_min_ms;
     pthread_mutex_unlock(&t->lock);
+    close = close || sync_now; /* a period never spans an outer step: a verifier could not
+                                  recompute it */
     if (pipeline) {
         bool aligned = step % t->cfg.checkpoint_every == 0;
         close = aligned && (close || p->segments == NS_TRAIN_SEGMENTS_MAX);
@@ -1065,7 +1093,8 @@ static bool note_work(ns_trainer *t, ns_data_pos before, float loss, double step
         memcpy(p->pipeline_id, t->cfg.pipeline_id, NS_SHA256_BYTES);
         p->segment_steps = t->cfg.checkpoint_every;
     }
-    if (!close || save_checkpoint(t) != NS_OK)
+    /* at a sync the checkpoint comes after the outer step: it starts the next period */
+    if (!close || (!sync_now && save_checkpoint(t) != NS_OK))
         return false;
     hash_model(t, p->model_after);
     pthread_mutex_lock(&t->lock);
@@ -1076,10 +1105,189 @@ static bool note_work(ns_trainer *t, ns_data_pos before, float loss, double step
     t->open_batches = 0;
     t->last_close_s = now;
     pthread_mutex_unlock(&t->lock);
-    ns_train_work next = {.ckpt_step = ns_stage_optim_step(t->stage)};
+    ns_train_work next = {.ckpt_step = ns_stage_optim_step(t->stage),
+                          .outer_round = p->outer_round};
     memcpy(next.model_before, p->model_after, NS_SHA256_BYTES);
     *p = next;
+    return !sync_now;
+}
+
+/* ---- DiLoCo: the outer loop ------------------------------------------------------------------ */
+
+/* The outer state beside checkpoint `step`: <data_dir>/outer/outer-<step>.bin, "NSOUTER1", step
+ * and n (8 bytes each, little-endian), w0 and the momentum (n floats each), then the SHA-256 of
+ * all that. Written atomically after the checkpoint; older ones than the oldest checkpoint go. */
+#define OUTER_MAGIC "NSOUTER1"
+
+static void outer_path(const ns_trainer *t, uint64_t step, char *out, size_t size)
+{
+    snprintf(out, size, "%.3000s/outer/outer-%llu.bin", t->cfg.data_dir, (unsigned long long)step);
+}
+
+static void outer_save(ns_trainer *t, uint64_t step)
+{
+    size_t n = t->outer.n, len = 8 + 16 + 2 * n * sizeof(float) + NS_SHA256_BYTES;
+    uint8_t *buf = malloc(len);
+    if (buf == NULL)
+        return;
+    memcpy(buf, OUTER_MAGIC, 8);
+    for (int i = 0; i < 8; i++) {
+        buf[8 + i] = (uint8_t)(step >> (8 * i));
+        buf[16 + i] = (uint8_t)((uint64_t)n >> (8 * i));
+    }
+    memcpy(buf + 24, t->outer.w0, n * sizeof(float));
+    memcpy(buf + 24 + n * sizeof(float), t->outer.momentum, n * sizeof(float));
+    ns_sha256(buf + len - NS_SHA256_BYTES, buf, len - NS_SHA256_BYTES);
+    char dir[PATH_MAX + 16], path[PATH_MAX + 64];
+    snprintf(dir, sizeof dir, "%.3000s/outer", t->cfg.data_dir);
+    (void)mkdir(dir, 0700);
+    outer_path(t, step, path, sizeof path);
+    if (ns_file_write_atomic(path, buf, len, 0600) != NS_OK)
+        NS_LOG_W("sync", "the outer state of step %llu was not saved", (unsigned long long)step);
+    free(buf);
+    /* the ones no checkpoint needs any more */
+    char ckpts[PATH_MAX + 32];
+    snprintf(ckpts, sizeof ckpts, "%.3000s/checkpoints", t->cfg.data_dir);
+    uint64_t steps[NS_TRAIN_SEGMENTS_MAX];
+    size_t count = 0;
+    if (ns_ckpt_list(ckpts, steps, NS_TRAIN_SEGMENTS_MAX, &count) != NS_OK || count == 0 ||
+        count == NS_TRAIN_SEGMENTS_MAX)
+        return;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        unsigned long long k;
+        char tail;
+        if (sscanf(e->d_name, "outer-%llu.bi%c", &k, &tail) == 2 && k < steps[count - 1]) {
+            outer_path(t, k, path, sizeof path);
+            (void)unlink(path);
+        }
+    }
+    if (d != NULL)
+        closedir(d);
+}
+
+/* Loads the outer state of checkpoint `step` when it is there and whole; else starts the outer
+ * loop from the current weights (w0 = w, no momentum). */
+static int outer_open(ns_trainer *t, uint64_t step)
+{
+    size_t n;
+    float *w = ns_stage_param_buffer(t->stage, &n);
+    int rc = ns_outer_init(&t->outer, w, n, NS_SYNC_BETA, NS_SYNC_LR);
+    if (rc != NS_OK)
+        return rc;
+    t->delta = malloc(n * sizeof(float));
+    t->agg = malloc(n * sizeof(float));
+    if (t->delta == NULL || t->agg == NULL)
+        return NS_ENOMEM;
+    t->outer_on = true;
+    t->outer.round = step / t->cfg.sync_every;
+    char path[PATH_MAX + 64];
+    outer_path(t, step, path, sizeof path);
+    size_t len = 8 + 16 + 2 * n * sizeof(float) + NS_SHA256_BYTES, got = 0;
+    uint8_t *buf = NULL;
+    if (ns_file_read(path, len, &buf, &got) != NS_OK) {
+        if (step > 0)
+            NS_LOG_W("sync",
+                     "no outer state beside checkpoint %llu: the outer loop starts again "
+                     "from these weights",
+                     (unsigned long long)step);
+        return NS_OK;
+    }
+    uint8_t h[NS_SHA256_BYTES];
+    ns_sha256(h, buf, len - NS_SHA256_BYTES);
+    uint64_t s_step = 0, s_n = 0;
+    for (int i = 7; got == len && i >= 0; i--) {
+        s_step = s_step << 8 | buf[8 + i];
+        s_n = s_n << 8 | buf[16 + i];
+    }
+    if (got != len || memcmp(buf, OUTER_MAGIC, 8) != 0 || s_step != step || s_n != n ||
+        memcmp(h, buf + len - NS_SHA256_BYTES, NS_SHA256_BYTES) != 0) {
+        NS_LOG_W("sync",
+                 "the outer state beside checkpoint %llu is damaged: starting the outer "
+                 "loop again from these weights",
+                 (unsigned long long)step);
+    } else {
+        memcpy(t->outer.w0, buf + 24, n * sizeof(float));
+        memcpy(t->outer.momentum, buf + 24 + n * sizeof(float), n * sizeof(float));
+        NS_LOG_I("sync", "outer state of checkpoint %llu loaded (round %llu)",
+                 (unsigned long long)step, (unsigned long long)t->outer.round);
+    }
+    free(buf);
+    return NS_OK;
+}
+
+/* Step `step` ends an inner loop: hands Δ = w0 - w to the cohort and waits for the aggregate,
+ * then takes the outer step (alone: w0 = w, the inner weights stand). false when the trainer was
+ * stopped while it waited. */
+static bool sync_round(ns_trainer *t, uint64_t step)
+{
+    size_t n;
+    float *w = ns_stage_param_buffer(t->stage, &n);
+    uint64_t round = step / t->cfg.sync_every;
+    ns_outer_delta(&t->outer, w, t->delta);
+    uint8_t h[NS_SHA256_BYTES];
+    ns_outer_w0_hash(&t->outer, h);
+    const ns_stage_config *sc = ns_stage_config_of(t->stage);
+    pthread_mutex_lock(&t->lock);
+    t->sync_waiting = true;
+    t->sync_ready = false;
+    t->sync_round = round;
+    t->sync_status.waiting = true;
+    snprintf(t->status.phase, sizeof t->status.phase, "syncing with the cohort");
+    pthread_mutex_unlock(&t->lock);
+    t->cfg.sync(t->cfg.sync_arg, round, t->delta, n, ns_sync_weight(t->cfg.sync_every, 0), h,
+                sc->layer_first, sc->layer_last);
+    pthread_mutex_lock(&t->lock);
+    while (!t->sync_ready && !t->stop)
+        pthread_cond_wait(&t->wake, &t->lock);
+    bool ready = t->sync_ready;
+    size_t got = t->agg_n;
+    t->sync_waiting = false;
+    t->sync_status.waiting = false;
+    snprintf(t->status.phase, sizeof t->status.phase, "training");
+    pthread_mutex_unlock(&t->lock);
+    if (!ready)
+        return false;
+    bool stepped = got == n && ns_outer_apply(&t->outer, t->agg, w) == NS_OK;
+    if (!stepped)
+        ns_outer_rebase(&t->outer, w, false);
+    t->outer.round = round;
+    pthread_mutex_lock(&t->lock);
+    t->sync_status.last_round = round;
+    if (stepped)
+        t->sync_status.rounds++;
+    else if (got == 0)
+        t->sync_status.rounds_alone++;
+    else
+        t->sync_status.rounds_failed++;
+    ns_outer_w0_hash(&t->outer, t->sync_status.w0_hash);
+    pthread_mutex_unlock(&t->lock);
+    if (stepped)
+        NS_LOG_I("sync", "round %llu: outer step with the cohort's pseudo-gradient",
+                 (unsigned long long)round);
     return true;
+}
+
+void ns_trainer_sync_result(ns_trainer *t, uint64_t round, const float *agg, size_t n)
+{
+    pthread_mutex_lock(&t->lock);
+    if (t->sync_waiting && !t->sync_ready && round == t->sync_round) {
+        size_t want = t->outer.n;
+        t->agg_n = n == want && agg != NULL ? n : (n == 0 ? 0 : SIZE_MAX);
+        if (t->agg_n == want)
+            memcpy(t->agg, agg, n * sizeof *agg);
+        t->sync_ready = true;
+        pthread_cond_broadcast(&t->wake);
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+void ns_trainer_sync_status(ns_trainer *t, ns_train_sync_status *out)
+{
+    pthread_mutex_lock(&t->lock);
+    *out = t->sync_status;
+    pthread_mutex_unlock(&t->lock);
 }
 
 /* ---- generation --------------------------------------------------------------------------- */
@@ -1270,8 +1478,21 @@ static void *trainer_main(void *arg)
         ns_kv_cache_memory_bytes(t->stage, ns_stage_config_of(t->stage)->seq_len_max, &kv_bytes) !=
             NS_OK)
         stage_bytes = kv_bytes = 0; /* cannot happen for a stage that exists: shown as unknown */
+    if (t->cfg.sync_every > 0 && t->cfg.sync != NULL &&
+        outer_open(t, ns_stage_optim_step(t->stage)) != NS_OK) {
+        set_error(t, "no memory for the outer loop's state");
+        cancel_jobs(t, "the model could not be loaded (see /training_status)");
+        return NULL;
+    }
+    pthread_mutex_lock(&t->lock);
+    t->sync_status.on = t->outer_on;
+    t->sync_status.every = t->cfg.sync_every;
+    if (t->outer_on)
+        ns_outer_w0_hash(&t->outer, t->sync_status.w0_hash);
+    pthread_mutex_unlock(&t->lock);
     plan_retention(t);
     /* the first work period starts from a checkpoint too, so that a verifier can recompute it */
+    t->period.outer_round = t->outer_on ? t->outer.round : 0;
     t->period.ckpt_step = ns_stage_optim_step(t->stage);
     t->segment_ok = t->cfg.stages > 1 && t->period.ckpt_step % t->cfg.checkpoint_every == 0;
     if (ns_stage_optim_step(t->stage) == 0)
@@ -1326,7 +1547,16 @@ static void *trainer_main(void *arg)
         /* a pipeline's stages checkpoint at the same steps, so that after a failover every stage
          * (and the replica that takes over) can restart from one of them */
         bool aligned = t->cfg.stages > 1 && step % t->cfg.checkpoint_every == 0;
-        bool saved = note_work(t, before, loss, step_s);
+        bool sync_now = t->outer_on && step % t->cfg.sync_every == 0;
+        bool saved = note_work(t, before, loss, step_s, sync_now);
+        if (sync_now) { /* the outer step, then the checkpoint the next period starts from */
+            if (!sync_round(t, step))
+                break;
+            saved = save_checkpoint(t) == NS_OK;
+            t->period.ckpt_step = step;
+            t->period.outer_round = t->outer.round;
+            hash_model(t, t->period.model_before);
+        }
         if (!saved &&
             (aligned || (t->cfg.stages <= 1 && since_ckpt + 1 >= t->cfg.checkpoint_every)))
             saved = save_checkpoint(t) == NS_OK;
@@ -1595,6 +1825,9 @@ void ns_trainer_stop(ns_trainer *t)
     free(t->weights);
     free(t->moments);
     free_pipe(t);
+    ns_outer_free(&t->outer);
+    free(t->delta);
+    free(t->agg);
     ns_kv_cache_free(t->kv);
     ns_stage_free(t->stage);
     ns_exec_free(t->gen_exec);

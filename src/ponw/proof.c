@@ -108,6 +108,7 @@ int ns_proof_encode(const ns_proof *p, uint8_t **out, size_t *out_len)
         if (c->in_pipeline)
             t.pipeline_id = bin(c->pipeline_id, NS_SHA256_BYTES);
         t.segment_steps = c->segment_steps;
+        t.outer_round = c->outer_round;
         m.training = &t;
     }
     size_t n = neuroshard__proof__get_packed_size(&m);
@@ -154,6 +155,7 @@ static bool commit_from(const Neuroshard__TrainingCommit *t, ns_training_commit 
     if (c->in_pipeline)
         memcpy(c->pipeline_id, t->pipeline_id.data, NS_SHA256_BYTES);
     c->segment_steps = t->segment_steps;
+    c->outer_round = t->outer_round;
     return true;
 }
 

@@ -256,7 +256,7 @@ const char *ns_ponw_contradiction(const ns_proof *a, const ns_proof *b)
         return "the earlier proof's steps overflow";
     if (b->training.batch_first < a_end)
         return "the later proof starts before the steps the earlier one claims were done";
-    if (b->training.batch_first == a_end &&
+    if (b->training.batch_first == a_end && b->training.outer_round == a->training.outer_round &&
         memcmp(b->training.model_hash_before, a->training.model_hash_after, NS_SHA256_BYTES) != 0)
         return "the later proof starts from other weights than the earlier one claims to end with";
     return NULL;

@@ -24,7 +24,7 @@
 #define AGG_VERDICT_COUNT  (NS_AGG_INVALID + 1)
 #define SCREEN_VALID_MIN   3      /* below this many valid contributions nothing is rejected */
 #define MAD_TO_SIGMA       1.4826 /* MAD x this estimates sigma for a normal distribution */
-#define MAD_FLOOR_SHARE    1e-3   /* of med(d) */
+#define MAD_FLOOR_SHARE    0.25   /* of med(d) */
 #define MAD_FLOOR_ABS      1e-12
 #define TRIM_SLACK         1e-9 /* 0.29 x 100 is 28.999999999999996 in double; it drops 29 */
 #define MEAN_BLOCK         1024 /* coordinates the weighted mean accumulates at once */

@@ -13,7 +13,7 @@
 
 TXT=$TMP_ROOT/text
 text_dir "$TXT"
-COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 3x64 --micro-batches 4 --threads 1 --train on --checkpoint-every 2 --ponw-interval-s 1"
+COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 3x64 --micro-batches 4 --threads 1 --train on --checkpoint-every 2 --ponw-interval-s 1 --sync-every off"
 STEPS=6
 for n in r a b c; do new_wallet "$TMP_ROOT/$n" >/dev/null; done
 

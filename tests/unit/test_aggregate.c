@@ -337,6 +337,33 @@ static void test_screen_of_an_even_count_takes_the_mean_of_the_middle_two(void *
     }
 }
 
+/* Three honest updates whose distances to the median differ by less than 2x are not fraud, in
+ * the smallest cohort the screen judges: (0, 1), (0, -1.1), (2, 0) have the median (0, 0) and
+ * d = 1, 1.1, 2; med(d) = 1.1 and MAD = 0.1, so a bare MAD would put the third at 6.1 sigma.
+ * The floor of 0.25 med(d) makes it (2 - 1.1) / (1.4826 x 0.275) = 2.2 sigma. */
+static void test_screen_of_three_honest_updates_accepts_them_all(void **state)
+{
+    (void)state;
+    cohort *c = cohort_new(3, 2);
+    set_input(c, 0, 1.0, (float[]){0, 1});
+    set_input(c, 1, 1.0, (float[]){0, -1.1f});
+    set_input(c, 2, 1.0, (float[]){2, 0});
+    ns_agg_config cfg;
+    ns_agg_config_default(&cfg);
+    float out[2];
+    ns_agg_verdict verdicts[3];
+    double sigmas[3];
+    assert_int_equal(ns_agg_run(&cfg, c->in, 3, 2, out, verdicts, sigmas), NS_OK);
+    for (size_t i = 0; i < 3; i++)
+        assert_int_equal(verdicts[i], NS_AGG_ACCEPTED);
+    assert_near(sigmas[2], (2.0 - 1.1) / (1.4826 * 0.275), 1e-6, "third");
+    /* one of them a hundred times as far is still fraud */
+    set_input(c, 2, 1.0, (float[]){200, 0});
+    assert_int_equal(ns_agg_run(&cfg, c->in, 3, 2, out, verdicts, sigmas), NS_OK);
+    assert_int_equal(verdicts[2], NS_AGG_FRAUD);
+    assert_int_equal(verdicts[0], NS_AGG_ACCEPTED);
+}
+
 static void test_screen_marks_non_finite_values_and_bad_weights_invalid(void **state)
 {
     (void)state;
@@ -699,6 +726,7 @@ int main(void)
         cmocka_unit_test(test_bulyan_falls_back_to_the_median_with_too_few_inputs),
         cmocka_unit_test(test_screen_rejects_the_far_and_flags_the_very_far_as_fraud),
         cmocka_unit_test(test_screen_of_an_even_count_takes_the_mean_of_the_middle_two),
+        cmocka_unit_test(test_screen_of_three_honest_updates_accepts_them_all),
         cmocka_unit_test(test_screen_marks_non_finite_values_and_bad_weights_invalid),
         cmocka_unit_test(test_screen_rejects_nothing_below_three_valid_inputs),
         cmocka_unit_test(test_no_accepted_input_is_enoent_with_a_zero_result),

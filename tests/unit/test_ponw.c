@@ -456,6 +456,13 @@ static void test_contradictions_between_consecutive_proofs(void **state)
     /* a claimed weights it never computed: b starts right after a, from other weights */
     b.training.batch_first = 1050;
     assert_non_null(strstr(ns_ponw_contradiction(&a, &b), "other weights"));
+    /* an outer step of DiLoCo between the two: the weights may change, the steps may not */
+    b.training.outer_round = a.training.outer_round + 1;
+    assert_null(ns_ponw_contradiction(&a, &b));
+    b.training.batch_first = 1005;
+    assert_non_null(ns_ponw_contradiction(&a, &b));
+    b.training.batch_first = 1050;
+    b.training.outer_round = a.training.outer_round;
     /* not comparable: another author, another stage, or b not after a */
     ns_proof other = b;
     other.author[0] ^= 1;

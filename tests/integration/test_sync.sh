@@ -1,0 +1,95 @@
+#!/bin/sh
+# test_sync.sh: DiLoCo between real daemons: three quorums of one node each (every one holds the
+# whole model, so they are one layer cohort) train on their own parts of the data and meet every
+# 4 steps: each sends its compressed pseudo-gradient, the chunks' owners screen and aggregate
+# them, and every member takes the same outer step. P sends its update flipped and scaled
+# (NEUROSHARD_TEST_CHEAT=poison): the others screen it out as fraud and keep the evidence, and
+# all three still end each round with the same weights.
+
+. "$(dirname "$0")/lib.sh"
+
+TXT=$TMP_ROOT/text
+text_dir "$TXT"
+COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 2x64 --threads 1 --train on --sync-every 4"
+for n in a b p; do new_wallet "$TMP_ROOT/$n" >/dev/null; done
+
+# shellcheck disable=SC2086
+start_node "$TMP_ROOT/a" $COMMON || exit 1
+PID_a=$NODE_PID API_a=$API
+SEED=$(curl -s "http://$API_a/api/stats" | json_field listen)
+for n in b p; do
+    [ $n = p ] && export NEUROSHARD_TEST_CHEAT=poison
+    # shellcheck disable=SC2086
+    start_node "$TMP_ROOT/$n" $COMMON --bootstrap "$SEED" || exit 1
+    unset NEUROSHARD_TEST_CHEAT
+    eval "PID_$n=\$NODE_PID API_$n=\$API"
+done
+
+status_of() { curl -s "http://$1/training_status"; }
+sync_field() { status_of "$1" | sed -n "s/.*\"sync\":{\(.*\)/\1/p" | json_field "$2"; }
+
+cohort_of_three() {
+    for n in a b p; do
+        eval "api=\$API_$n"
+        [ "$(sync_field "$api" cohort)" = 3 ] || return 1
+    done
+}
+check "three nodes training the same model find each other as one cohort" wait_for 60 cohort_of_three
+
+stepped() {
+    for n in a b p; do
+        eval "api=\$API_$n"
+        [ "$(sync_field "$api" outer_steps)" -ge 3 ] 2>/dev/null || return 1
+    done
+}
+check "every member takes outer steps with the cohort's aggregate" wait_for 240 stepped
+
+# the same round on all three: the same weights of the meeting, bit for bit
+same_weights() {
+    r_a=$(status_of "$API_a") r_b=$(status_of "$API_b") r_p=$(status_of "$API_p")
+    round=$(echo "$r_a" | json_field outer_round)
+    [ "$(echo "$r_b" | json_field outer_round)" = "$round" ] &&
+        [ "$(echo "$r_p" | json_field outer_round)" = "$round" ] || return 1
+    w=$(echo "$r_a" | json_field w0_sha256)
+    SAME_ROUND=$round
+    [ "$(echo "$r_b" | json_field w0_sha256)" = "$w" ] && [ "$(echo "$r_p" | json_field w0_sha256)" = "$w" ]
+}
+check "after a round every member holds the same weights" wait_for 60 same_weights
+echo "# round $SAME_ROUND: one w0 on all three"
+
+frauds=0
+for n in a b; do
+    eval "api=\$API_$n"
+    f=$(sync_field "$api" fraud)
+    frauds=$((frauds + ${f:-0}))
+done
+check "the poisoned pseudo-gradient is screened out as fraud ($frauds times)" test "$frauds" -gt 0
+ID_p=$(curl -s "http://$API_p/api/stats" | json_field node_id)
+check "  ... the log names the poisoner" grep -q "pseudo-gradient of $(echo "$ID_p" | cut -c1-16)… is fraud" "$TMP_ROOT/a.log" "$TMP_ROOT/b.log"
+check "  ... and its message is kept as evidence" sh -c "ls '$TMP_ROOT'/a/evidence/sync-*-$ID_p.bin '$TMP_ROOT'/b/evidence/sync-*-$ID_p.bin 2>/dev/null | grep -q ."
+honest_fraud=$(cat "$TMP_ROOT/a.log" "$TMP_ROOT/b.log" "$TMP_ROOT/p.log" | grep "is fraud" | grep -vc "$(echo "$ID_p" | cut -c1-16)")
+check "  ... and no honest member is called a fraud" test "$honest_fraud" -eq 0
+
+# the outer state survives a restart beside its checkpoint
+kill -TERM "$PID_b"
+wait_exit "$PID_b" 60
+check "a member stops cleanly" test "$EXIT_RC" -eq 0
+ls "$TMP_ROOT"/b/outer/outer-*.bin >/dev/null 2>&1
+check "  ... its outer state (w0, momentum) is kept beside its checkpoints" test $? -eq 0
+# shellcheck disable=SC2086
+start_node "$TMP_ROOT/b" $COMMON --bootstrap "$SEED" || exit 1
+PID_b=$NODE_PID API_b=$API
+loaded() { grep -q "outer state of checkpoint [0-9]* loaded" "$TMP_ROOT/b.log"; }
+check "  ... and loads it when it starts again" wait_for 60 loaded
+
+for n in a b p; do
+    eval "pid=\$PID_$n"
+    kill -TERM "$pid"
+done
+for n in a b p; do
+    eval "pid=\$PID_$n"
+    wait_exit "$pid" 60
+    check "node $n stops cleanly" test "$EXIT_RC" -eq 0
+done
+
+finish
