@@ -57,14 +57,18 @@ typedef struct ns_config {
     bool exec_fast;            /* train in the fast mode (unverifiable, so unpaid for training) */
     int64_t ponw_bond_nano;    /* a challenge's bond (S9: 10 NEURO); the same on every node */
     uint32_t threads;          /* compute threads; 0: one a core */
-    uint32_t quorum_size;      /* 1: train alone; N: as one of a pipeline of N (S5, S6) */
+    uint32_t quorum_size;      /* 1: train alone; N: as one of a pipeline of N (S5, S6);
+                                  NS_QUORUM_SIZE_AUTO: the layer pool and planner decide */
     uint32_t micro_batches;    /* a step's micro-batches; 0: automatic */
     uint32_t checkpoint_every; /* steps between checkpoints; 0: NS_TRAIN_CKPT_EVERY */
     uint32_t sync_every;       /* DiLoCo's H (S7): 0 off, NS_SYNC_EVERY_AUTO by swarm size */
     uint32_t sync_aggregator;  /* ns_agg_kind of the cohort's robust aggregation (S8) */
+    bool sync_async;           /* an asynchronous contributor rather than a member (S7) */
+    uint32_t sync_timeout_s;   /* a cohort exchange phase waits at most this long */
 } ns_config;
 
-#define NS_SYNC_EVERY_AUTO UINT32_MAX
+#define NS_SYNC_EVERY_AUTO  UINT32_MAX
+#define NS_QUORUM_SIZE_AUTO 0 /* --quorum-size auto: pool mode (S3's pool, S5's planner) */
 
 /* Parses "HOST:PORT" ("127.0.0.1:8421", "[::1]:8421", "localhost:0"). */
 NS_MUST_USE int ns_addr_parse(const char *text, ns_addr_text *out);

@@ -34,6 +34,16 @@ typedef struct ns_arch {
 #define NS_ARCH_MEMORY_MB_MIN 256
 #define NS_ARCH_MEMORY_MB_MAX (1024ull * 1024 * 1024)
 NS_MUST_USE int ns_arch_for_memory(uint64_t total_memory_mb, ns_arch *out);
+/* The shape of a model of `layers` blocks of width `hidden` by S3's rules (what --model LxH
+ * means): heads = hidden / 64, kv_heads and intermediate as above, `vocab` tokens, the default
+ * context, the parameters counted. Every node that trains one LxH model must size its layers
+ * alike, so the trainer and the layer pool both take the shape from here. NS_EINVAL for layers
+ * outside 1..NS_ARCH_SHAPE_LAYERS_MAX, a hidden that is not a multiple of 64 in
+ * 64..NS_ARCH_SHAPE_HIDDEN_MAX, or vocab outside 1..NS_ARCH_SHAPE_VOCAB_MAX. */
+#define NS_ARCH_SHAPE_LAYERS_MAX 256
+#define NS_ARCH_SHAPE_HIDDEN_MAX 65536
+#define NS_ARCH_SHAPE_VOCAB_MAX  (1u << 24)
+NS_MUST_USE int ns_arch_for_shape(uint32_t layers, uint32_t hidden, uint32_t vocab, ns_arch *out);
 /* Parameter count of one transformer block of this shape. */
 uint64_t ns_arch_layer_params(const ns_arch *arch);
 
@@ -97,6 +107,16 @@ uint64_t ns_pool_budget_bytes(uint64_t memory_mb);
  * n > 0, or two announcements with one id; NS_ETOOBIG for n > NS_POOL_NODES_MAX. n = 0 is OK. */
 NS_MUST_USE int ns_pool_assign(const ns_arch *arch, const ns_pool_node *nodes, size_t n,
                                ns_pool_range *out);
+/* Whether nodes[self]'s range in `ranges` (ns_pool_assign's answer for nodes[0..n)) is surplus:
+ * some layer has fewer holders than ns_pool_replicas_target(n), while every layer of that range
+ * is held by at least the target's number of nodes with smaller ids. A surplus holder gives its
+ * range up and is assigned again as if it held nothing (the others keeping theirs). So two nodes
+ * that took the same layers at once, each before it heard of the other, part: the larger id
+ * moves toward the layers short of holders, the smaller stays, and no layer loses the holders
+ * that count toward its target. False for an empty range. ranges must be a valid assignment and
+ * self < n. */
+bool ns_pool_surplus(const ns_arch *arch, const ns_pool_node *nodes, const ns_pool_range *ranges,
+                     size_t n, size_t self);
 /* holders[l] = how many of ranges[0..n) hold layer l, for l < arch->layers. NS_EINVAL for an
  * invalid arch or a range that is reversed or reaches past the last layer. */
 NS_MUST_USE int ns_pool_holders(const ns_arch *arch, const ns_pool_range *ranges, size_t n,

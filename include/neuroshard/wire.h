@@ -75,6 +75,11 @@ typedef enum {
     NS_FRAME_QUORUM_START = 82,   /* swarm.c: every member accepted the proposal (its id): start */
     NS_FRAME_SYNC_HELLO = 83,     /* diloco.c: model, layers trained, H, step (every 5 s) */
     NS_FRAME_SYNC_MSG = 84,       /* diloco.c: tensor U8: a cohort exchange message (sync.h) */
+    NS_FRAME_SYNC_SUBMIT = 85,    /* diloco.c: a contributor's place, base round and time, H;
+                                     tensor U8: its compressed pseudo-gradient */
+    NS_FRAME_SYNC_WEIGHTS_GET = 86,  /* diloco.c: place, offset: a member's w0 from there */
+    NS_FRAME_SYNC_WEIGHTS_PART = 87, /* diloco.c: round, its time, n, offset, w0's SHA-256;
+                                        tensor F32: up to 4 Mi floats of w0 */
 } ns_frame_type;
 
 struct ns_frame {

@@ -726,8 +726,18 @@ static void print_pipeline(json_t *j)
                100.0 * json_real_value(json_object_get(p, "bubble_1f1b")),
                100.0 * json_real_value(json_object_get(p, "inbox_fill")));
     }
+    bool pool = q != NULL && json_is_string(json_object_get(q, "mode")) &&
+                strcmp(json_string_value(json_object_get(q, "mode")), "pool") == 0;
     if (q == NULL || !json_is_true(json_object_get(q, "in_quorum"))) {
-        if (q != NULL && json_integer_value(json_object_get(q, "quorum_size")) > 1)
+        json_t *held = pool ? json_object_get(q, "held") : NULL;
+        json_t *seen = pool ? json_object_get(q, "pool") : NULL;
+        if (pool)
+            printf("quorum        waiting: the pool knows %lld nodes; this node holds layers "
+                   "%lld..%lld\n",
+                   (long long)json_integer_value(json_object_get(seen, "nodes")),
+                   (long long)json_integer_value(json_object_get(held, "layer_first")),
+                   (long long)json_integer_value(json_object_get(held, "layer_last")));
+        else if (q != NULL && json_integer_value(json_object_get(q, "quorum_size")) > 1)
             printf("quorum        waiting: %lld of %lld nodes known\n",
                    (long long)json_integer_value(json_object_get(q, "peers_known")) + 1,
                    (long long)json_integer_value(json_object_get(q, "quorum_size")));
@@ -760,7 +770,8 @@ static int cmd_quorum(const ctl *c)
         char *text = q != NULL ? json_dumps(q, JSON_COMPACT) : NULL;
         printf("%s\n", text != NULL ? text : "null");
         free(text);
-    } else if (q == NULL || json_integer_value(json_object_get(q, "quorum_size")) <= 1) {
+    } else if (q == NULL || (json_integer_value(json_object_get(q, "quorum_size")) <= 1 &&
+                             json_object_get(q, "held") == NULL)) {
         printf("this node trains alone (--quorum-size 1)\n");
     } else {
         print_pipeline(j);

@@ -52,6 +52,8 @@ static const setting settings[] = {
     {"checkpoint_every", "--checkpoint-every", "NEUROSHARD_CHECKPOINT_EVERY"},
     {"sync_every", "--sync-every", "NEUROSHARD_SYNC_EVERY"},
     {"aggregator", "--aggregator", "NEUROSHARD_AGGREGATOR"},
+    {"sync_role", "--sync-role", "NEUROSHARD_SYNC_ROLE"},
+    {"sync_timeout_s", "--sync-timeout-s", "NEUROSHARD_SYNC_TIMEOUT_S"},
 };
 #define SETTINGS_COUNT (sizeof settings / sizeof settings[0])
 
@@ -79,7 +81,9 @@ static const char usage[] =
     "                       swarms shorten it)\n"
     "  --threads N          compute threads for training (default: one a core)\n"
     "  --quorum-size N      train as a pipeline of N nodes with the same --model (default 1:\n"
-    "                       alone); the node waits for N-1 peers and takes a stage\n"
+    "                       alone); the node waits for N-1 peers and takes a stage; auto:\n"
+    "                       the layer pool gives it the layers its --memory-mb holds and a\n"
+    "                       planner forms a pipeline of holders that covers the model\n"
     "  --micro-batches N    micro-batches a step (default: 1 alone, S6's rule in a pipeline)\n"
     "  --checkpoint-every N steps between checkpoints (default 100; a pipeline's stages write\n"
     "                       theirs at the same steps, its failover restarts from one)\n"
@@ -88,6 +92,11 @@ static const char usage[] =
     "                       S7's 100, 500 or 1000 by swarm size; off: never)\n"
     "  --aggregator A       trimmed-mean (default), median, krum, bulyan or mean: how a cohort\n"
     "                       combines its members' updates (S8)\n"
+    "  --sync-role R        member (default: meet the cohort every --sync-every steps) or async:\n"
+    "                       download a member's weights, train, submit the update, download\n"
+    "                       again (for a slow machine, S7)\n"
+    "  --sync-timeout-s N   how long a phase of the cohort's exchange waits for its members\n"
+    "                       (default 30)\n"
     "  --ponw-bond AMOUNT   NEURO a challenge bonds (default 10); a rule of the swarm, like\n"
     "                       the window\n"
     "  --role R             train (default), or verify: also recompute a sample of peers'\n"
@@ -328,6 +337,9 @@ static int config_set(ns_config *cfg, const char *key, const char *value, char *
             cfg->threads = (uint32_t)v;
         snprintf(why, why_size, "threads '%s' is not a number in 1..%d", value,
                  NS_EXEC_THREADS_MAX);
+    } else if (strcmp(key, "quorum_size") == 0 && strcmp(value, "auto") == 0) {
+        cfg->quorum_size = NS_QUORUM_SIZE_AUTO;
+        rc = NS_OK;
     } else if (strcmp(key, "quorum_size") == 0 || strcmp(key, "micro_batches") == 0) {
         bool quorum = key[0] == 'q';
         uint64_t v = 0;
@@ -339,7 +351,7 @@ static int config_set(ns_config *cfg, const char *key, const char *value, char *
         else if (rc == NS_OK)
             cfg->micro_batches = (uint32_t)v;
         snprintf(why, why_size, "%s '%s' is not a number in %s", key, value,
-                 quorum ? "1..16" : "0..64 (0: automatic)");
+                 quorum ? "1..16 or auto" : "0..64 (0: automatic)");
     } else if (strcmp(key, "checkpoint_every") == 0) {
         uint64_t v = 0;
         rc = parse_u64(value, &v);
@@ -353,8 +365,10 @@ static int config_set(ns_config *cfg, const char *key, const char *value, char *
         uint64_t v = 0;
         if (strcmp(value, "auto") == 0) {
             cfg->sync_every = NS_SYNC_EVERY_AUTO;
+            rc = NS_OK;
         } else if (strcmp(value, "off") == 0) {
             cfg->sync_every = 0;
+            rc = NS_OK;
         } else {
             rc = parse_u64(value, &v);
             if (rc == NS_OK && (v == 0 || v > 1000000))
@@ -364,6 +378,19 @@ static int config_set(ns_config *cfg, const char *key, const char *value, char *
         }
         snprintf(why, why_size,
                  "sync_every '%s' is not auto, off or a number of steps in 1..1000000", value);
+    } else if (strcmp(key, "sync_timeout_s") == 0) {
+        uint64_t v = 0;
+        rc = parse_u64(value, &v);
+        if (rc == NS_OK && (v == 0 || v > 3600))
+            rc = NS_EINVAL;
+        if (rc == NS_OK)
+            cfg->sync_timeout_s = (uint32_t)v;
+        snprintf(why, why_size, "sync_timeout_s '%s' is not a number of seconds in 1..3600", value);
+    } else if (strcmp(key, "sync_role") == 0) {
+        rc = strcmp(value, "member") == 0 || strcmp(value, "async") == 0 ? NS_OK : NS_EINVAL;
+        if (rc == NS_OK)
+            cfg->sync_async = strcmp(value, "async") == 0;
+        snprintf(why, why_size, "sync_role '%s' is not member or async", value);
     } else if (strcmp(key, "aggregator") == 0) {
         ns_agg_kind kind;
         rc = ns_agg_parse(value, &kind);
@@ -517,6 +544,7 @@ static void config_defaults(ns_config *cfg)
     cfg->quorum_size = 1;
     cfg->sync_every = NS_SYNC_EVERY_AUTO;
     cfg->sync_aggregator = NS_AGG_TRIMMED_MEAN;
+    cfg->sync_timeout_s = 30;
     cfg->ponw_bond_nano = 10 * NS_NEURO_NANO_PER_UNIT;
     strcpy(cfg->network, "neuroshard-genesis");
 }

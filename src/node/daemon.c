@@ -289,6 +289,7 @@ static void train_config(const node *n, ns_train_config *tc)
         n->cfg.sync_every == NS_SYNC_EVERY_AUTO
             ? ns_sync_inner_steps(n->net != NULL ? ns_dht_contact_count(ns_net_dht(n->net)) + 1 : 1)
             : n->cfg.sync_every;
+    tc->sync_async = n->cfg.sync_async;
     tc->sync = n->diloco != NULL ? ns_diloco_request : NULL;
     tc->sync_arg = n->diloco;
 }
@@ -298,14 +299,19 @@ static int check_training(node *n)
 {
     if (!n->cfg.train)
         return NS_OK;
-    if (n->cfg.quorum_size > 1 && n->cfg.model_layers == 0) {
+    if (n->cfg.quorum_size != 1 && n->cfg.model_layers == 0) {
         refuse("cannot train in a pipeline: --quorum-size needs --model LxH, the same on every "
                "member");
         return NS_EINVAL;
     }
     uint32_t every = n->cfg.sync_every == NS_SYNC_EVERY_AUTO ? 100 : n->cfg.sync_every;
     uint32_t ckpt = n->cfg.checkpoint_every ? n->cfg.checkpoint_every : NS_TRAIN_CKPT_EVERY;
-    if (n->cfg.quorum_size > 1 && every != 0 && every % ckpt != 0) {
+    if (n->cfg.quorum_size != 1 && n->cfg.sync_async) {
+        refuse("a pipeline stage cannot be an asynchronous contributor: --sync-role async trains "
+               "the whole model alone");
+        return NS_EINVAL;
+    }
+    if (n->cfg.quorum_size != 1 && every != 0 && every % ckpt != 0) {
         refuse("cannot sync a pipeline stage every %u steps: it must be a multiple of "
                "--checkpoint-every (%u), where every stage can stop together",
                every, ckpt);
@@ -318,6 +324,14 @@ static int check_training(node *n)
     }
     ns_train_config tc;
     train_config(n, &tc);
+    if (n->cfg.quorum_size == NS_QUORUM_SIZE_AUTO) {
+        /* the pool gives this node only the layers its memory holds (its stage is checked when
+         * it starts): here, whether one middle layer fits at all */
+        tc.stages = 3;
+        tc.stage = 1;
+        tc.layer_first = tc.model_layers >= 3 ? 1 : 0;
+        tc.layer_last = tc.layer_first + 1;
+    }
     char err[NS_ERR_TEXT_SIZE];
     int rc = ns_trainer_check(&tc, err, sizeof err);
     if (rc != NS_OK)
@@ -327,7 +341,7 @@ static int check_training(node *n)
 
 static void start_training(node *n)
 {
-    if (!n->cfg.train || n->cfg.quorum_size > 1)
+    if (!n->cfg.train || n->cfg.quorum_size != 1)
         return; /* in a pipeline the swarm starts the trainer when the quorum forms */
     ns_train_config tc;
     train_config(n, &tc);
@@ -751,9 +765,9 @@ static void answer_training_status(node *n, ns_api_request *req)
 {
     if (n->trainer == NULL) {
         json_t *o = json_pack("{s:b, s:s}", "enabled", 0, "phase",
-                              !n->cfg.train            ? "off (--train off)"
-                              : n->cfg.quorum_size > 1 ? "waiting for peers to form a quorum"
-                                                       : "not started");
+                              !n->cfg.train             ? "off (--train off)"
+                              : n->cfg.quorum_size != 1 ? "waiting for peers to form a quorum"
+                                                        : "not started");
         if (n->swarm != NULL)
             json_object_set_new(o, "quorum", ns_swarm_json(n->swarm));
         ns_api_reply_json(req, 200, o);
@@ -807,6 +821,9 @@ static void answer_training_status(node *n, ns_api_request *req)
         json_object_set_new(sync, "outer_round", json_integer((json_int_t)ss.last_round));
         json_object_set_new(sync, "waiting", json_boolean(ss.waiting));
         json_object_set_new(sync, "w0_sha256", json_string(w0));
+        json_object_set_new(sync, "loss_check",
+                            json_pack("{s:f, s:f, s:I}", "before", ss.loss_before, "after",
+                                      ss.loss_after, "rises", (json_int_t)ss.loss_rises));
         json_object_set_new(o, "sync", sync);
     }
     ns_api_reply_json(req, 200, o);
@@ -1329,6 +1346,8 @@ static int node_start(node *n)
         ns_train_config tc;
         train_config(n, &tc);
         dc.sync_every = tc.sync_every;
+        dc.async = n->cfg.sync_async;
+        dc.timeout_ms = (uint64_t)n->cfg.sync_timeout_s * 1000;
         snprintf(dc.data_dir, sizeof dc.data_dir, "%s", n->cfg.data_dir);
         if (ns_diloco_start(&n->diloco, &dc) != NS_OK)
             NS_LOG_E("sync", "cohort sync not started: out of memory");
@@ -1359,8 +1378,9 @@ static int node_start(node *n)
                           .memory_mb = n->memory_mb,
                           .trainer = &n->trainer};
     train_config(n, &sc.train);
-    if (ns_swarm_start(&n->swarm, &sc) != NS_OK)
-        NS_LOG_E("swarm", "the swarm part did not start: out of memory");
+    int src = ns_swarm_start(&n->swarm, &sc);
+    if (src != NS_OK)
+        NS_LOG_E("swarm", "the swarm part did not start: %s", ns_strerror(src));
     char api[NS_HOST_SIZE + 16];
     ns_addr_format(api, sizeof api, &n->api_bound);
     char peers[NS_ADDR_TEXT_SIZE];

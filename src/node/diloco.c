@@ -14,8 +14,19 @@
  * authenticated by the link they came on; they are not yet signed for third parties, so the
  * evidence convinces this node only (docs/design.md, "Cohort sync").
  *
+ * An asynchronous contributor (--sync-role async: a slow machine, or one that cannot keep a
+ * cohort's pace) is no member of the rounds. It downloads the weights of a member's last meeting
+ * (SYNC_WEIGHTS_GET / SYNC_WEIGHTS_PART, F32 parts checked against the announced SHA-256), trains
+ * H steps from them, submits its compressed Δ to that member (SYNC_SUBMIT, with the round and the
+ * time of the weights it started from) and downloads again. The member keeps the latest
+ * submission of each contributor and, at its next round, checks each against its own Δ (S8's
+ * magnitude and variance ratios, and the same half-space: the reference is its own update on
+ * other data, not a gradient on the same micro-batch, so S8's cosine 0.5 would refuse honest
+ * work) and folds those that pass into its own contribution, weighted sqrt(batches) x S7's
+ * freshness of their base weights.
+ *
  * NEUROSHARD_TEST_CHEAT=poison makes this node send its Δ times -100 (a sign flip, scaled), so
- * that tests can show the others screen it out.
+ * that tests can show the others screen it out (as a member) or refuse it (as a contributor).
  */
 #include <errno.h>
 #include <math.h>
@@ -31,16 +42,25 @@
 #define DILOCO_HELLO_MS       5000
 #define DILOCO_FRESH_MS       (3 * DILOCO_HELLO_MS)
 #define DILOCO_PEERS_MAX      64
-#define DILOCO_HELLO_BYTES    21
+#define DILOCO_HELLO_BYTES    38
+#define DILOCO_HELLO_AFTER_MS 300 /* after a round, once the trainer took the outer step */
 #define DILOCO_RETRY_MS       50
 #define DILOCO_OUTBOX_MAX     256 /* cohort messages waiting for a link */
 #define DILOCO_HELD_MAX       64  /* messages that came before this node's first round */
 #define DILOCO_HELD_BYTES_MAX (64u << 20)
+#define DILOCO_SUBS_MAX       8 /* asynchronous contributions a member keeps for its next round */
+#define DILOCO_PART_FLOATS    (4u << 20) /* floats of w0 in one SYNC_WEIGHTS_PART */
+#define DILOCO_FETCH_MS       15000      /* a download that stops for this long is given up */
+#define DILOCO_GET_BYTES      17
+#define DILOCO_PART_BYTES     65
+#define DILOCO_SUBMIT_BYTES   29
 
 typedef struct cohort_peer {
     uint8_t id[NS_NODE_ID_BYTES];
     uint32_t layers, hidden, first, last, every;
-    uint64_t step, seen_ms;
+    uint64_t step, seen_ms, round;
+    uint8_t w0_prefix[8]; /* of the weights of its last meeting */
+    bool resyncing;
 } cohort_peer;
 
 typedef struct out_msg {
@@ -59,7 +79,7 @@ struct ns_diloco {
     pthread_mutex_t mu;
     uv_async_t async;
     bool closing;
-    bool req_pending;
+    bool req_pending, req_has_delta;
     uint64_t req_round;
     float *req_delta;
     size_t req_n, delta_cap;
@@ -76,8 +96,31 @@ struct ns_diloco {
     out_msg *held, **held_tail; /* before the core exists: `to` is the sender */
     uint32_t held_count;
     size_t held_bytes;
+    /* an asynchronous contributor: the download under way and its compression residual */
+    struct {
+        bool on;
+        uint8_t from[NS_NODE_ID_BYTES];
+        float *w;
+        size_t n, got;
+        uint64_t round, round_ms, trainer_round;
+        uint8_t hash[NS_SHA256_BYTES];
+    } fetch;
+    uint64_t fetch_timer, base_round, base_ms, hello_soon_timer;
+    /* a member whose weights left the cohort's (a round it missed, a late start): it downloads
+     * them from `resync_from` at its next round */
+    bool resync;
+    uint8_t resync_from[NS_NODE_ID_BYTES];
+    ns_ef ef;
+    /* a member: the contributions of asynchronous contributors for its next round */
+    struct {
+        uint8_t from[NS_NODE_ID_BYTES];
+        float *v;
+        double weight;
+    } subs[DILOCO_SUBS_MAX];
+    size_t sub_count;
     /* figures */
     uint64_t rounds, rounds_alone, rejected, fraud, dropped_out, frames_refused;
+    uint64_t async_accepted, async_refused, submitted, downloads, served;
     ns_cohort_report last;
 };
 
@@ -113,7 +156,7 @@ static bool own_place(ns_diloco *d, uint32_t *layers, uint32_t *hidden, uint32_t
     ns_trainer_status(t, &ts);
     ns_train_sync_status ss;
     ns_trainer_sync_status(t, &ss);
-    if (!ts.ready || !ss.on)
+    if (ts.layers == 0 || !ss.on)
         return false;
     ns_train_pipe_status ps;
     ns_trainer_pipe_status(t, &ps);
@@ -125,27 +168,105 @@ static bool own_place(ns_diloco *d, uint32_t *layers, uint32_t *hidden, uint32_t
     return true;
 }
 
+/* The outer round of this node's weights and the first bytes of their hash. */
+static bool own_round(ns_diloco *d, uint64_t *round, uint8_t prefix[8])
+{
+    ns_trainer *t = *d->cfg.trainer;
+    if (t == NULL)
+        return false;
+    ns_train_sync_status ss;
+    ns_trainer_sync_status(t, &ss);
+    *round = ss.last_round;
+    memcpy(prefix, ss.w0_hash, 8);
+    return ss.on;
+}
+
 static void send_hello(ns_diloco *d)
 {
     uint32_t layers, hidden, first, last;
-    uint64_t step;
-    if (!own_place(d, &layers, &hidden, &first, &last, &step))
-        return;
+    uint64_t step, round;
+    uint8_t prefix[8];
+    if (d->cfg.async || !own_place(d, &layers, &hidden, &first, &last, &step) ||
+        !own_round(d, &round, prefix))
+        return; /* a contributor is no member of the rounds */
     uint8_t b[DILOCO_HELLO_BYTES];
-    b[0] = 1; /* version */
+    b[0] = 2; /* version */
     put_be(b + 1, layers, 2);
     put_be(b + 3, hidden, 2);
     put_be(b + 5, first, 2);
     put_be(b + 7, last, 2);
     put_be(b + 9, d->cfg.sync_every, 4);
     put_be(b + 13, step, 8);
+    put_be(b + 21, round, 8);
+    memcpy(b + 29, prefix, 8);
+    b[37] = d->resync ? 1 : 0;
     ns_frame f = {.type = NS_FRAME_SYNC_HELLO, .body = b, .body_len = sizeof b};
     (void)ns_net_broadcast(d->cfg.net, &f, NULL);
 }
 
+static void hello_soon_fired(void *arg, uint64_t now)
+{
+    (void)now;
+    ns_diloco *d = arg;
+    d->hello_soon_timer = 0;
+    send_hello(d);
+}
+
+static void hello_soon(ns_diloco *d)
+{
+    if (d->hello_soon_timer == 0)
+        d->hello_soon_timer = ns_env_timer(&d->cfg.uvenv->env, now_ms(d) + DILOCO_HELLO_AFTER_MS,
+                                           hello_soon_fired, d);
+}
+
+static bool same_model(ns_diloco *d, const cohort_peer *p)
+{
+    uint32_t layers, hidden, first, last;
+    uint64_t step;
+    return own_place(d, &layers, &hidden, &first, &last, &step) && p->layers == layers &&
+           p->hidden == hidden && p->first == first && p->last == last &&
+           p->every == d->cfg.sync_every;
+}
+
+/* A member whose weights are not the cohort's any more downloads them at its next round: when a
+ * peer of the same round holds other weights and has the smaller id (so that of any two, one
+ * gives way), or a peer is two rounds or more ahead (this node fell behind or started late). */
+static void check_resync(ns_diloco *d)
+{
+    uint64_t round;
+    uint8_t prefix[8];
+    if (d->cfg.async || d->resync || !own_round(d, &round, prefix))
+        return;
+    uint64_t now = now_ms(d);
+    const cohort_peer *from = NULL;
+    for (size_t i = 0; i < d->peer_count; i++) {
+        const cohort_peer *p = &d->peers[i];
+        if (now - p->seen_ms > DILOCO_FRESH_MS || p->resyncing || !same_model(d, p))
+            continue;
+        bool diverged = p->round == round && memcmp(p->w0_prefix, prefix, 8) != 0 &&
+                        memcmp(p->id, d->cfg.key->node_id, NS_NODE_ID_BYTES) < 0;
+        bool behind = p->round > round + 1;
+        if ((diverged || behind) &&
+            (from == NULL || p->round > from->round ||
+             (p->round == from->round && memcmp(p->id, from->id, NS_NODE_ID_BYTES) < 0)))
+            from = p;
+    }
+    if (from == NULL)
+        return;
+    d->resync = true;
+    memcpy(d->resync_from, from->id, NS_NODE_ID_BYTES);
+    char who[17];
+    ns_hex_encode(who, sizeof who, from->id, 8);
+    NS_LOG_W("sync",
+             "this node's weights (round %llu) are not the cohort's: it downloads those of %s… "
+             "(round %llu) at its next round",
+             (unsigned long long)round, who, (unsigned long long)from->round);
+    send_hello(d);
+}
+
 static void on_hello(ns_diloco *d, const uint8_t *peer, const ns_frame *f)
 {
-    if (f->body_len != DILOCO_HELLO_BYTES || f->body[0] != 1) {
+    if (f->body_len != DILOCO_HELLO_BYTES || f->body[0] != 2) {
         d->frames_refused++;
         return;
     }
@@ -173,24 +294,35 @@ static void on_hello(ns_diloco *d, const uint8_t *peer, const ns_frame *f)
     p->last = (uint32_t)get_be(b + 7, 2);
     p->every = (uint32_t)get_be(b + 9, 4);
     p->step = get_be(b + 13, 8);
+    p->round = get_be(b + 21, 8);
+    memcpy(p->w0_prefix, b + 29, 8);
+    p->resyncing = (b[37] & 1) != 0;
     p->seen_ms = now_ms(d);
+    check_resync(d);
 }
 
 /* This node and the peers heard lately that train the same layers of the same model with the
- * same H: the members of a round. */
-static size_t cohort_members(ns_diloco *d, uint8_t (*ids)[NS_NODE_ID_BYTES])
+ * same H. For round `round` (0: all of them, for figures) only those that will meet in it: not
+ * downloading, and either still on this node's weights of round - 1 or already past round (a
+ * faster member that counted this node in). */
+static size_t cohort_members(ns_diloco *d, uint8_t (*ids)[NS_NODE_ID_BYTES], uint64_t round)
 {
-    uint32_t layers, hidden, first, last;
-    uint64_t step;
     size_t n = 0;
     memcpy(ids[n++], d->cfg.key->node_id, NS_NODE_ID_BYTES);
-    if (!own_place(d, &layers, &hidden, &first, &last, &step))
+    uint64_t mine;
+    uint8_t prefix[8];
+    if (!own_round(d, &mine, prefix))
         return n;
     uint64_t now = now_ms(d);
     for (size_t i = 0; i < d->peer_count; i++) {
         const cohort_peer *p = &d->peers[i];
-        if (now - p->seen_ms <= DILOCO_FRESH_MS && p->layers == layers && p->hidden == hidden &&
-            p->first == first && p->last == last && p->every == d->cfg.sync_every)
+        if (now - p->seen_ms > DILOCO_FRESH_MS || !same_model(d, p))
+            continue;
+        bool meets =
+            round == 0 ||
+            (!p->resyncing && ((p->round + 1 == round && memcmp(p->w0_prefix, prefix, 8) == 0) ||
+                               p->round == round));
+        if (meets)
             memcpy(ids[n++], p->id, NS_NODE_ID_BYTES);
     }
     return n;
@@ -271,6 +403,7 @@ static void cohort_done(void *arg, const float *agg, size_t n, const ns_cohort_r
              report->rejected, report->missing_chunks, (unsigned long long)report->bytes_sent);
     if (*d->cfg.trainer != NULL)
         ns_trainer_sync_result(*d->cfg.trainer, report->round, agg, n);
+    hello_soon(d); /* the others learn the new round and weights (a divergence shows there) */
 }
 
 static void cohort_verdict(void *arg, const uint8_t from[NS_ID_BYTES], ns_agg_verdict verdict,
@@ -305,19 +438,364 @@ static bool cheats_poison(const ns_diloco *d)
     return c != NULL && strstr(c, "poison") != NULL;
 }
 
+/* ---- asynchronous contributors and downloads ------------------------------------------------ */
+
+/* The model and layers this node trains, as 8 bytes of GET and SUBMIT bodies. */
+static bool put_place(ns_diloco *d, uint8_t *b)
+{
+    uint32_t layers, hidden, first, last;
+    uint64_t step;
+    if (!own_place(d, &layers, &hidden, &first, &last, &step))
+        return false;
+    put_be(b, layers, 2);
+    put_be(b + 2, hidden, 2);
+    put_be(b + 4, first, 2);
+    put_be(b + 6, last, 2);
+    return true;
+}
+
+static bool same_place(ns_diloco *d, const uint8_t *b)
+{
+    uint8_t mine[8];
+    return put_place(d, mine) && memcmp(mine, b, sizeof mine) == 0;
+}
+
+/* The member a contributor works with: the one it downloaded from while it is heard, else the
+ * smallest id of the cohort. false when none is known. */
+static bool pick_member(ns_diloco *d, uint8_t out[NS_NODE_ID_BYTES])
+{
+    uint8_t(*ids)[NS_NODE_ID_BYTES] = malloc((DILOCO_PEERS_MAX + 1) * NS_NODE_ID_BYTES);
+    size_t m = ids != NULL ? cohort_members(d, ids, 0) : 0;
+    bool found = false;
+    for (size_t i = 1; i < m; i++) { /* ids[0] is this node */
+        if (memcmp(ids[i], d->fetch.from, NS_NODE_ID_BYTES) == 0) {
+            memcpy(out, ids[i], NS_NODE_ID_BYTES);
+            found = true;
+            break;
+        }
+        if (!found || memcmp(ids[i], out, NS_NODE_ID_BYTES) < 0) {
+            memcpy(out, ids[i], NS_NODE_ID_BYTES);
+            found = true;
+        }
+    }
+    free(ids);
+    return found;
+}
+
+static void fetch_end(ns_diloco *d, bool ok)
+{
+    if (d->fetch_timer != 0)
+        ns_env_timer_cancel(&d->cfg.uvenv->env, d->fetch_timer);
+    d->fetch_timer = 0;
+    d->fetch.on = false;
+    d->resync = false;
+    hello_soon(d);
+    ns_trainer *t = *d->cfg.trainer;
+    if (t == NULL)
+        return;
+    if (ok) {
+        d->downloads++;
+        d->base_round = d->fetch.round;
+        d->base_ms = d->fetch.round_ms;
+        ns_trainer_sync_weights(t, d->fetch.round, d->fetch.round_ms, d->fetch.w, d->fetch.n);
+    } else {
+        NS_LOG_W("sync", "the cohort's weights could not be downloaded: training on from these");
+        ns_trainer_sync_result(t, d->fetch.trainer_round, NULL, 0);
+    }
+}
+
+static void fetch_fired(void *arg, uint64_t now)
+{
+    (void)now;
+    ns_diloco *d = arg;
+    d->fetch_timer = 0;
+    if (d->fetch.on)
+        fetch_end(d, false);
+}
+
+static void fetch_ask(ns_diloco *d)
+{
+    uint8_t b[DILOCO_GET_BYTES];
+    b[0] = 1;
+    if (!put_place(d, b + 1)) {
+        fetch_end(d, false);
+        return;
+    }
+    put_be(b + 9, d->fetch.got, 8);
+    ns_frame f = {.type = NS_FRAME_SYNC_WEIGHTS_GET, .body = b, .body_len = sizeof b};
+    if (ns_net_send_frame(d->cfg.net, d->fetch.from, &f) != NS_OK) {
+        fetch_end(d, false);
+        return;
+    }
+    if (d->fetch_timer != 0)
+        ns_env_timer_cancel(&d->cfg.uvenv->env, d->fetch_timer);
+    d->fetch_timer = ns_env_timer(&d->cfg.uvenv->env, now_ms(d) + DILOCO_FETCH_MS, fetch_fired, d);
+}
+
+/* Asks `member` for the weights of its last meeting, to answer the trainer's round with. */
+static void download(ns_diloco *d, const uint8_t member[NS_NODE_ID_BYTES])
+{
+    float *w = d->fetch.n == d->req_n ? d->fetch.w : realloc(d->fetch.w, d->req_n * sizeof *w);
+    if (w == NULL) {
+        d->resync = false;
+        if (*d->cfg.trainer != NULL)
+            ns_trainer_sync_result(*d->cfg.trainer, d->req_round, NULL, 0);
+        return;
+    }
+    d->fetch.w = w;
+    d->fetch.n = d->req_n;
+    d->fetch.got = 0;
+    d->fetch.on = true;
+    d->fetch.trainer_round = d->req_round;
+    memcpy(d->fetch.from, member, NS_NODE_ID_BYTES);
+    fetch_ask(d);
+}
+
+/* A contributor's round: submit Δ (unless this is the first download) to a member, then
+ * download that member's weights to start again from. */
+static void contribute(ns_diloco *d, bool has_delta)
+{
+    ns_trainer *t = *d->cfg.trainer;
+    uint8_t member[NS_NODE_ID_BYTES];
+    if (t == NULL)
+        return;
+    if (!pick_member(d, member)) { /* no member heard of: train on alone */
+        d->rounds_alone++;
+        ns_trainer_sync_result(t, d->req_round, NULL, 0);
+        return;
+    }
+    if (has_delta) {
+        if (d->ef.n != d->req_n) {
+            ns_ef_free(&d->ef);
+            if (ns_ef_init(&d->ef, d->req_n) != NS_OK)
+                d->ef.n = 0;
+        }
+        if (cheats_poison(d)) {
+            NS_LOG_W("sync", "NEUROSHARD_TEST_CHEAT=poison: this contributor sends its "
+                             "pseudo-gradient x -100");
+            for (size_t i = 0; i < d->req_n; i++)
+                d->req_delta[i] *= -100.0f;
+        }
+        ns_compress_config cc;
+        ns_compress_config_default(&cc);
+        if (d->cfg.density > 0)
+            cc.density = d->cfg.density;
+        uint8_t *blob = NULL;
+        size_t len = 0;
+        uint8_t b[DILOCO_SUBMIT_BYTES];
+        b[0] = 1;
+        if (put_place(d, b + 1) &&
+            ns_compress_encode(&cc, d->req_delta, d->req_n, d->ef.n == d->req_n ? &d->ef : NULL,
+                               &blob, &len) == NS_OK &&
+            len <= UINT32_MAX) {
+            put_be(b + 9, d->base_round, 8);
+            put_be(b + 17, d->base_ms, 8);
+            put_be(b + 25, d->cfg.sync_every, 4);
+            ns_frame f = {.type = NS_FRAME_SYNC_SUBMIT,
+                          .body = b,
+                          .body_len = sizeof b,
+                          .tensor = {.dtype = NS_DTYPE_U8,
+                                     .ndim = 1,
+                                     .shape = {(uint32_t)len},
+                                     .data = blob,
+                                     .bytes = len}};
+            if (ns_net_send_frame(d->cfg.net, member, &f) == NS_OK) {
+                d->submitted++;
+                NS_LOG_I("sync", "submitted a pseudo-gradient of %zu bytes (base round %llu)", len,
+                         (unsigned long long)d->base_round);
+            }
+        }
+        free(blob);
+    }
+    download(d, member);
+}
+
+static void on_weights_part(ns_diloco *d, const uint8_t *peer, const ns_frame *f)
+{
+    if (!d->fetch.on || memcmp(peer, d->fetch.from, NS_NODE_ID_BYTES) != 0 ||
+        f->body_len != DILOCO_PART_BYTES || f->body[0] != 1 || f->tensor.dtype != NS_DTYPE_F32 ||
+        f->tensor.ndim != 1) {
+        d->frames_refused++;
+        return;
+    }
+    const uint8_t *b = f->body;
+    uint64_t round = get_be(b + 1, 8), round_ms = get_be(b + 9, 8), n = get_be(b + 17, 8);
+    uint64_t offset = get_be(b + 25, 8), count = f->tensor.shape[0];
+    if (n != d->fetch.n || offset != d->fetch.got || count == 0 || count > n - offset ||
+        (offset > 0 &&
+         (round != d->fetch.round || memcmp(b + 33, d->fetch.hash, NS_SHA256_BYTES) != 0))) {
+        d->frames_refused++;
+        fetch_end(d, false); /* the member's weights changed under the download, or it lies */
+        return;
+    }
+    d->fetch.round = round;
+    d->fetch.round_ms = round_ms;
+    memcpy(d->fetch.hash, b + 33, NS_SHA256_BYTES);
+    memcpy(d->fetch.w + offset, f->tensor.data, count * sizeof(float));
+    d->fetch.got += count;
+    if (d->fetch.got < d->fetch.n) {
+        fetch_ask(d);
+        return;
+    }
+    uint8_t h[NS_SHA256_BYTES];
+    ns_sha256(h, d->fetch.w, d->fetch.n * sizeof(float));
+    bool whole = memcmp(h, d->fetch.hash, NS_SHA256_BYTES) == 0;
+    for (size_t i = 0; whole && i < d->fetch.n; i++)
+        whole = isfinite(d->fetch.w[i]);
+    if (!whole)
+        NS_LOG_W("sync", "downloaded weights do not match their hash: refused");
+    fetch_end(d, whole);
+}
+
+/* A member serves the weights of its last meeting. */
+static void on_weights_get(ns_diloco *d, const uint8_t *peer, const ns_frame *f)
+{
+    ns_trainer *t = *d->cfg.trainer;
+    if (f->body_len != DILOCO_GET_BYTES || f->body[0] != 1 || t == NULL || d->cfg.async ||
+        !same_place(d, f->body + 1)) {
+        d->frames_refused++;
+        return;
+    }
+    uint64_t offset = get_be(f->body + 9, 8), round, round_ms;
+    size_t n = 0;
+    uint8_t hash[NS_SHA256_BYTES];
+    if (ns_trainer_outer_copy(t, 0, 0, NULL, &n, &round, &round_ms, hash) != NS_OK || offset >= n) {
+        d->frames_refused++;
+        return;
+    }
+    size_t count = n - offset < DILOCO_PART_FLOATS ? n - offset : DILOCO_PART_FLOATS;
+    float *buf = malloc(count * sizeof *buf);
+    if (buf == NULL ||
+        ns_trainer_outer_copy(t, offset, count, buf, &n, &round, &round_ms, hash) != NS_OK) {
+        free(buf);
+        return;
+    }
+    uint8_t b[DILOCO_PART_BYTES];
+    b[0] = 1;
+    put_be(b + 1, round, 8);
+    put_be(b + 9, round_ms, 8);
+    put_be(b + 17, n, 8);
+    put_be(b + 25, offset, 8);
+    memcpy(b + 33, hash, NS_SHA256_BYTES);
+    ns_frame out = {.type = NS_FRAME_SYNC_WEIGHTS_PART,
+                    .body = b,
+                    .body_len = sizeof b,
+                    .tensor = {.dtype = NS_DTYPE_F32,
+                               .ndim = 1,
+                               .shape = {(uint32_t)count},
+                               .data = (const uint8_t *)buf,
+                               .bytes = count * sizeof *buf}};
+    if (ns_net_send_frame(d->cfg.net, peer, &out) == NS_OK && offset == 0)
+        d->served++;
+    free(buf);
+}
+
+/* A member keeps a contributor's submission for its next round (the latest of each). */
+static void on_submit(ns_diloco *d, const uint8_t *peer, const ns_frame *f)
+{
+    ns_trainer *t = *d->cfg.trainer;
+    size_t n = 0;
+    uint64_t round, round_ms;
+    uint8_t hash[NS_SHA256_BYTES];
+    if (f->body_len != DILOCO_SUBMIT_BYTES || f->body[0] != 1 || f->tensor.dtype != NS_DTYPE_U8 ||
+        f->tensor.ndim != 1 || t == NULL || d->cfg.async || !same_place(d, f->body + 1) ||
+        ns_trainer_outer_copy(t, 0, 0, NULL, &n, &round, &round_ms, hash) != NS_OK) {
+        d->frames_refused++;
+        return;
+    }
+    uint64_t base_round = get_be(f->body + 9, 8), base_ms = get_be(f->body + 17, 8);
+    uint64_t batches = get_be(f->body + 25, 4), now = now_ms(d);
+    if (base_round > round || base_ms > now + 60000 || batches == 0) {
+        d->async_refused++; /* from weights this member never had, or from the future */
+        return;
+    }
+    float *v = malloc(n * sizeof *v);
+    if (v == NULL || ns_compress_decode(f->tensor.data, f->tensor.bytes, v, n) != NS_OK) {
+        free(v);
+        d->async_refused++;
+        NS_LOG_W("sync", "an asynchronous contribution that does not decode to %zu floats: refused",
+                 n);
+        return;
+    }
+    size_t slot = d->sub_count;
+    for (size_t i = 0; i < d->sub_count; i++)
+        if (memcmp(d->subs[i].from, peer, NS_NODE_ID_BYTES) == 0)
+            slot = i;
+    if (slot == DILOCO_SUBS_MAX) { /* full: the oldest goes */
+        free(d->subs[0].v);
+        memmove(&d->subs[0], &d->subs[1], (DILOCO_SUBS_MAX - 1) * sizeof d->subs[0]);
+        slot = DILOCO_SUBS_MAX - 1;
+        d->sub_count--;
+    }
+    if (slot < d->sub_count)
+        free(d->subs[slot].v);
+    else
+        d->sub_count++;
+    memcpy(d->subs[slot].from, peer, NS_NODE_ID_BYTES);
+    d->subs[slot].v = v;
+    d->subs[slot].weight = ns_sync_weight(batches, now > base_ms ? now - base_ms : 0);
+}
+
+/* A member at its round: each kept contribution that passes the checks against this member's
+ * own Δ joins it, weighted; the others are refused. */
+static void fold_contributions(ns_diloco *d)
+{
+    double total = d->req_weight;
+    for (size_t k = 0; k < d->sub_count; k++) {
+        ns_grad_check gc = {0};
+        char who[17];
+        ns_hex_encode(who, sizeof who, d->subs[k].from, 8);
+        bool ok = ns_grad_check_run(d->subs[k].v, d->req_delta, d->req_n, &gc) == NS_OK &&
+                  gc.magnitude <= NS_GRAD_MAGNITUDE_MAX && gc.variance <= NS_GRAD_VARIANCE_MAX &&
+                  gc.cosine > 0.0;
+        if (!ok) {
+            d->async_refused++;
+            NS_LOG_W("sync",
+                     "the asynchronous contribution of %s… is refused (cosine %.2f, magnitude "
+                     "x%.1f, variance x%.1f)",
+                     who, gc.cosine, gc.magnitude, gc.variance);
+            continue;
+        }
+        double w = d->subs[k].weight;
+        for (size_t i = 0; i < d->req_n; i++)
+            d->req_delta[i] =
+                (float)(((double)d->req_delta[i] * total + d->subs[k].v[i] * w) / (total + w));
+        total += w;
+        d->async_accepted++;
+        NS_LOG_I("sync", "folded the asynchronous contribution of %s… (weight %.2f)", who, w);
+    }
+    for (size_t k = 0; k < d->sub_count; k++)
+        free(d->subs[k].v);
+    d->sub_count = 0;
+    d->req_weight = total;
+}
+
 static void take_held(ns_diloco *d);
 
 /* Starts the round the trainer asked for (loop thread). */
 static void start_round(ns_diloco *d)
 {
     pthread_mutex_lock(&d->mu);
-    bool pending = d->req_pending;
+    bool pending = d->req_pending, has_delta = d->req_has_delta;
     d->req_pending = false;
     pthread_mutex_unlock(&d->mu);
     if (!pending)
         return;
+    if (d->cfg.async) {
+        contribute(d, has_delta);
+        return;
+    }
+    if (d->resync || !has_delta) { /* this round: the cohort's weights instead */
+        uint8_t from[NS_NODE_ID_BYTES];
+        if (d->resync)
+            memcpy(from, d->resync_from, NS_NODE_ID_BYTES);
+        if (d->resync || pick_member(d, from)) {
+            download(d, from);
+            return;
+        }
+    }
     uint8_t(*ids)[NS_NODE_ID_BYTES] = malloc((DILOCO_PEERS_MAX + 1) * NS_NODE_ID_BYTES);
-    size_t m = ids != NULL ? cohort_members(d, ids) : 0;
+    size_t m = ids != NULL ? cohort_members(d, ids, d->req_round) : 0;
     ns_trainer *t = *d->cfg.trainer;
     if (m <= 1 || t == NULL) { /* alone: the inner weights stand */
         free(ids);
@@ -346,6 +824,8 @@ static void start_round(ns_diloco *d)
         rc = ns_cohort_new(&d->cohort, &cc, d->req_n, &d->cfg.uvenv->env);
         d->cohort_n = rc == NS_OK ? d->req_n : 0;
     }
+    if (rc == NS_OK && d->sub_count > 0)
+        fold_contributions(d);
     if (rc == NS_OK && cheats_poison(d)) {
         NS_LOG_W("sync",
                  "NEUROSHARD_TEST_CHEAT=poison: this node sends its pseudo-gradient x -100");
@@ -423,7 +903,9 @@ void ns_diloco_request(void *arg, uint64_t round, const float *delta, size_t n, 
     }
     bool ok = !d->closing && d->delta_cap >= n;
     if (ok) {
-        memcpy(d->req_delta, delta, n * sizeof *delta);
+        d->req_has_delta = delta != NULL;
+        if (delta != NULL)
+            memcpy(d->req_delta, delta, n * sizeof *delta);
         d->req_n = n;
         d->req_round = round;
         d->req_weight = weight;
@@ -451,6 +933,12 @@ static void on_frame(void *arg, const uint8_t peer[NS_NODE_ID_BYTES], const ns_f
             hold(d, peer, f->tensor.data, f->tensor.bytes);
         else if (ns_cohort_on_message(d->cohort, peer, f->tensor.data, f->tensor.bytes) != NS_OK)
             d->frames_refused++;
+    } else if (f->type == NS_FRAME_SYNC_SUBMIT) {
+        on_submit(d, peer, f);
+    } else if (f->type == NS_FRAME_SYNC_WEIGHTS_GET) {
+        on_weights_get(d, peer, f);
+    } else if (f->type == NS_FRAME_SYNC_WEIGHTS_PART) {
+        on_weights_part(d, peer, f);
     } else {
         d->frames_refused++;
     }
@@ -507,6 +995,10 @@ static void free_on_close(uv_handle_t *h)
         free(m);
     }
     free(d->req_delta);
+    free(d->fetch.w);
+    ns_ef_free(&d->ef);
+    for (size_t k = 0; k < d->sub_count; k++)
+        free(d->subs[k].v);
     pthread_mutex_destroy(&d->mu);
     free(d);
 }
@@ -520,6 +1012,10 @@ void ns_diloco_stop(ns_diloco *d)
         ns_env_timer_cancel(&d->cfg.uvenv->env, d->hello_timer);
     if (d->retry_timer != 0)
         ns_env_timer_cancel(&d->cfg.uvenv->env, d->retry_timer);
+    if (d->fetch_timer != 0)
+        ns_env_timer_cancel(&d->cfg.uvenv->env, d->fetch_timer);
+    if (d->hello_soon_timer != 0)
+        ns_env_timer_cancel(&d->cfg.uvenv->env, d->hello_soon_timer);
     ns_cohort_free(d->cohort); /* cancels its timers */
     d->cohort = NULL;
     pthread_mutex_lock(&d->mu);
@@ -531,23 +1027,27 @@ void ns_diloco_stop(ns_diloco *d)
 json_t *ns_diloco_json(ns_diloco *d)
 {
     uint8_t(*ids)[NS_NODE_ID_BYTES] = malloc((DILOCO_PEERS_MAX + 1) * NS_NODE_ID_BYTES);
-    size_t members = ids != NULL ? cohort_members(d, ids) : 0;
+    size_t members = ids != NULL ? cohort_members(d, ids, 0) : 0;
     free(ids);
     json_t *refused = json_object();
     for (int r = 0; d->cohort != NULL && r < NS_COHORT_REFUSE_COUNT_; r++)
         json_object_set_new(
             refused, ns_cohort_refusal_text((ns_cohort_refusal)r),
             json_integer((json_int_t)ns_cohort_refusals(d->cohort, (ns_cohort_refusal)r)));
-    return json_pack(
-        "{s:I, s:s, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, "
-        "s:I, s:I}, s:o, s:I}",
-        "every", (json_int_t)d->cfg.sync_every, "aggregator", ns_agg_name(d->cfg.aggregator),
-        "cohort", (json_int_t)members, "rounds", (json_int_t)d->rounds, "rounds_alone",
-        (json_int_t)d->rounds_alone, "running", d->running, "rejected", (json_int_t)d->rejected,
-        "fraud", (json_int_t)d->fraud, "frames_refused", (json_int_t)d->frames_refused,
-        "last_round", "round", (json_int_t)d->last.round, "members", (json_int_t)d->last.members,
-        "phases", (json_int_t)d->last.phases, "contributions", (json_int_t)d->last.contributions,
-        "missing_chunks", (json_int_t)d->last.missing_chunks, "bytes_sent",
-        (json_int_t)d->last.bytes_sent, "bytes_received", (json_int_t)d->last.bytes_received,
-        "refused", refused, "messages_dropped", (json_int_t)d->dropped_out);
+    return json_pack("{s:I, s:s, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, "
+                     "s:I, s:I}, s:o, s:I, s:s, s:b, s:{s:I, s:I, s:I, s:I, s:I}}",
+                     "every", (json_int_t)d->cfg.sync_every, "aggregator",
+                     ns_agg_name(d->cfg.aggregator), "cohort", (json_int_t)members, "rounds",
+                     (json_int_t)d->rounds, "rounds_alone", (json_int_t)d->rounds_alone, "running",
+                     d->running, "rejected", (json_int_t)d->rejected, "fraud", (json_int_t)d->fraud,
+                     "frames_refused", (json_int_t)d->frames_refused, "last_round", "round",
+                     (json_int_t)d->last.round, "members", (json_int_t)d->last.members, "phases",
+                     (json_int_t)d->last.phases, "contributions", (json_int_t)d->last.contributions,
+                     "missing_chunks", (json_int_t)d->last.missing_chunks, "bytes_sent",
+                     (json_int_t)d->last.bytes_sent, "bytes_received",
+                     (json_int_t)d->last.bytes_received, "refused", refused, "messages_dropped",
+                     (json_int_t)d->dropped_out, "role", d->cfg.async ? "async" : "member",
+                     "resyncing", d->resync, "async", "accepted", (json_int_t)d->async_accepted,
+                     "refused", (json_int_t)d->async_refused, "submitted", (json_int_t)d->submitted,
+                     "downloads", (json_int_t)d->downloads, "served", (json_int_t)d->served);
 }

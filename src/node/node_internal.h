@@ -185,6 +185,9 @@ typedef struct ns_train_config {
      * to sync (trainer thread; it must copy nothing it needs later and return at once) and waits
      * for ns_trainer_sync_result. Its checkpoints keep the outer state beside them. */
     uint32_t sync_every;
+    bool sync_async; /* an asynchronous contributor: the answer to a round is the cohort's
+                        weights to start again from (ns_trainer_sync_weights), asked first at
+                        the start too (round 0, delta NULL) */
     void (*sync)(void *arg, uint64_t round, const float *delta, size_t n, double weight,
                  const uint8_t w0_hash[NS_SHA256_BYTES], uint32_t layer_first, uint32_t layer_last);
     void *sync_arg;
@@ -285,12 +288,28 @@ uint64_t ns_trainer_closed_through(ns_trainer *t);
  * The trainer copies agg before returning. An answer to a round it no longer waits for is
  * dropped. */
 void ns_trainer_sync_result(ns_trainer *t, uint64_t round, const float *agg, size_t n);
+/* An asynchronous contributor's answer: the cohort's weights of the meeting `round` (at
+ * round_ms, Unix ms), to train from next; the trainer installs them (no outer step of its own).
+ * n must be the stage's parameter count, else the answer counts as a failed round. */
+void ns_trainer_sync_weights(ns_trainer *t, uint64_t round, uint64_t round_ms, const float *w,
+                             size_t n);
+/* Copies w0 (the weights of this node's last meeting) [offset, offset + count) into out, for an
+ * asynchronous contributor that downloads them (loop thread). NS_ENOENT without an outer loop,
+ * NS_EINVAL for a range beyond it. *n, *round, *round_ms and hash describe the whole w0. */
+NS_MUST_USE int ns_trainer_outer_copy(ns_trainer *t, uint64_t offset, size_t count, float *out,
+                                      size_t *n, uint64_t *round, uint64_t *round_ms,
+                                      uint8_t hash[NS_SHA256_BYTES]);
 /* DiLoCo figures for /training_status. */
 typedef struct ns_train_sync_status {
     bool on;
     uint32_t every;
     uint64_t rounds, rounds_alone, rounds_failed, last_round;
-    bool waiting;
+    uint64_t downloads; /* an asynchronous contributor's: the cohort's weights installed */
+    /* S8's loss check of the last outer step (held-out batches, solo only; NaN: none yet) and
+     * how many outer steps raised it */
+    double loss_before, loss_after;
+    uint64_t loss_rises;
+    bool waiting, async;
     uint8_t w0_hash[NS_SHA256_BYTES]; /* the weights of the last meeting */
 } ns_train_sync_status;
 void ns_trainer_sync_status(ns_trainer *t, ns_train_sync_status *out);
@@ -400,7 +419,7 @@ typedef struct ns_swarm_config {
     ns_uv_env *uvenv;
     ns_net *net;
     const ns_key *key;
-    uint32_t quorum_size; /* 1: alone (the swarm only announces capacity) */
+    uint32_t quorum_size; /* 1: alone (the swarm only announces capacity); 0: pool mode */
     uint32_t model_layers, model_hidden;
     uint64_t memory_mb;
     ns_train_config train; /* the stage's trainer starts from this, with its place filled in */
@@ -421,6 +440,7 @@ typedef struct ns_diloco_config {
     const ns_key *key;
     ns_trainer **trainer; /* the daemon's (it may come and go) */
     uint32_t sync_every;  /* H */
+    bool async;           /* an asynchronous contributor, not a member of the rounds */
     ns_agg_kind aggregator;
     double density;      /* top-k share (0: compress.h's default) */
     uint64_t timeout_ms; /* a round's phases (0: sync.h's default) */

@@ -30,8 +30,22 @@
  * c: the steps after c are recomputed, identically, and never applied twice. Pipeline frames
  * carry the generation: older ones are dropped, newer ones held until this node gets there.
  *
- * Not yet here (issue 7): the layer pool's assignment and the quorum core, multipath.
+ * Pool mode (`--quorum-size auto`). The layer pool (S3) and the planner (S5) decide instead of a
+ * fixed size: every heartbeat the node runs ns_pool_assign over itself and the fresh pool-mode
+ * peers of its model, each with the range it announced (sticky), and holds its own answer: the
+ * layers its memory fits where holders are scarcest (ns_pool_surplus parts two nodes that took
+ * the same layers at once). A free node plans over the free holders (ns_quorum_plan: a full
+ * cover of compatible tiers, the fewest members); the smallest id of the plan proposes it, with
+ * each member's layers, and a member accepts only what its own view of the pool confirms: every
+ * member a fresh pool-mode peer that holds the layers it is named for, a contiguous cover, tiers
+ * that can pipeline together, a stage its memory fits. A plan of one member is this node alone:
+ * it trains the whole model solo. The stages keep the plan's layers through restarts (INFO and
+ * RESTORE carry them), and a free node follows only a stage whose layers it holds.
+ *
+ * Not yet here (issue 7): the quorum core's sessions and renewal, measured latencies for the
+ * planner, multipath.
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -44,6 +58,8 @@
 #include "neuroshard/ckpt.h"
 
 #include "neuroshard/pipeline.h"
+#include "neuroshard/quorum.h"
+#include "neuroshard/swarm.h"
 #include "node_internal.h"
 
 #define SWARM_HEARTBEAT_MS   5000
@@ -59,11 +75,23 @@
 #define SWARM_REASONS_MAX    16    /* kinds of refused proposals and restarts counted */
 #define SWARM_PROPOSE_MS     10000 /* a proposal's answers (and a member's wait to start) */
 #define SWARM_BENCH_MS       (10 * 60 * 1000)
+#define SWARM_CAP_IN_QUORUM  1u /* CAPACITY's flags (b[11]) */
+#define SWARM_CAP_POOL       2u /* pool mode: b[6..9] is the held range, b[13] (the size) 0 */
+#define SWARM_POOL_LAYOUT    0  /* leads a pool-mode member list: never a member count (>= 2) */
+#define SWARM_MEMBER_BYTES   (NS_NODE_ID_BYTES + 4) /* a member there: id, first and last layer */
+#define SWARM_POOL_NODES_MAX (SWARM_PEERS_MAX + 1)  /* the pool this node sees: itself and peers */
+
+static_assert(SWARM_POOL_NODES_MAX <= NS_POOL_NODES_MAX, "the pool core takes every node seen");
+static_assert(SWARM_POOL_NODES_MAX <= NS_QUORUM_CANDIDATES_MAX, "the planner too");
+static_assert(SWARM_MEMBERS_MAX <= NS_QUORUM_MEMBERS_MAX, "a plan of any size this node runs");
+static_assert(NS_NODE_ID_BYTES == NS_ID_BYTES, "node ids are the pool's ids");
 
 typedef struct peer_cap {
     uint8_t id[NS_NODE_ID_BYTES];
     uint32_t memory_mb, layers, hidden, quorum_size, tier;
     bool in_quorum;
+    bool pool;          /* in pool mode: held is the range it holds */
+    ns_pool_range held; /* b[6..9]: in pool mode the held range, else its stage's */
     uint64_t seen_ms;
     uint64_t ckpt_step;    /* its newest aligned checkpoint, as a member */
     uint64_t ckpt_oldest;  /* its oldest checkpoint kept, as a member (a restart needs one) */
@@ -96,9 +124,16 @@ struct ns_swarm {
     int bench_rc;
     uint64_t bench_us, layer_latency_us;
     ns_tier tier;
-    /* the quorum */
+    /* pool mode: the model's shape, the layers this node holds, the pool as it last saw it */
+    bool pool_mode;
+    ns_arch arch;
+    ns_pool_range held;
+    uint32_t pool_nodes, pool_replicas_target;
+    uint32_t pool_holders[NS_POOL_LAYERS_MAX];
+    /* the quorum: members and their layers by stage */
     bool in_quorum;
     uint8_t members[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
+    ns_pool_range ranges[SWARM_MEMBERS_MAX];
     uint32_t member_count, stage;
     uint8_t quorum_id[NS_SHA256_BYTES];
     uint32_t generation;
@@ -109,6 +144,8 @@ struct ns_swarm {
     bool proposing, reserved;
     uint64_t proposed_ms, reserved_ms;
     uint8_t plan[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
+    ns_pool_range plan_ranges[SWARM_MEMBERS_MAX]; /* in pool mode; else stage_layers' split */
+    uint8_t plan_proposer[NS_NODE_ID_BYTES];
     uint32_t plan_count, plan_stage;
     bool plan_accepted[SWARM_MEMBERS_MAX];
     uint8_t plan_id[NS_SHA256_BYTES];
@@ -117,6 +154,7 @@ struct ns_swarm {
     /* as a replica: the quorum it follows (members by stage) and the copy it pulls */
     bool knows_quorum;
     uint8_t followed[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
+    ns_pool_range followed_ranges[SWARM_MEMBERS_MAX];
     uint32_t followed_count, followed_generation, replica_of;
     uint64_t replica_step;
     struct {
@@ -164,6 +202,11 @@ static void put_u32(uint8_t *p, uint32_t x)
     put_u16(p + 2, x & 0xffff);
 }
 
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
 static void put_u64(uint8_t *p, uint64_t x)
 {
     for (int i = 7; i >= 0; i--, x >>= 8)
@@ -204,10 +247,11 @@ static void capacity_body(const ns_swarm *s, uint8_t b[SWARM_CAPACITY_BYTES])
     b[3] = (uint8_t)(mem >> 8);
     b[4] = (uint8_t)mem;
     b[5] = (uint8_t)(ps.inbox > 255 ? 255 : ps.inbox);
-    put_u16(b + 6, ps.layer_first);
-    put_u16(b + 8, ps.layer_last);
+    put_u16(b + 6, s->pool_mode ? s->held.layer_first : ps.layer_first);
+    put_u16(b + 8, s->pool_mode ? s->held.layer_last : ps.layer_last);
     b[10] = 0; /* GPU % */
-    b[11] = s->in_quorum ? 1 : 0;
+    b[11] =
+        (uint8_t)((s->in_quorum ? SWARM_CAP_IN_QUORUM : 0) | (s->pool_mode ? SWARM_CAP_POOL : 0));
     b[12] = (uint8_t)s->tier;
     b[13] = (uint8_t)s->cfg.quorum_size;
     put_u16(b + 14, s->cfg.model_layers);
@@ -262,7 +306,9 @@ static void on_capacity(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
     const uint8_t *b = f->body;
     peer_cap *p = peer_of(s, peer, true);
     p->memory_mb = (uint32_t)b[1] << 24 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 8 | b[4];
-    p->in_quorum = (b[11] & 1) != 0;
+    p->in_quorum = (b[11] & SWARM_CAP_IN_QUORUM) != 0;
+    p->pool = (b[11] & SWARM_CAP_POOL) != 0;
+    p->held = (ns_pool_range){get_u16(b + 6), get_u16(b + 8)};
     p->tier = b[12];
     p->quorum_size = b[13];
     p->layers = get_u16(b + 14);
@@ -274,11 +320,25 @@ static void on_capacity(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
     p->seen_ms = now_ms(s);
 }
 
+/* A peer's announced tier; a value no tier has counts as T5, which never pipelines. */
+static ns_tier peer_tier(const peer_cap *p)
+{
+    return p->tier >= NS_TIER_T1 && p->tier <= NS_TIER_T5 ? (ns_tier)p->tier : NS_TIER_T5;
+}
+
 /* ---- the quorum ------------------------------------------------------------------------------ */
 
 static int cmp_id(const void *a, const void *b)
 {
     return memcmp(a, b, NS_NODE_ID_BYTES);
+}
+
+static int member_index(const uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n, const uint8_t *id)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (memcmp(ids[i], id, NS_NODE_ID_BYTES) == 0)
+            return (int)i;
+    return -1;
 }
 
 /* [first, last) of stage i of n: the split that makes the slowest stage fastest, counting the
@@ -299,14 +359,58 @@ static void stage_layers(const ns_swarm *s, uint32_t i, uint32_t n, uint32_t *fi
     *last = bounds[i + 1];
 }
 
-static void quorum_id_of(const ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n,
-                         uint8_t out[NS_SHA256_BYTES])
+/* The quorum's id: its members by stage (in pool mode with their layers) and the model. */
+static void quorum_id_of(const ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES],
+                         const ns_pool_range *ranges, uint32_t n, uint8_t out[NS_SHA256_BYTES])
 {
-    uint8_t buf[SWARM_MEMBERS_MAX * NS_NODE_ID_BYTES + 4];
-    memcpy(buf, ids, (size_t)n * NS_NODE_ID_BYTES);
-    put_u16(buf + (size_t)n * NS_NODE_ID_BYTES, s->cfg.model_layers);
-    put_u16(buf + (size_t)n * NS_NODE_ID_BYTES + 2, s->cfg.model_hidden);
-    ns_sha256(out, buf, (size_t)n * NS_NODE_ID_BYTES + 4);
+    NS_ASSERT(n <= SWARM_MEMBERS_MAX);
+    uint8_t buf[SWARM_MEMBERS_MAX * SWARM_MEMBER_BYTES + 4];
+    size_t len = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        memcpy(buf + len, ids[i], NS_NODE_ID_BYTES);
+        len += NS_NODE_ID_BYTES;
+        if (ranges != NULL) {
+            put_u16(buf + len, ranges[i].layer_first);
+            put_u16(buf + len + 2, ranges[i].layer_last);
+            len += 4;
+        }
+    }
+    put_u16(buf + len, s->cfg.model_layers);
+    put_u16(buf + len + 2, s->cfg.model_hidden);
+    ns_sha256(out, buf, len + 4);
+}
+
+/* A pool-mode member list: n x (id, first layer, last layer), by stage. */
+static void put_members(uint8_t *b, uint8_t ids[][NS_NODE_ID_BYTES], const ns_pool_range *ranges,
+                        uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++, b += SWARM_MEMBER_BYTES) {
+        memcpy(b, ids[i], NS_NODE_ID_BYTES);
+        put_u16(b + NS_NODE_ID_BYTES, ranges[i].layer_first);
+        put_u16(b + NS_NODE_ID_BYTES + 2, ranges[i].layer_last);
+    }
+}
+
+static void get_members(const uint8_t *b, uint32_t n, uint8_t ids[][NS_NODE_ID_BYTES],
+                        ns_pool_range *ranges)
+{
+    for (uint32_t i = 0; i < n; i++, b += SWARM_MEMBER_BYTES) {
+        memcpy(ids[i], b, NS_NODE_ID_BYTES);
+        ranges[i].layer_first = get_u16(b + NS_NODE_ID_BYTES);
+        ranges[i].layer_last = get_u16(b + NS_NODE_ID_BYTES + 2);
+    }
+}
+
+/* Whether ranges[0..n) run through layers 0..layers-1 in order, each non-empty, once. */
+static bool covers(const ns_pool_range *ranges, uint32_t n, uint32_t layers)
+{
+    uint32_t at = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (ranges[i].layer_first != at || ranges[i].layer_last <= at)
+            return false;
+        at = ranges[i].layer_last;
+    }
+    return at == layers;
 }
 
 static void out_send(void *arg, int dir, const ns_frame *f);
@@ -324,36 +428,49 @@ static void stop_trainer(ns_swarm *s)
     *s->cfg.trainer = NULL;
 }
 
-/* What the node record says of this node's capacity (S2). */
+/* What the node record says of this node's capacity (S2): in pool mode the layers it holds, else
+ * its stage's. */
 static void publish_capacity(ns_swarm *s)
 {
     ns_node_info cap = {.layer_latency_us = s->layer_latency_us,
                         .tier = s->layer_latency_us != 0 ? (uint32_t)s->tier : 0,
                         .in_quorum = s->in_quorum,
                         .reputation_ppm = 1000000};
-    if (s->in_quorum) {
-        stage_layers(s, s->stage, s->member_count, &cap.layer_first, &cap.layer_last);
-        memcpy(cap.quorum_id, s->quorum_id, sizeof cap.quorum_id);
+    if (s->pool_mode) {
+        cap.layer_first = s->held.layer_first;
+        cap.layer_last = s->held.layer_last;
+    } else if (s->in_quorum) {
+        cap.layer_first = s->ranges[s->stage].layer_first;
+        cap.layer_last = s->ranges[s->stage].layer_last;
     }
+    if (s->in_quorum)
+        memcpy(cap.quorum_id, s->quorum_id, sizeof cap.quorum_id);
     ns_net_set_capacity(s->cfg.net, &cap);
 }
 
-/* Becomes stage `stage` of the quorum `ids` and starts the trainer on that stage. */
 static void deliver_pending(ns_swarm *s);
 static void send_info(ns_swarm *s);
 
-/* Becomes stage `stage` of the quorum `ids` (by stage) at `generation` and starts the trainer on
- * that stage (from its newest checkpoint). */
-static void join_quorum(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n, uint32_t stage,
-                        uint32_t generation)
+/* Becomes stage `stage` of the quorum `ids` (by stage) at `generation`, the members running
+ * `ranges` (NULL: stage_layers' split), and starts the trainer on that stage (from its newest
+ * checkpoint). A quorum of one is this node alone (pool mode): it trains the whole model. */
+static void join_quorum(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], const ns_pool_range *ranges,
+                        uint32_t n, uint32_t stage, uint32_t generation)
 {
+    NS_ASSERT(n >= 1 && n <= SWARM_MEMBERS_MAX);
+    NS_ASSERT(stage < n);
     memmove(s->members, ids, (size_t)n * NS_NODE_ID_BYTES);
+    if (ranges != NULL)
+        memmove(s->ranges, ranges, (size_t)n * sizeof ranges[0]);
+    for (uint32_t i = 0; ranges == NULL && i < n; i++)
+        stage_layers(s, i, n, &s->ranges[i].layer_first, &s->ranges[i].layer_last);
+    NS_ASSERT(covers(s->ranges, n, s->cfg.model_layers));
     s->member_count = n;
     s->stage = stage;
     s->in_quorum = true;
     s->generation = generation;
     s->knows_quorum = false;
-    quorum_id_of(s, s->members, n, s->quorum_id);
+    quorum_id_of(s, s->members, s->pool_mode ? s->ranges : NULL, n, s->quorum_id);
     ns_train_config tc = s->cfg.train;
     tc.stage = stage;
     tc.stages = n;
@@ -363,13 +480,17 @@ static void join_quorum(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n
     memcpy(named, s->quorum_id, NS_SHA256_BYTES);
     put_u32(named + NS_SHA256_BYTES, generation);
     ns_sha256(tc.pipeline_id, named, sizeof named);
-    stage_layers(s, stage, n, &tc.layer_first, &tc.layer_last);
+    tc.layer_first = s->ranges[stage].layer_first;
+    tc.layer_last = s->ranges[stage].layer_last;
     tc.send = out_send;
     tc.send_arg = s;
     char hex[17];
     ns_hex_encode(hex, sizeof hex, s->quorum_id, 8);
-    NS_LOG_I("swarm", "joined quorum %s as stage %u of %u (layers %u..%u)", hex, stage, n,
-             tc.layer_first, tc.layer_last);
+    if (n == 1)
+        NS_LOG_I("swarm", "the pool's plan is this node alone: it trains the whole model solo");
+    else
+        NS_LOG_I("swarm", "joined quorum %s as stage %u of %u (layers %u..%u)", hex, stage, n,
+                 tc.layer_first, tc.layer_last);
     char err[NS_ERR_TEXT_SIZE];
     if (ns_trainer_start(s->cfg.trainer, &tc, err, sizeof err) != NS_OK)
         NS_LOG_E("swarm", "the stage could not start: %s", err);
@@ -379,15 +500,49 @@ static void join_quorum(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n
     deliver_pending(s);
 }
 
+/* A peer in pool mode with this node's model, heard from lately. */
+static bool pool_peer(const ns_swarm *s, const peer_cap *p, uint64_t now)
+{
+    return now - p->seen_ms <= SWARM_FRESH_MS && p->pool && p->layers == s->cfg.model_layers &&
+           p->hidden == s->cfg.model_hidden;
+}
+
+/* A free peer that wants what this node wants: the same quorum size and model, or in pool mode
+ * the pool of its model. */
 static bool wants_same(const ns_swarm *s, const peer_cap *p, uint64_t now)
 {
-    return now - p->seen_ms <= SWARM_FRESH_MS && !p->in_quorum &&
+    if (s->pool_mode)
+        return pool_peer(s, p, now) && !p->in_quorum;
+    return now - p->seen_ms <= SWARM_FRESH_MS && !p->in_quorum && !p->pool &&
            p->quorum_size == s->cfg.quorum_size && p->layers == s->cfg.model_layers &&
            p->hidden == s->cfg.model_hidden;
 }
 
+/* Sends a proposal to every member but this node and waits for their accepts: nobody starts
+ * until every member accepted, since the proposer's view may be stale. */
+static void send_proposal(ns_swarm *s, const uint8_t *body, size_t len,
+                          uint8_t ids[][NS_NODE_ID_BYTES], const ns_pool_range *ranges, uint32_t n,
+                          uint32_t stage)
+{
+    ns_frame f = {.type = NS_FRAME_QUORUM_PROPOSE, .body = body, .body_len = len};
+    for (uint32_t i = 0; i < n; i++)
+        if (i != stage && ns_net_send_frame(s->cfg.net, ids[i], &f) != NS_OK)
+            return; /* a member without a link yet: try again at the next heartbeat */
+    s->proposing = true;
+    s->proposed_ms = now_ms(s);
+    memcpy(s->plan, ids, (size_t)n * NS_NODE_ID_BYTES);
+    if (ranges != NULL)
+        memcpy(s->plan_ranges, ranges, (size_t)n * sizeof ranges[0]);
+    memcpy(s->plan_proposer, s->cfg.key->node_id, NS_NODE_ID_BYTES);
+    s->plan_count = n;
+    s->plan_stage = stage;
+    memset(s->plan_accepted, 0, sizeof s->plan_accepted);
+    s->plan_accepted[stage] = true;
+    quorum_id_of(s, s->plan, ranges, n, s->plan_id);
+}
+
 /* The smallest free node proposes the quorum of the quorum_size smallest. */
-static void maybe_propose(ns_swarm *s)
+static void maybe_propose_fixed(ns_swarm *s)
 {
     uint32_t want = s->cfg.quorum_size;
     if (s->in_quorum || want < 2 || want > SWARM_MEMBERS_MAX)
@@ -413,21 +568,78 @@ static void maybe_propose(ns_swarm *s)
     put_u16(body + 1, s->cfg.model_layers);
     put_u16(body + 3, s->cfg.model_hidden);
     memcpy(body + 5, ids, (size_t)want * NS_NODE_ID_BYTES);
-    ns_frame f = {.type = NS_FRAME_QUORUM_PROPOSE,
-                  .body = body,
-                  .body_len = 5 + (size_t)want * NS_NODE_ID_BYTES};
-    for (uint32_t i = 1; i < want; i++)
-        if (ns_net_send_frame(s->cfg.net, ids[i], &f) != NS_OK)
-            return; /* a member without a link yet: try again at the next heartbeat */
-    /* nobody starts until every member accepted: the proposer's view may be stale */
-    s->proposing = true;
-    s->proposed_ms = now_ms(s);
-    memcpy(s->plan, ids, (size_t)want * NS_NODE_ID_BYTES);
-    s->plan_count = want;
-    s->plan_stage = 0;
-    memset(s->plan_accepted, 0, sizeof s->plan_accepted);
-    s->plan_accepted[0] = true;
-    quorum_id_of(s, s->plan, want, s->plan_id);
+    send_proposal(s, body, 5 + (size_t)want * NS_NODE_ID_BYTES, ids, NULL, want, 0);
+}
+
+/* The planner's candidates: this node and the free pool-mode peers of its model that hold
+ * layers, each with the tier and range it announced (latency 0: none is measured yet). */
+static size_t pool_candidates(const ns_swarm *s, ns_quorum_candidate *c)
+{
+    size_t n = 0;
+    c[n++] = (ns_quorum_candidate){.node = {.memory_mb = s->cfg.memory_mb,
+                                            .tier = s->tier,
+                                            .layer_first = s->held.layer_first,
+                                            .layer_last = s->held.layer_last}};
+    memcpy(c[0].node.id, s->cfg.key->node_id, NS_NODE_ID_BYTES);
+    uint64_t now = now_ms(s);
+    for (size_t i = 0; i < s->peer_count; i++) {
+        const peer_cap *p = &s->peers[i];
+        if (!wants_same(s, p, now) || p->held.layer_first >= p->held.layer_last)
+            continue;
+        c[n] = (ns_quorum_candidate){.node = {.memory_mb = p->memory_mb,
+                                              .tier = peer_tier(p),
+                                              .layer_first = p->held.layer_first,
+                                              .layer_last = p->held.layer_last}};
+        memcpy(c[n++].node.id, p->id, NS_NODE_ID_BYTES);
+    }
+    NS_ASSERT(n <= SWARM_POOL_NODES_MAX);
+    return n;
+}
+
+/* Pool mode: plans over the free holders; the smallest id of a full cover proposes it, with
+ * each member's layers. A cover of this node alone is solo training. */
+static void maybe_propose_pool(ns_swarm *s)
+{
+    if (s->in_quorum || s->proposing || s->reserved || s->held.layer_first >= s->held.layer_last)
+        return;
+    ns_quorum_candidate cands[SWARM_POOL_NODES_MAX];
+    size_t n = pool_candidates(s, cands);
+    ns_quorum_proposal plan;
+    if (ns_quorum_plan(cands, n, s->cfg.model_layers, 0, &plan) != NS_OK ||
+        plan.member_count > SWARM_MEMBERS_MAX)
+        return; /* no full cover among the free holders yet */
+    uint8_t ids[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
+    ns_pool_range ranges[SWARM_MEMBERS_MAX];
+    for (uint32_t i = 0; i < plan.member_count; i++) {
+        memcpy(ids[i], plan.members[i].id, NS_NODE_ID_BYTES);
+        ranges[i] = (ns_pool_range){plan.members[i].layer_first, plan.members[i].layer_last};
+        if (cmp_id(ids[i], s->cfg.key->node_id) < 0)
+            return; /* a smaller member proposes */
+    }
+    int stage = member_index(ids, plan.member_count, s->cfg.key->node_id);
+    /* as in the fixed mode, replicas stay replicas until the free nodes could spare them */
+    if (stage < 0 || (s->knows_quorum && n < 2 * (size_t)plan.member_count))
+        return;
+    if (plan.member_count == 1) {
+        join_quorum(s, ids, ranges, 1, 0, 1);
+        return;
+    }
+    uint8_t body[6 + SWARM_MEMBERS_MAX * SWARM_MEMBER_BYTES];
+    body[0] = SWARM_POOL_LAYOUT;
+    body[1] = (uint8_t)plan.member_count;
+    put_u16(body + 2, s->cfg.model_layers);
+    put_u16(body + 4, s->cfg.model_hidden);
+    put_members(body + 6, ids, ranges, plan.member_count);
+    send_proposal(s, body, 6 + (size_t)plan.member_count * SWARM_MEMBER_BYTES, ids, ranges,
+                  plan.member_count, (uint32_t)stage);
+}
+
+static void maybe_propose(ns_swarm *s)
+{
+    if (s->pool_mode)
+        maybe_propose_pool(s);
+    else
+        maybe_propose_fixed(s);
 }
 
 /* A member's answer to this node's proposal; when all accepted, everyone starts. */
@@ -436,10 +648,7 @@ static void on_accept(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
     if (!s->proposing || f->body_len != NS_SHA256_BYTES + 1 ||
         memcmp(f->body, s->plan_id, NS_SHA256_BYTES) != 0)
         return;
-    int i = -1;
-    for (uint32_t k = 0; k < s->plan_count; k++)
-        if (memcmp(s->plan[k], peer, NS_NODE_ID_BYTES) == 0)
-            i = (int)k;
+    int i = member_index(s->plan, s->plan_count, peer);
     if (i < 0)
         return;
     if (f->body[NS_SHA256_BYTES] != 1) {
@@ -453,10 +662,10 @@ static void on_accept(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
             return;
     s->proposing = false;
     ns_frame go = {.type = NS_FRAME_QUORUM_START, .body = s->plan_id, .body_len = NS_SHA256_BYTES};
-    for (uint32_t k = 1; k < s->plan_count; k++)
-        if (ns_net_send_frame(s->cfg.net, s->plan[k], &go) != NS_OK)
+    for (uint32_t k = 0; k < s->plan_count; k++)
+        if (k != s->plan_stage && ns_net_send_frame(s->cfg.net, s->plan[k], &go) != NS_OK)
             NS_LOG_W("swarm", "the start did not reach stage %u", k);
-    join_quorum(s, s->plan, s->plan_count, 0, 1);
+    join_quorum(s, s->plan, s->pool_mode ? s->plan_ranges : NULL, s->plan_count, s->plan_stage, 1);
 }
 
 /* The proposer says every member accepted: this node starts its stage. */
@@ -464,14 +673,12 @@ static void on_start(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
 {
     if (!s->reserved || f->body_len != NS_SHA256_BYTES ||
         memcmp(f->body, s->plan_id, NS_SHA256_BYTES) != 0 ||
-        memcmp(peer, s->plan[0], NS_NODE_ID_BYTES) != 0)
+        memcmp(peer, s->plan_proposer, NS_NODE_ID_BYTES) != 0)
         return;
     s->reserved = false;
-    join_quorum(s, s->plan, s->plan_count, s->plan_stage, 1);
+    join_quorum(s, s->plan, s->pool_mode ? s->plan_ranges : NULL, s->plan_count, s->plan_stage, 1);
 }
 
-/* A proposal is valid for this node when it is free, it is among the members (each once, in id
- * order, as many as it wants), the model is its own, and the proposer is the smallest member. */
 /* Every member other than this node announced, lately, that it wants this quorum size and
  * model: a proposal cannot enlist nodes that never offered themselves. */
 static bool in_pool(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n)
@@ -481,7 +688,7 @@ static bool in_pool(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n)
         if (memcmp(ids[i], s->cfg.key->node_id, NS_NODE_ID_BYTES) == 0)
             continue;
         const peer_cap *p = peer_of(s, ids[i], false);
-        if (p == NULL || now - p->seen_ms > SWARM_FRESH_MS ||
+        if (p == NULL || now - p->seen_ms > SWARM_FRESH_MS || p->pool ||
             p->quorum_size != s->cfg.quorum_size || p->layers != s->cfg.model_layers ||
             p->hidden != s->cfg.model_hidden)
             return false;
@@ -501,7 +708,41 @@ static void count_refusal(ns_swarm *s, const char *why)
     }
 }
 
-static void on_propose(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
+/* Answers a proposal: refused with `why` (counted), or accepted, which promises this node to
+ * it until the proposer says start (or SWARM_PROPOSE_MS pass). */
+static void answer_proposal(ns_swarm *s, const uint8_t *peer, const char *why,
+                            uint8_t ids[][NS_NODE_ID_BYTES], const ns_pool_range *ranges,
+                            uint32_t n, uint32_t stage)
+{
+    uint8_t answer[NS_SHA256_BYTES + 1] = {0};
+    if (why == NULL)
+        quorum_id_of(s, ids, ranges, n, answer);
+    answer[NS_SHA256_BYTES] = why == NULL ? 1 : 0;
+    ns_frame a = {.type = NS_FRAME_QUORUM_ACCEPT, .body = answer, .body_len = sizeof answer};
+    if (ns_net_send_frame(s->cfg.net, peer, &a) != NS_OK)
+        NS_LOG_D("swarm", "no link back to the proposer for the answer");
+    if (why != NULL) {
+        s->proposals_refused++;
+        count_refusal(s, why);
+        NS_LOG_W("swarm", "quorum proposal refused: %s", why);
+        return;
+    }
+    NS_ASSERT(stage < n);
+    s->reserved = true;
+    s->reserved_ms = now_ms(s);
+    memcpy(s->plan, ids, (size_t)n * NS_NODE_ID_BYTES);
+    if (ranges != NULL)
+        memcpy(s->plan_ranges, ranges, (size_t)n * sizeof ranges[0]);
+    memcpy(s->plan_proposer, peer, NS_NODE_ID_BYTES);
+    s->plan_count = n;
+    s->plan_stage = stage;
+    memcpy(s->plan_id, answer, NS_SHA256_BYTES);
+}
+
+/* A fixed-size proposal is valid for this node when it is free, it is among the members (each
+ * once, in id order, as many as it wants), the model is its own, and the proposer is the
+ * smallest member. */
+static void on_propose_fixed(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
 {
     const char *why = NULL;
     uint32_t n = f->body_len >= 5 ? f->body[0] : 0;
@@ -532,26 +773,157 @@ static void on_propose(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
         else if (why == NULL && !in_pool(s, ids, n))
             why = "a member outside the pool (never announced this quorum size and model)";
     }
-    uint8_t answer[NS_SHA256_BYTES + 1] = {0};
-    if (why == NULL)
-        quorum_id_of(s, ids, n, answer);
-    answer[NS_SHA256_BYTES] = why == NULL ? 1 : 0;
-    ns_frame a = {.type = NS_FRAME_QUORUM_ACCEPT, .body = answer, .body_len = sizeof answer};
-    if (ns_net_send_frame(s->cfg.net, peer, &a) != NS_OK)
-        NS_LOG_D("swarm", "no link back to the proposer for the answer");
-    if (why != NULL) {
-        s->proposals_refused++;
-        count_refusal(s, why);
-        NS_LOG_W("swarm", "quorum proposal refused: %s", why);
+    answer_proposal(s, peer, why, ids, NULL, n, stage);
+}
+
+/* The members of a pool-mode plan as this node's own view of the pool sees them: each a fresh
+ * pool-mode peer (or this node) that holds the layers it is named for, tiers that can pipeline
+ * together, and this node's stage within its memory. */
+static const char *pool_members_refusal(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES],
+                                        const ns_pool_range *ranges, uint32_t n, uint32_t stage)
+{
+    ns_tier tiers[SWARM_MEMBERS_MAX];
+    uint64_t now = now_ms(s);
+    for (uint32_t i = 0; i < n; i++) {
+        ns_pool_range held = s->held;
+        tiers[i] = s->tier;
+        if (i != stage) {
+            const peer_cap *p = peer_of(s, ids[i], false);
+            if (p == NULL || !pool_peer(s, p, now))
+                return "a member outside the pool (never announced pool mode and this model)";
+            held = p->held;
+            tiers[i] = peer_tier(p);
+        }
+        if (ranges[i].layer_first < held.layer_first || ranges[i].layer_last > held.layer_last)
+            return "a member named for layers it does not hold";
+    }
+    if (!ns_quorum_tiers_compatible(tiers, n))
+        return "the members' tiers cannot pipeline together";
+    ns_train_config tc = s->cfg.train;
+    tc.stage = stage;
+    tc.stages = n;
+    tc.layer_first = ranges[stage].layer_first;
+    tc.layer_last = ranges[stage].layer_last;
+    char err[NS_ERR_TEXT_SIZE];
+    if (ns_trainer_check(&tc, err, sizeof err) != NS_OK) {
+        NS_LOG_D("swarm", "a stage of layers %u..%u: %s", tc.layer_first, tc.layer_last, err);
+        return "this node's stage would not fit its memory";
+    }
+    return NULL;
+}
+
+/* Why this node refuses a pool-mode plan of `layers` x `hidden`, or NULL; *stage is its place. */
+static const char *pool_plan_refusal(ns_swarm *s, const uint8_t *peer, uint32_t layers,
+                                     uint32_t hidden, uint8_t ids[][NS_NODE_ID_BYTES],
+                                     const ns_pool_range *ranges, uint32_t n, uint32_t *stage)
+{
+    const uint8_t *smallest = ids[0];
+    for (uint32_t i = 0; i < n; i++) {
+        if (member_index(ids, n, ids[i]) != (int)i)
+            return "a member named twice";
+        smallest = cmp_id(ids[i], smallest) < 0 ? ids[i] : smallest;
+    }
+    int at = member_index(ids, n, s->cfg.key->node_id);
+    if (!s->pool_mode || layers != s->cfg.model_layers || hidden != s->cfg.model_hidden)
+        return "another quorum size or model";
+    if (!covers(ranges, n, layers))
+        return "the members' layers do not cover the model in order";
+    if (s->in_quorum || s->reserved || s->proposing)
+        return "already in a quorum or promised to one";
+    if (at < 0)
+        return "this node is not a member";
+    if (memcmp(smallest, peer, NS_NODE_ID_BYTES) != 0)
+        return "not proposed by its smallest member";
+    *stage = (uint32_t)at;
+    return pool_members_refusal(s, ids, ranges, n, *stage);
+}
+
+static void on_propose_pool(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
+{
+    uint32_t n = f->body_len >= 6 ? f->body[1] : 0;
+    uint32_t stage = UINT32_MAX;
+    uint8_t ids[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
+    ns_pool_range ranges[SWARM_MEMBERS_MAX];
+    const char *why = "malformed";
+    if (n >= 2 && n <= SWARM_MEMBERS_MAX && f->body_len == 6 + (size_t)n * SWARM_MEMBER_BYTES) {
+        get_members(f->body + 6, n, ids, ranges);
+        why = pool_plan_refusal(s, peer, get_u16(f->body + 2), get_u16(f->body + 4), ids, ranges, n,
+                                &stage);
+    }
+    answer_proposal(s, peer, why, ids, ranges, n, stage);
+}
+
+static void on_propose(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
+{
+    if (f->body_len >= 1 && f->body[0] == SWARM_POOL_LAYOUT)
+        on_propose_pool(s, peer, f);
+    else
+        on_propose_fixed(s, peer, f);
+}
+
+/* ---- the layer pool (pool mode) ----------------------------------------------------------- */
+
+/* The pool this node sees: itself first, then the fresh pool-mode peers of its model, each with
+ * its memory, tier and the range it announced. */
+static size_t pool_view(const ns_swarm *s, ns_pool_node *nodes)
+{
+    size_t n = 0;
+    nodes[n++] = (ns_pool_node){.memory_mb = s->cfg.memory_mb,
+                                .tier = s->tier,
+                                .layer_first = s->held.layer_first,
+                                .layer_last = s->held.layer_last};
+    memcpy(nodes[0].id, s->cfg.key->node_id, NS_NODE_ID_BYTES);
+    uint64_t now = now_ms(s);
+    for (size_t i = 0; i < s->peer_count; i++) {
+        const peer_cap *p = &s->peers[i];
+        if (!pool_peer(s, p, now) || memcmp(p->id, s->cfg.key->node_id, NS_NODE_ID_BYTES) == 0)
+            continue;
+        nodes[n] = (ns_pool_node){.memory_mb = p->memory_mb,
+                                  .tier = peer_tier(p),
+                                  .layer_first = p->held.layer_first,
+                                  .layer_last = p->held.layer_last};
+        memcpy(nodes[n++].id, p->id, NS_NODE_ID_BYTES);
+    }
+    NS_ASSERT(n <= SWARM_POOL_NODES_MAX);
+    return n;
+}
+
+/* Every heartbeat: the layer pool over the pool this node sees (S3). A free node holds what the
+ * pool assigns it (kept while still valid; given up when surplus); a node in a quorum, or
+ * promised to one, keeps the layers it trains. */
+static void pool_update(ns_swarm *s)
+{
+    ns_pool_node nodes[SWARM_POOL_NODES_MAX];
+    ns_pool_range out[SWARM_POOL_NODES_MAX];
+    size_t n = pool_view(s, nodes);
+    bool settled = s->in_quorum || s->proposing || s->reserved;
+    int rc = ns_pool_assign(&s->arch, nodes, n, out);
+    if (rc == NS_OK && !settled && ns_pool_surplus(&s->arch, nodes, out, n, 0)) {
+        nodes[0].layer_first = nodes[0].layer_last = 0;
+        rc = ns_pool_assign(&s->arch, nodes, n, out);
+    }
+    if (rc != NS_OK) {
+        NS_LOG_W("swarm", "the layer pool failed: %s", ns_strerror(rc));
         return;
     }
-    /* promised: it starts when the proposer says every member accepted */
-    s->reserved = true;
-    s->reserved_ms = now_ms(s);
-    memcpy(s->plan, ids, (size_t)n * NS_NODE_ID_BYTES);
-    s->plan_count = n;
-    s->plan_stage = stage;
-    memcpy(s->plan_id, answer, NS_SHA256_BYTES);
+    if (settled)
+        out[0] = s->held;
+    s->pool_nodes = (uint32_t)n;
+    s->pool_replicas_target = ns_pool_replicas_target(n);
+    if (ns_pool_holders(&s->arch, out, n, s->pool_holders) != NS_OK)
+        memset(s->pool_holders, 0, sizeof s->pool_holders);
+    if (out[0].layer_first == s->held.layer_first && out[0].layer_last == s->held.layer_last)
+        return;
+    if (out[0].layer_first == out[0].layer_last)
+        NS_LOG_W("swarm",
+                 "the pool of %zu nodes gives this node no layer: its memory holds none "
+                 "of model %ux%u",
+                 n, s->cfg.model_layers, s->cfg.model_hidden);
+    else
+        NS_LOG_I("swarm", "the pool of %zu nodes gives this node layers %u..%u (it held %u..%u)", n,
+                 out[0].layer_first, out[0].layer_last, s->held.layer_first, s->held.layer_last);
+    s->held = out[0];
+    publish_capacity(s);
 }
 
 /* ---- the pipeline's frames --------------------------------------------------------------------
@@ -639,47 +1011,141 @@ static void deliver_pending(ns_swarm *s)
 
 /* ---- failover: replicas, deaths, restarts -------------------------------------------------- */
 
-static int member_index(const uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n, const uint8_t *id)
-{
-    for (uint32_t i = 0; i < n; i++)
-        if (memcmp(ids[i], id, NS_NODE_ID_BYTES) == 0)
-            return (int)i;
-    return -1;
-}
-
-/* Members send QUORUM_INFO to every peer: the generation and the members by stage. */
+/* Members send QUORUM_INFO to every peer: the generation and the members by stage (in pool mode
+ * with their layers). A quorum of one (this node alone) has nobody to follow it. */
 static void send_info(ns_swarm *s)
 {
-    uint8_t body[4 + 1 + SWARM_MEMBERS_MAX * NS_NODE_ID_BYTES];
+    uint32_t n = s->member_count;
+    if (n < 2)
+        return;
+    uint8_t body[6 + SWARM_MEMBERS_MAX * SWARM_MEMBER_BYTES];
+    size_t len;
     put_u32(body, s->generation);
-    body[4] = (uint8_t)s->member_count;
-    memcpy(body + 5, s->members, (size_t)s->member_count * NS_NODE_ID_BYTES);
-    ns_frame f = {.type = NS_FRAME_QUORUM_INFO,
-                  .body = body,
-                  .body_len = 5 + (size_t)s->member_count * NS_NODE_ID_BYTES};
+    if (s->pool_mode) {
+        body[4] = SWARM_POOL_LAYOUT;
+        body[5] = (uint8_t)n;
+        put_members(body + 6, s->members, s->ranges, n);
+        len = 6 + (size_t)n * SWARM_MEMBER_BYTES;
+    } else {
+        body[4] = (uint8_t)n;
+        memcpy(body + 5, s->members, (size_t)n * NS_NODE_ID_BYTES);
+        len = 5 + (size_t)n * NS_NODE_ID_BYTES;
+    }
+    ns_frame f = {.type = NS_FRAME_QUORUM_INFO, .body = body, .body_len = len};
     (void)ns_net_broadcast(s->cfg.net, &f, NULL);
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
 static void fetch_stop(ns_swarm *s, bool done);
 
-/* A free node that wants this quorum's size and model follows one of its stages: its rank among
- * the free nodes it knows, modulo the stages. */
-static void on_info(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
+/* Follows stage `pick` (SWARM_NO_STAGE: none) of the known quorum; the copy held of another
+ * stage's layers goes. */
+static void set_replica_of(ns_swarm *s, uint32_t pick)
 {
-    uint32_t n = f->body_len >= 5 ? f->body[4] : 0;
-    if (n < 2 || n > SWARM_MEMBERS_MAX || f->body_len != 5 + (size_t)n * NS_NODE_ID_BYTES) {
-        s->refused_malformed++;
+    if (s->replica_of == pick)
+        return;
+    if (pick == SWARM_NO_STAGE)
+        NS_LOG_I("swarm", "this node holds no stage's layers of the quorum: it follows none");
+    else
+        NS_LOG_I("swarm", "a replica of stage %u (layers follow its checkpoints)", pick);
+    if (s->fetch.on)
+        fetch_stop(s, false);
+    if (s->replica_step != 0) {
+        char dir[PATH_MAX + 64];
+        snprintf(dir, sizeof dir, "%.3000s/replica/" NS_CKPT_DIR_PREFIX "%llu",
+                 s->cfg.train.data_dir, (unsigned long long)s->replica_step);
+        ns_dir_remove(dir);
+        s->replica_step = 0;
+    }
+    s->replica_of = pick;
+    send_capacity(s, NULL);
+}
+
+/* Whether this node may follow stage st of the known quorum: in pool mode only a stage whose
+ * layers it holds. */
+static bool can_follow(const ns_swarm *s, uint32_t st)
+{
+    const ns_pool_range *r = &s->followed_ranges[st];
+    return !s->pool_mode ||
+           (r->layer_first >= s->held.layer_first && r->layer_last <= s->held.layer_last);
+}
+
+/* The stage of the known quorum this free node follows. First its rank among the free nodes,
+ * modulo the stages; then sticky: a replica keeps its stage unless a free node with a smaller id
+ * follows it too, and then takes the first stage nobody follows. In pool mode only stages whose
+ * layers it holds count, the first of them nobody follows, and none when it holds none. */
+static void follow_stage(ns_swarm *s)
+{
+    uint32_t n = s->followed_count;
+    uint64_t now = now_ms(s);
+    bool covered[SWARM_MEMBERS_MAX] = {0};
+    bool shared = false;
+    uint32_t rank = 0;
+    for (size_t i = 0; i < s->peer_count; i++) {
+        const peer_cap *p = &s->peers[i];
+        if (!wants_same(s, p, now) || member_index(s->followed, n, p->id) >= 0)
+            continue;
+        bool smaller = cmp_id(p->id, s->cfg.key->node_id) < 0;
+        rank += smaller;
+        if (p->replica_of < n) {
+            covered[p->replica_of] = true;
+            shared = shared || (p->replica_of == s->replica_of && smaller);
+        }
+    }
+    uint32_t pick = s->replica_of;
+    if (pick < n && can_follow(s, pick) && !shared) {
+        set_replica_of(s, pick);
         return;
     }
-    uint32_t gen = get_u32(f->body);
-    const uint8_t(*ids)[NS_NODE_ID_BYTES] = (const void *)(f->body + 5);
-    if (n != s->cfg.quorum_size || member_index(ids, n, peer) < 0)
+    pick = s->pool_mode || pick < n ? SWARM_NO_STAGE : rank % n;
+    for (uint32_t st = 0; pick == SWARM_NO_STAGE && st < n; st++)
+        if (can_follow(s, st) && !covered[st])
+            pick = st;
+    for (uint32_t st = 0; pick == SWARM_NO_STAGE && st < n; st++)
+        if (can_follow(s, st))
+            pick = s->pool_mode ? st : rank % n;
+    set_replica_of(s, pick);
+}
+
+/* A QUORUM_INFO's generation and members (with their layers in pool mode); false when it is
+ * malformed or of the other mode (a pool-mode quorum for a fixed-size node, or the reverse). */
+static bool parse_info(ns_swarm *s, const ns_frame *f, uint32_t *gen,
+                       uint8_t ids[][NS_NODE_ID_BYTES], ns_pool_range *ranges, uint32_t *n)
+{
+    bool pool = f->body_len >= 5 && f->body[4] == SWARM_POOL_LAYOUT;
+    size_t head = pool ? 6 : 5;
+    size_t each = pool ? SWARM_MEMBER_BYTES : NS_NODE_ID_BYTES;
+    *n = f->body_len >= head ? f->body[head - 1] : 0;
+    if (*n < 2 || *n > SWARM_MEMBERS_MAX || f->body_len != head + (size_t)*n * each) {
+        s->refused_malformed++;
+        return false;
+    }
+    *gen = get_u32(f->body);
+    if (pool != s->pool_mode)
+        return false;
+    if (!pool) {
+        memcpy(ids, f->body + 5, (size_t)*n * NS_NODE_ID_BYTES);
+        return *n == s->cfg.quorum_size;
+    }
+    get_members(f->body + 6, *n, ids, ranges);
+    if (!covers(ranges, *n, s->cfg.model_layers)) {
+        s->refused_malformed++;
+        return false;
+    }
+    return true;
+}
+
+/* A free node that wants this quorum's size and model (or its pool) follows one of its stages;
+ * a member that stalled past a failover learns that it was replaced. */
+static void on_info(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
+{
+    uint32_t gen, n;
+    uint8_t ids[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
+    ns_pool_range ranges[SWARM_MEMBERS_MAX];
+    if (!parse_info(s, f, &gen, ids, ranges, &n) || member_index(ids, n, peer) < 0)
         return;
+    const peer_cap *from = peer_of(s, peer, false);
+    if (s->pool_mode && (from == NULL || !pool_peer(s, from, now_ms(s))))
+        return; /* not a pool-mode node of this model, as far as this node has heard */
     if (s->in_quorum) {
         /* a member that stalled past the failover learns that it was replaced: it leaves and
          * becomes a replica like any free node */
@@ -700,51 +1166,14 @@ static void on_info(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
     s->followed_generation = gen;
     s->followed_count = n;
     memcpy(s->followed, ids, (size_t)n * NS_NODE_ID_BYTES);
-    /* First its rank among the free nodes, modulo n; then sticky: a replica keeps its stage
-     * unless a free node with a smaller id follows it too, and then takes the first stage nobody
-     * follows. */
-    uint64_t now = now_ms(s);
-    bool covered[SWARM_MEMBERS_MAX] = {0};
-    bool shared = false;
-    uint32_t rank = 0;
-    for (size_t i = 0; i < s->peer_count; i++) {
-        const peer_cap *p = &s->peers[i];
-        if (!wants_same(s, p, now) || member_index(ids, n, p->id) >= 0)
-            continue;
-        bool smaller = cmp_id(p->id, s->cfg.key->node_id) < 0;
-        rank += smaller;
-        if (p->replica_of < n) {
-            covered[p->replica_of] = true;
-            shared = shared || (p->replica_of == s->replica_of && smaller);
-        }
+    for (uint32_t i = 0; i < n; i++) {
+        if (s->pool_mode)
+            s->followed_ranges[i] = ranges[i];
+        else
+            stage_layers(s, i, n, &s->followed_ranges[i].layer_first,
+                         &s->followed_ranges[i].layer_last);
     }
-    uint32_t pick = s->replica_of;
-    if (pick >= n) {
-        pick = rank % n; /* a first choice: distinct wherever the free nodes see each other */
-    } else if (shared) {
-        pick = rank % n;
-        for (uint32_t st = 0; st < n; st++) {
-            if (!covered[st]) {
-                pick = st;
-                break;
-            }
-        }
-    }
-    if (s->replica_of == pick)
-        return;
-    /* another stage: the copy held is of the wrong layers */
-    NS_LOG_I("swarm", "a replica of stage %u (layers follow its checkpoints)", pick);
-    if (s->fetch.on)
-        fetch_stop(s, false);
-    if (s->replica_step != 0) {
-        char dir[PATH_MAX + 64];
-        snprintf(dir, sizeof dir, "%.3000s/replica/" NS_CKPT_DIR_PREFIX "%llu",
-                 s->cfg.train.data_dir, (unsigned long long)s->replica_step);
-        ns_dir_remove(dir);
-        s->replica_step = 0;
-    }
-    s->replica_of = pick;
-    send_capacity(s, NULL);
+    follow_stage(s);
 }
 
 static void fetch_request(ns_swarm *s)
@@ -901,9 +1330,10 @@ static int rewind_checkpoints(ns_swarm *s, uint64_t c, bool replica)
     return NS_OK;
 }
 
-/* Restarts this node's stage at generation gen from step c, with the members by stage. */
-static void restart(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n, uint32_t gen,
-                    uint64_t c)
+/* Restarts this node's stage at generation gen from step c, with the members by stage running
+ * `ranges` (NULL: stage_layers' split). */
+static void restart(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], const ns_pool_range *ranges,
+                    uint32_t n, uint32_t gen, uint64_t c)
 {
     int stage = member_index(ids, n, s->cfg.key->node_id);
     NS_ASSERT(stage >= 0);
@@ -930,49 +1360,107 @@ static void restart(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n, ui
     }
     s->failovers++;
     uint8_t copy[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
+    ns_pool_range layers[SWARM_MEMBERS_MAX];
     memcpy(copy, ids, (size_t)n * NS_NODE_ID_BYTES);
+    if (ranges != NULL)
+        memcpy(layers, ranges, (size_t)n * sizeof ranges[0]);
     NS_LOG_I("swarm", "failover: generation %u, restarting stage %d of %u from step %llu", gen,
              stage, n, (unsigned long long)c);
-    join_quorum(s, copy, n, (uint32_t)stage, gen);
+    join_quorum(s, copy, ranges != NULL ? layers : NULL, n, (uint32_t)stage, gen);
     if (s->failover_started_ms != 0)
         s->failover_ms = now_ms(s) - s->failover_started_ms;
     s->failover_started_ms = 0;
 }
 
+/* A QUORUM_RESTORE: [generation u32][step u64] then, fixed size, [n][n ids by stage]; in pool
+ * mode [0][n][n x (id, first, last)]. */
+typedef struct restore_msg {
+    uint32_t gen, n;
+    uint64_t c;
+    bool pool;
+    uint8_t ids[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
+    ns_pool_range ranges[SWARM_MEMBERS_MAX];
+} restore_msg;
+
+static size_t restore_body(const ns_swarm *s, uint8_t *body, uint8_t ids[][NS_NODE_ID_BYTES],
+                           uint32_t gen, uint64_t c)
+{
+    uint32_t n = s->member_count;
+    put_u32(body, gen);
+    put_u64(body + 4, c);
+    if (!s->pool_mode) {
+        body[12] = (uint8_t)n;
+        memcpy(body + 13, ids, (size_t)n * NS_NODE_ID_BYTES);
+        return 13 + (size_t)n * NS_NODE_ID_BYTES;
+    }
+    body[12] = SWARM_POOL_LAYOUT;
+    body[13] = (uint8_t)n;
+    put_members(body + 14, ids, s->ranges, n);
+    return 14 + (size_t)n * SWARM_MEMBER_BYTES;
+}
+
+static bool restore_parse(const ns_frame *f, restore_msg *m)
+{
+    m->pool = f->body_len >= 13 && f->body[12] == SWARM_POOL_LAYOUT;
+    size_t head = m->pool ? 14 : 13;
+    size_t each = m->pool ? SWARM_MEMBER_BYTES : NS_NODE_ID_BYTES;
+    m->n = f->body_len >= head ? f->body[head - 1] : 0;
+    if (m->n < 2 || m->n > SWARM_MEMBERS_MAX || f->body_len != head + (size_t)m->n * each)
+        return false;
+    m->gen = get_u32(f->body);
+    m->c = get_u64(f->body + 4);
+    if (m->pool)
+        get_members(f->body + 14, m->n, m->ids, m->ranges);
+    else
+        memcpy(m->ids, f->body + 13, (size_t)m->n * NS_NODE_ID_BYTES);
+    return true;
+}
+
+/* Pool mode: a restart keeps every stage's layers, and a replica named for a stage holds them. */
+static const char *restore_layers_refusal(const ns_swarm *s, const restore_msg *m)
+{
+    const ns_pool_range *old = s->in_quorum ? s->ranges : s->followed_ranges;
+    uint32_t old_n = s->in_quorum ? s->member_count : s->followed_count;
+    if (m->n != old_n || memcmp(m->ranges, old, (size_t)m->n * sizeof old[0]) != 0)
+        return "the stages' layers changed";
+    int me = member_index(m->ids, m->n, s->cfg.key->node_id);
+    const ns_pool_range *mine = &m->ranges[me];
+    if (!s->in_quorum &&
+        (mine->layer_first < s->held.layer_first || mine->layer_last > s->held.layer_last))
+        return "this replica does not hold its stage's layers";
+    return NULL;
+}
+
+static const char *restore_refusal(const ns_swarm *s, const uint8_t *peer, const restore_msg *m)
+{
+    const uint8_t(*old)[NS_NODE_ID_BYTES] = s->in_quorum ? s->members : s->followed;
+    uint32_t old_n = s->in_quorum ? s->member_count : s->followed_count;
+    uint32_t old_gen = s->in_quorum ? s->generation : s->followed_generation;
+    for (uint32_t i = 0; i < m->n; i++)
+        if (member_index(m->ids, m->n, m->ids[i]) != (int)i)
+            return "a member named twice";
+    if (!s->in_quorum && !s->knows_quorum)
+        return "this node knows no quorum";
+    if (m->gen <= old_gen)
+        return "not a newer generation";
+    if (member_index(old, old_n, peer) < 0)
+        return "not from a member";
+    if (member_index(m->ids, m->n, s->cfg.key->node_id) < 0)
+        return "this node is not a member";
+    if (m->pool != s->pool_mode || (!m->pool && m->n != s->cfg.quorum_size) || m->c == 0)
+        return "another quorum size, or no step to restart from";
+    if (!s->in_quorum && m->c != s->replica_step)
+        return "this replica holds no copy of that step";
+    return m->pool ? restore_layers_refusal(s, m) : NULL;
+}
+
 static void on_restore(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
 {
-    uint32_t n = f->body_len >= 13 ? f->body[12] : 0;
-    const char *why = NULL;
-    if (n < 2 || n > SWARM_MEMBERS_MAX || f->body_len != 13 + (size_t)n * NS_NODE_ID_BYTES) {
-        why = "malformed";
-    } else {
-        uint32_t gen = get_u32(f->body);
-        uint64_t c = get_u64(f->body + 4);
-        uint8_t ids[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
-        memcpy(ids, f->body + 13, (size_t)n * NS_NODE_ID_BYTES);
-        const uint8_t(*old)[NS_NODE_ID_BYTES] = s->in_quorum ? s->members : s->followed;
-        uint32_t old_n = s->in_quorum ? s->member_count : s->followed_count;
-        uint32_t old_gen = s->in_quorum ? s->generation : s->followed_generation;
-        for (uint32_t i = 0; i < n && why == NULL; i++)
-            for (uint32_t j = i + 1; j < n; j++)
-                if (memcmp(ids[i], ids[j], NS_NODE_ID_BYTES) == 0)
-                    why = "a member named twice";
-        if (why == NULL && (!s->in_quorum && !s->knows_quorum))
-            why = "this node knows no quorum";
-        else if (why == NULL && gen <= old_gen)
-            why = "not a newer generation";
-        else if (why == NULL && member_index(old, old_n, peer) < 0)
-            why = "not from a member";
-        else if (why == NULL && member_index(ids, n, s->cfg.key->node_id) < 0)
-            why = "this node is not a member";
-        else if (why == NULL && (n != s->cfg.quorum_size || c == 0))
-            why = "another quorum size, or no step to restart from";
-        else if (why == NULL && !s->in_quorum && c != s->replica_step)
-            why = "this replica holds no copy of that step";
-        if (why == NULL) {
-            restart(s, ids, n, gen, c);
-            return;
-        }
+    restore_msg m;
+    const char *why = restore_parse(f, &m) ? restore_refusal(s, peer, &m) : "malformed";
+    if (why == NULL) {
+        restart(s, m.ids, m.pool ? m.ranges : NULL, m.n, m.gen, m.c);
+        return;
     }
     s->proposals_refused++;
     count_refusal(s, why);
@@ -980,6 +1468,26 @@ static void on_restore(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
 }
 
 static void check_fired(void *arg, uint64_t now);
+
+/* The replica to take dead stage i over: the freshest copy at a step every live member keeps
+ * (from floor), then the smallest id; in pool mode one that holds the stage's layers. */
+static const peer_cap *best_replica(ns_swarm *s, uint32_t i, uint64_t floor, uint64_t now)
+{
+    const peer_cap *best = NULL;
+    for (size_t k = 0; k < s->peer_count; k++) {
+        const peer_cap *r = &s->peers[k];
+        if (r->replica_of != i || r->replica_step == 0 || r->replica_step < floor ||
+            now - r->seen_ms > SWARM_FRESH_MS || !ns_net_has_link(s->cfg.net, r->id))
+            continue;
+        if (s->pool_mode && (!r->pool || r->held.layer_first > s->ranges[i].layer_first ||
+                             r->held.layer_last < s->ranges[i].layer_last))
+            continue;
+        if (best == NULL || r->replica_step > best->replica_step ||
+            (r->replica_step == best->replica_step && cmp_id(r->id, best->id) < 0))
+            best = r;
+    }
+    return best;
+}
 
 /* The smallest live member replaces dead ones with their stages' replicas and restarts everyone
  * from the replica's step. */
@@ -1025,16 +1533,7 @@ static void check_members(ns_swarm *s)
     for (uint32_t i = 0; i < s->member_count; i++) {
         if (!dead[i])
             continue;
-        const peer_cap *best = NULL;
-        for (size_t k = 0; k < s->peer_count; k++) {
-            const peer_cap *r = &s->peers[k];
-            if (r->replica_of != i || r->replica_step == 0 || r->replica_step < floor ||
-                now - r->seen_ms > SWARM_FRESH_MS || !ns_net_has_link(s->cfg.net, r->id))
-                continue;
-            if (best == NULL || r->replica_step > best->replica_step ||
-                (r->replica_step == best->replica_step && cmp_id(r->id, best->id) < 0))
-                best = r;
-        }
+        const peer_cap *best = best_replica(s, i, floor, now);
         if (best == NULL) {
             NS_LOG_W("swarm",
                      "stage %u is gone and no replica holds its layers at a step every member "
@@ -1048,21 +1547,17 @@ static void check_members(ns_swarm *s)
         memcpy(ids[i], best->id, NS_NODE_ID_BYTES);
         c = best->replica_step < c ? best->replica_step : c;
     }
-    uint8_t body[13 + SWARM_MEMBERS_MAX * NS_NODE_ID_BYTES];
+    uint8_t body[14 + SWARM_MEMBERS_MAX * SWARM_MEMBER_BYTES];
     uint32_t gen = s->generation + 1;
-    put_u32(body, gen);
-    put_u64(body + 4, c);
-    body[12] = (uint8_t)s->member_count;
-    memcpy(body + 13, ids, (size_t)s->member_count * NS_NODE_ID_BYTES);
     ns_frame f = {.type = NS_FRAME_QUORUM_RESTORE,
                   .body = body,
-                  .body_len = 13 + (size_t)s->member_count * NS_NODE_ID_BYTES};
+                  .body_len = restore_body(s, body, ids, gen, c)};
     for (uint32_t i = 0; i < s->member_count; i++)
         if (i != s->stage && ns_net_send_frame(s->cfg.net, ids[i], &f) != NS_OK)
             NS_LOG_W("swarm", "the restart did not reach stage %u", i);
     NS_LOG_W("swarm", "a member is gone: its replica takes stage over, all restart at step %llu",
              (unsigned long long)c);
-    restart(s, ids, s->member_count, gen, c);
+    restart(s, ids, s->pool_mode ? s->ranges : NULL, s->member_count, gen, c);
 }
 
 static void check_fired(void *arg, uint64_t now)
@@ -1257,6 +1752,8 @@ static void heartbeat_fired(void *arg, uint64_t now)
     }
     if (s->reserved && now - s->reserved_ms > SWARM_PROPOSE_MS)
         s->reserved = false; /* the proposer never said start */
+    if (s->pool_mode)
+        pool_update(s);
     send_capacity(s, NULL);
     maybe_propose(s);
     if (s->in_quorum)
@@ -1265,6 +1762,24 @@ static void heartbeat_fired(void *arg, uint64_t now)
     check_members(s);
     s->heartbeat_timer =
         ns_env_timer(&s->cfg.uvenv->env, now + SWARM_HEARTBEAT_MS, heartbeat_fired, s);
+}
+
+/* What this node's memory holds of the model, said once at start: an operator learns at once
+ * that a node holds nothing. */
+static void pool_start_log(const ns_swarm *s)
+{
+    uint32_t middle = s->arch.layers >= 3 ? 1 : 0;
+    uint64_t budget = ns_pool_budget_bytes(s->cfg.memory_mb);
+    if (ns_pool_range_bytes(&s->arch, middle, middle + 1) > budget)
+        NS_LOG_W("swarm",
+                 "pool mode: %llu MB hold no layer of model %ux%u: this node waits "
+                 "as no member",
+                 (unsigned long long)s->cfg.memory_mb, s->arch.layers, s->arch.hidden);
+    else
+        NS_LOG_I("swarm",
+                 "pool mode: model %ux%u, %llu MB of layers to hold; the layer pool "
+                 "and the planner form the pipeline",
+                 s->arch.layers, s->arch.hidden, (unsigned long long)(budget >> 20));
 }
 
 /* ---- life and figures --------------------------------------------------------------------------
@@ -1276,6 +1791,13 @@ int ns_swarm_start(ns_swarm **out, const ns_swarm_config *cfg)
     if (s == NULL)
         return NS_ENOMEM;
     s->cfg = *cfg;
+    s->pool_mode = cfg->quorum_size == NS_QUORUM_SIZE_AUTO;
+    if (s->pool_mode && ns_arch_for_shape(cfg->model_layers, cfg->model_hidden, NS_TRAIN_VOCAB,
+                                          &s->arch) != NS_OK) {
+        NS_LOG_E("swarm", "pool mode needs a model (--model LxH)");
+        free(s);
+        return NS_EINVAL;
+    }
     s->out_tail = &s->out;
     pthread_mutex_init(&s->mu, NULL);
     if (uv_async_init(cfg->uvenv->loop, &s->async, on_async) != 0) {
@@ -1293,6 +1815,8 @@ int ns_swarm_start(ns_swarm **out, const ns_swarm_config *cfg)
     if (cfg->quorum_size > 1)
         NS_LOG_I("swarm", "waiting for %u nodes with model %ux%u to form a pipeline",
                  cfg->quorum_size, cfg->model_layers, cfg->model_hidden);
+    if (s->pool_mode)
+        pool_start_log(s);
     *out = s;
     return NS_OK;
 }
@@ -1342,15 +1866,30 @@ void ns_swarm_stop(ns_swarm *s)
     uv_close((uv_handle_t *)&s->async, free_on_close);
 }
 
+/* Pool mode's figures: the layers this node holds, and the pool as it last saw it. */
+static void pool_json(const ns_swarm *s, json_t *o)
+{
+    json_object_set_new(o, "held",
+                        json_pack("{s:I, s:I}", "layer_first", (json_int_t)s->held.layer_first,
+                                  "layer_last", (json_int_t)s->held.layer_last));
+    json_t *holders = json_array();
+    for (uint32_t l = 0; s->pool_nodes > 0 && l < s->arch.layers; l++)
+        json_array_append_new(holders, json_integer((json_int_t)s->pool_holders[l]));
+    json_object_set_new(o, "pool",
+                        json_pack("{s:I, s:I, s:o}", "nodes", (json_int_t)s->pool_nodes,
+                                  "replicas_target", (json_int_t)s->pool_replicas_target, "holders",
+                                  holders));
+}
+
 json_t *ns_swarm_json(ns_swarm *s)
 {
     json_t *members = json_array();
     for (uint32_t i = 0; i < s->member_count; i++) {
         char hex[2 * NS_NODE_ID_BYTES + 1];
         ns_hex_encode(hex, sizeof hex, s->members[i], NS_NODE_ID_BYTES);
-        uint32_t first, last;
-        stage_layers(s, i, s->member_count, &first, &last);
-        const char *role = i == 0                     ? "initiator"
+        uint32_t first = s->ranges[i].layer_first, last = s->ranges[i].layer_last;
+        const char *role = s->member_count == 1       ? "solo"
+                           : i == 0                   ? "initiator"
                            : i + 1 == s->member_count ? "finisher"
                                                       : "processor";
         json_array_append_new(members, json_pack("{s:s, s:I, s:s, s:I, s:I, s:b}", "node_id", hex,
@@ -1389,5 +1928,8 @@ json_t *ns_swarm_json(ns_swarm *s)
                             json_pack("{s:I, s:I}", "stage", (json_int_t)s->replica_of, "step",
                                       (json_int_t)s->replica_step));
     json_object_set_new(o, "layer_latency_us", json_integer((json_int_t)s->layer_latency_us));
+    json_object_set_new(o, "mode", json_string(s->pool_mode ? "pool" : "fixed"));
+    if (s->pool_mode)
+        pool_json(s, o);
     return o;
 }

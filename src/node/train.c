@@ -103,9 +103,10 @@ struct ns_trainer {
     bool outer_on;
     float *delta, *agg;
     size_t agg_n;
-    bool sync_waiting, sync_ready;
-    uint64_t sync_round;
-    ns_train_sync_status sync_status; /* under lock */
+    bool sync_waiting, sync_ready, agg_is_weights;
+    uint64_t sync_round, agg_round, round_ms; /* round_ms: when w0 was set (Unix ms) */
+    uint8_t w0_hash[NS_SHA256_BYTES];         /* of outer.w0, under lock */
+    ns_train_sync_status sync_status;         /* under lock */
     char ckpt_dir[PATH_MAX + 32];
     char csv_path[PATH_MAX + 32];
 };
@@ -261,6 +262,13 @@ int ns_train_layer_benchmark(const ns_train_config *cfg, uint64_t *latency_us)
     ns_train_config whole = *cfg;
     whole.stages = 0;
     whole.micro_batches = 1;
+    if (cfg->model_layers >= 2) { /* sized as the one layer it times: a node of the layer pool
+                                     may hold far less than the whole model */
+        whole.stages = 2;
+        whole.stage = 1;
+        whole.layer_first = 1;
+        whole.layer_last = 2;
+    }
     int rc = plan_model(&whole, &sc, err, sizeof err);
     if (rc != NS_OK)
         return rc;
@@ -505,6 +513,7 @@ static int open_model(ns_trainer *t, char *err)
 }
 
 static void outer_save(ns_trainer *t, uint64_t step);
+static double validate(ns_trainer *t);
 
 static int save_checkpoint(ns_trainer *t)
 {
@@ -1114,10 +1123,12 @@ static bool note_work(ns_trainer *t, ns_data_pos before, float loss, double step
 
 /* ---- DiLoCo: the outer loop ------------------------------------------------------------------ */
 
-/* The outer state beside checkpoint `step`: <data_dir>/outer/outer-<step>.bin, "NSOUTER1", step
- * and n (8 bytes each, little-endian), w0 and the momentum (n floats each), then the SHA-256 of
- * all that. Written atomically after the checkpoint; older ones than the oldest checkpoint go. */
-#define OUTER_MAGIC "NSOUTER1"
+/* The outer state beside checkpoint `step`: <data_dir>/outer/outer-<step>.bin, "NSOUTER2", step,
+ * n and the outer round (8 bytes each, little-endian), the time of that round (Unix ms), w0 and
+ * the momentum (n floats each), then the SHA-256 of all that. Written atomically after the
+ * checkpoint; older ones than the oldest checkpoint go. */
+#define OUTER_MAGIC  "NSOUTER2"
+#define OUTER_HEADER 40
 
 static void outer_path(const ns_trainer *t, uint64_t step, char *out, size_t size)
 {
@@ -1126,17 +1137,22 @@ static void outer_path(const ns_trainer *t, uint64_t step, char *out, size_t siz
 
 static void outer_save(ns_trainer *t, uint64_t step)
 {
-    size_t n = t->outer.n, len = 8 + 16 + 2 * n * sizeof(float) + NS_SHA256_BYTES;
+    size_t n = t->outer.n, len = OUTER_HEADER + 2 * n * sizeof(float) + NS_SHA256_BYTES;
     uint8_t *buf = malloc(len);
     if (buf == NULL)
         return;
     memcpy(buf, OUTER_MAGIC, 8);
+    pthread_mutex_lock(&t->lock);
+    uint64_t round_ms = t->round_ms;
+    pthread_mutex_unlock(&t->lock);
     for (int i = 0; i < 8; i++) {
         buf[8 + i] = (uint8_t)(step >> (8 * i));
         buf[16 + i] = (uint8_t)((uint64_t)n >> (8 * i));
+        buf[24 + i] = (uint8_t)(t->outer.round >> (8 * i));
+        buf[32 + i] = (uint8_t)(round_ms >> (8 * i));
     }
-    memcpy(buf + 24, t->outer.w0, n * sizeof(float));
-    memcpy(buf + 24 + n * sizeof(float), t->outer.momentum, n * sizeof(float));
+    memcpy(buf + OUTER_HEADER, t->outer.w0, n * sizeof(float));
+    memcpy(buf + OUTER_HEADER + n * sizeof(float), t->outer.momentum, n * sizeof(float));
     ns_sha256(buf + len - NS_SHA256_BYTES, buf, len - NS_SHA256_BYTES);
     char dir[PATH_MAX + 16], path[PATH_MAX + 64];
     snprintf(dir, sizeof dir, "%.3000s/outer", t->cfg.data_dir);
@@ -1182,9 +1198,10 @@ static int outer_open(ns_trainer *t, uint64_t step)
         return NS_ENOMEM;
     t->outer_on = true;
     t->outer.round = step / t->cfg.sync_every;
+    t->round_ms = epoch_ms();
     char path[PATH_MAX + 64];
     outer_path(t, step, path, sizeof path);
-    size_t len = 8 + 16 + 2 * n * sizeof(float) + NS_SHA256_BYTES, got = 0;
+    size_t len = OUTER_HEADER + 2 * n * sizeof(float) + NS_SHA256_BYTES, got = 0;
     uint8_t *buf = NULL;
     if (ns_file_read(path, len, &buf, &got) != NS_OK) {
         if (step > 0)
@@ -1196,10 +1213,12 @@ static int outer_open(ns_trainer *t, uint64_t step)
     }
     uint8_t h[NS_SHA256_BYTES];
     ns_sha256(h, buf, len - NS_SHA256_BYTES);
-    uint64_t s_step = 0, s_n = 0;
+    uint64_t s_step = 0, s_n = 0, s_round = 0, s_round_ms = 0;
     for (int i = 7; got == len && i >= 0; i--) {
         s_step = s_step << 8 | buf[8 + i];
         s_n = s_n << 8 | buf[16 + i];
+        s_round = s_round << 8 | buf[24 + i];
+        s_round_ms = s_round_ms << 8 | buf[32 + i];
     }
     if (got != len || memcmp(buf, OUTER_MAGIC, 8) != 0 || s_step != step || s_n != n ||
         memcmp(h, buf + len - NS_SHA256_BYTES, NS_SHA256_BYTES) != 0) {
@@ -1208,8 +1227,10 @@ static int outer_open(ns_trainer *t, uint64_t step)
                  "loop again from these weights",
                  (unsigned long long)step);
     } else {
-        memcpy(t->outer.w0, buf + 24, n * sizeof(float));
-        memcpy(t->outer.momentum, buf + 24 + n * sizeof(float), n * sizeof(float));
+        memcpy(t->outer.w0, buf + OUTER_HEADER, n * sizeof(float));
+        memcpy(t->outer.momentum, buf + OUTER_HEADER + n * sizeof(float), n * sizeof(float));
+        t->outer.round = s_round;
+        t->round_ms = s_round_ms;
         NS_LOG_I("sync", "outer state of checkpoint %llu loaded (round %llu)",
                  (unsigned long long)step, (unsigned long long)t->outer.round);
     }
@@ -1224,8 +1245,9 @@ static bool sync_round(ns_trainer *t, uint64_t step)
 {
     size_t n;
     float *w = ns_stage_param_buffer(t->stage, &n);
-    uint64_t round = step / t->cfg.sync_every;
+    uint64_t round = t->outer.round + 1; /* every member of a meeting is on the same round */
     ns_outer_delta(&t->outer, w, t->delta);
+    bool fetch_only = t->cfg.sync_async && step == 0 && t->outer.round == 0;
     uint8_t h[NS_SHA256_BYTES];
     ns_outer_w0_hash(&t->outer, h);
     const ns_stage_config *sc = ns_stage_config_of(t->stage);
@@ -1236,8 +1258,8 @@ static bool sync_round(ns_trainer *t, uint64_t step)
     t->sync_status.waiting = true;
     snprintf(t->status.phase, sizeof t->status.phase, "syncing with the cohort");
     pthread_mutex_unlock(&t->lock);
-    t->cfg.sync(t->cfg.sync_arg, round, t->delta, n, ns_sync_weight(t->cfg.sync_every, 0), h,
-                sc->layer_first, sc->layer_last);
+    t->cfg.sync(t->cfg.sync_arg, round, fetch_only ? NULL : t->delta, n,
+                ns_sync_weight(t->cfg.sync_every, 0), h, sc->layer_first, sc->layer_last);
     pthread_mutex_lock(&t->lock);
     while (!t->sync_ready && !t->stop)
         pthread_cond_wait(&t->wake, &t->lock);
@@ -1249,38 +1271,110 @@ static bool sync_round(ns_trainer *t, uint64_t step)
     pthread_mutex_unlock(&t->lock);
     if (!ready)
         return false;
-    bool stepped = got == n && ns_outer_apply(&t->outer, t->agg, w) == NS_OK;
-    if (!stepped)
+    /* S8's loss check, on the held-out batches: the meeting's weights before and after the
+     * outer step (every member takes the same step, so a rise is reported, not refused) */
+    bool check = got == n && !t->agg_is_weights && t->cfg.stages <= 1;
+    double before = NAN, after = NAN;
+    if (check) {
+        memcpy(w, t->outer.w0, n * sizeof *w); /* the inner weights are done with */
+        before = validate(t);
+    }
+    pthread_mutex_lock(&t->lock); /* w0 is read by the loop thread (ns_trainer_outer_copy) */
+    bool installed = got == n && t->agg_is_weights;
+    bool stepped = got == n && !installed && ns_outer_apply(&t->outer, t->agg, w) == NS_OK;
+    if (installed) { /* an asynchronous contributor starts again from the cohort's weights */
+        memcpy(w, t->agg, n * sizeof *w);
+        ns_outer_rebase(&t->outer, w, true);
+        round = t->agg_round;
+    } else if (!stepped) {
         ns_outer_rebase(&t->outer, w, false);
+    }
     t->outer.round = round;
-    pthread_mutex_lock(&t->lock);
+    if (!installed)
+        t->round_ms = epoch_ms();
+    ns_outer_w0_hash(&t->outer, t->w0_hash);
+    memcpy(t->sync_status.w0_hash, t->w0_hash, NS_SHA256_BYTES);
     t->sync_status.last_round = round;
-    if (stepped)
+    if (installed)
+        t->sync_status.downloads++;
+    else if (stepped)
         t->sync_status.rounds++;
     else if (got == 0)
         t->sync_status.rounds_alone++;
     else
         t->sync_status.rounds_failed++;
-    ns_outer_w0_hash(&t->outer, t->sync_status.w0_hash);
     pthread_mutex_unlock(&t->lock);
+    if (stepped && check)
+        after = validate(t);
+    if (stepped && !isnan(before) && !isnan(after)) {
+        pthread_mutex_lock(&t->lock);
+        t->sync_status.loss_before = before;
+        t->sync_status.loss_after = after;
+        t->sync_status.loss_rises += after > before;
+        pthread_mutex_unlock(&t->lock);
+        if (after > before)
+            NS_LOG_W("sync", "round %llu: the outer step raised the held-out loss %.4f -> %.4f",
+                     (unsigned long long)round, before, after);
+    }
     if (stepped)
         NS_LOG_I("sync", "round %llu: outer step with the cohort's pseudo-gradient",
                  (unsigned long long)round);
+    if (installed)
+        NS_LOG_I("sync", "installed the cohort's weights of round %llu", (unsigned long long)round);
     return true;
 }
 
-void ns_trainer_sync_result(ns_trainer *t, uint64_t round, const float *agg, size_t n)
+static void sync_answer(ns_trainer *t, uint64_t round, const float *v, size_t n, bool weights,
+                        uint64_t weights_round, uint64_t round_ms)
 {
     pthread_mutex_lock(&t->lock);
     if (t->sync_waiting && !t->sync_ready && round == t->sync_round) {
         size_t want = t->outer.n;
-        t->agg_n = n == want && agg != NULL ? n : (n == 0 ? 0 : SIZE_MAX);
+        t->agg_n = n == want && v != NULL ? n : (n == 0 ? 0 : SIZE_MAX);
         if (t->agg_n == want)
-            memcpy(t->agg, agg, n * sizeof *agg);
+            memcpy(t->agg, v, n * sizeof *v);
+        t->agg_is_weights = weights;
+        t->agg_round = weights_round;
+        if (weights && t->agg_n == want)
+            t->round_ms = round_ms;
         t->sync_ready = true;
         pthread_cond_broadcast(&t->wake);
     }
     pthread_mutex_unlock(&t->lock);
+}
+
+void ns_trainer_sync_result(ns_trainer *t, uint64_t round, const float *agg, size_t n)
+{
+    sync_answer(t, round, agg, n, false, 0, 0);
+}
+
+void ns_trainer_sync_weights(ns_trainer *t, uint64_t round, uint64_t round_ms, const float *w,
+                             size_t n)
+{
+    pthread_mutex_lock(&t->lock);
+    uint64_t asked = t->sync_round;
+    pthread_mutex_unlock(&t->lock);
+    sync_answer(t, asked, w, n, true, round, round_ms);
+}
+
+int ns_trainer_outer_copy(ns_trainer *t, uint64_t offset, size_t count, float *out, size_t *n,
+                          uint64_t *round, uint64_t *round_ms, uint8_t hash[NS_SHA256_BYTES])
+{
+    pthread_mutex_lock(&t->lock);
+    int rc = NS_OK;
+    if (!t->outer_on || t->sync_status.async)
+        rc = NS_ENOENT; /* only members serve the weights of their meetings */
+    else if (offset > t->outer.n || count > t->outer.n - offset)
+        rc = NS_EINVAL;
+    if (rc == NS_OK) {
+        memcpy(out, t->outer.w0 + offset, count * sizeof *out);
+        *n = t->outer.n;
+        *round = t->outer.round;
+        *round_ms = t->round_ms;
+        memcpy(hash, t->w0_hash, NS_SHA256_BYTES);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return rc;
 }
 
 void ns_trainer_sync_status(ns_trainer *t, ns_train_sync_status *out)
@@ -1486,10 +1580,25 @@ static void *trainer_main(void *arg)
     }
     pthread_mutex_lock(&t->lock);
     t->sync_status.on = t->outer_on;
+    t->sync_status.async = t->outer_on && t->cfg.sync_async;
     t->sync_status.every = t->cfg.sync_every;
-    if (t->outer_on)
-        ns_outer_w0_hash(&t->outer, t->sync_status.w0_hash);
+    if (t->outer_on) {
+        ns_outer_w0_hash(&t->outer, t->w0_hash);
+        memcpy(t->sync_status.w0_hash, t->w0_hash, NS_SHA256_BYTES);
+    }
     pthread_mutex_unlock(&t->lock);
+    /* an asynchronous contributor that starts afresh asks for the cohort's weights first (the
+     * checkpoint of step 0 below then holds them) */
+    if (t->outer_on && t->cfg.sync_async && ns_stage_optim_step(t->stage) == 0) {
+        pthread_mutex_lock(&t->lock);
+        t->status.layers = a->layers;
+        t->status.hidden = a->hidden;
+        pthread_mutex_unlock(&t->lock);
+        if (!sync_round(t, 0)) {
+            cancel_jobs(t, "the node is shutting down");
+            return NULL;
+        }
+    }
     plan_retention(t);
     /* the first work period starts from a checkpoint too, so that a verifier can recompute it */
     t->period.outer_round = t->outer_on ? t->outer.round : 0;

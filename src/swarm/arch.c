@@ -15,7 +15,8 @@
  * 44 % to depth, close to the paper's 60/40. The rest follows S3: heads = hidden / 64, kv_heads =
  * the largest divisor of heads that is at most heads / 3 (so grouped-query attention has equal
  * groups), intermediate = hidden · 8 / 3 rounded to the nearest multiple of 64, vocab 32000,
- * sequence length 2048.
+ * sequence length 2048. ns_arch_for_shape applies the same rules to a depth and width given by
+ * hand (--model LxH), so that every node sizes the layers of one such model alike.
  */
 #include <assert.h>
 #include <math.h>
@@ -50,7 +51,7 @@ static uint32_t kv_heads_for(uint32_t heads)
 }
 
 /* hidden · 8 / 3 to the nearest multiple of 64, in integers: never a tie, since hidden is a
- * multiple of 512 and so hidden · 8 / 192 has a fractional part of 0, 1/3 or 2/3. */
+ * multiple of 64 and so hidden · 8 / 192 has a fractional part of 0, 1/3 or 2/3. */
 static uint32_t intermediate_for(uint32_t hidden)
 {
     uint64_t step3 = 3u * ARCH_INTERMEDIATE_STEP;
@@ -110,6 +111,29 @@ int ns_arch_for_memory(uint64_t total_memory_mb, ns_arch *out)
 
     NS_ASSERT(arch.layers >= ARCH_LAYERS_BASE && arch.layers % ARCH_LAYERS_STEP == 0);
     NS_ASSERT(arch.hidden >= ARCH_HIDDEN_BASE && arch.hidden % ARCH_HIDDEN_STEP == 0);
+    NS_ASSERT(arch.heads % arch.kv_heads == 0);
+    NS_ASSERT(arch.intermediate % ARCH_INTERMEDIATE_STEP == 0);
+    *out = arch;
+    return NS_OK;
+}
+
+int ns_arch_for_shape(uint32_t layers, uint32_t hidden, uint32_t vocab, ns_arch *out)
+{
+    NS_ASSERT(out != NULL);
+    if (layers < 1 || layers > NS_ARCH_SHAPE_LAYERS_MAX || hidden < NS_ARCH_HEAD_DIM ||
+        hidden > NS_ARCH_SHAPE_HIDDEN_MAX || hidden % NS_ARCH_HEAD_DIM != 0 || vocab < 1 ||
+        vocab > NS_ARCH_SHAPE_VOCAB_MAX)
+        return NS_EINVAL;
+    ns_arch arch = {
+        .layers = layers,
+        .hidden = hidden,
+        .heads = hidden / NS_ARCH_HEAD_DIM,
+        .vocab = vocab,
+        .seq_len_max = NS_ARCH_SEQ_LEN_DEFAULT,
+    };
+    arch.kv_heads = kv_heads_for(arch.heads);
+    arch.intermediate = intermediate_for(hidden);
+    arch.params = arch_params(&arch);
     NS_ASSERT(arch.heads % arch.kv_heads == 0);
     NS_ASSERT(arch.intermediate % ARCH_INTERMEDIATE_STEP == 0);
     *out = arch;

@@ -182,6 +182,38 @@ int ns_pool_holders(const ns_arch *arch, const ns_pool_range *ranges, size_t n, 
     return NS_OK;
 }
 
+bool ns_pool_surplus(const ns_arch *arch, const ns_pool_node *nodes, const ns_pool_range *ranges,
+                     size_t n, size_t self)
+{
+    NS_ASSERT(arch_valid(arch));
+    NS_ASSERT(self < n);
+    NS_ASSERT(n <= NS_POOL_NODES_MAX);
+    ns_pool_range mine = ranges[self];
+    NS_ASSERT(mine.layer_first <= mine.layer_last && mine.layer_last <= arch->layers);
+    if (mine.layer_first == mine.layer_last)
+        return false;
+    uint32_t target = ns_pool_replicas_target(n);
+    uint32_t holders[NS_POOL_LAYERS_MAX] = {0};
+    uint32_t smaller[NS_POOL_LAYERS_MAX] = {0}; /* holders with an id below nodes[self]'s */
+    for (size_t i = 0; i < n; i++) {
+        NS_ASSERT(ranges[i].layer_first <= ranges[i].layer_last);
+        NS_ASSERT(ranges[i].layer_last <= arch->layers);
+        count_range(holders, ranges[i]);
+        if (memcmp(nodes[i].id, nodes[self].id, NS_ID_BYTES) < 0)
+            count_range(smaller, ranges[i]);
+    }
+    bool short_somewhere = false;
+    for (uint32_t l = 0; l < arch->layers; l++)
+        short_somewhere = short_somewhere || holders[l] < target;
+    if (!short_somewhere)
+        return false;
+    for (uint32_t l = mine.layer_first; l < mine.layer_last; l++) {
+        if (smaller[l] < target)
+            return false;
+    }
+    return true;
+}
+
 uint32_t ns_pool_scarcity_ppm(uint32_t target, uint32_t actual)
 {
     if (target == 0 || actual >= target)

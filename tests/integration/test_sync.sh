@@ -1,17 +1,19 @@
 #!/bin/sh
 # test_sync.sh: DiLoCo between real daemons: three quorums of one node each (every one holds the
 # whole model, so they are one layer cohort) train on their own parts of the data and meet every
-# 4 steps: each sends its compressed pseudo-gradient, the chunks' owners screen and aggregate
+# 8 steps: each sends its compressed pseudo-gradient, the chunks' owners screen and aggregate
 # them, and every member takes the same outer step. P sends its update flipped and scaled
 # (NEUROSHARD_TEST_CHEAT=poison): the others screen it out as fraud and keep the evidence, and
-# all three still end each round with the same weights.
+# all three still end each round with the same weights. C and Q are asynchronous contributors
+# (--sync-role async): each downloads a member's weights, trains 8 steps, submits its update and
+# downloads again; the member folds C's into its own contribution and refuses Q's (poisoned).
 
 . "$(dirname "$0")/lib.sh"
 
 TXT=$TMP_ROOT/text
 text_dir "$TXT"
-COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 2x64 --threads 1 --train on --sync-every 4"
-for n in a b p; do new_wallet "$TMP_ROOT/$n" >/dev/null; done
+COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 2x64 --threads 1 --train on --sync-every 8 --sync-timeout-s 5"
+for n in a b p c q; do new_wallet "$TMP_ROOT/$n" >/dev/null; done
 
 # shellcheck disable=SC2086
 start_node "$TMP_ROOT/a" $COMMON || exit 1
@@ -21,6 +23,14 @@ for n in b p; do
     [ $n = p ] && export NEUROSHARD_TEST_CHEAT=poison
     # shellcheck disable=SC2086
     start_node "$TMP_ROOT/$n" $COMMON --bootstrap "$SEED" || exit 1
+    unset NEUROSHARD_TEST_CHEAT
+    eval "PID_$n=\$NODE_PID API_$n=\$API"
+done
+
+for n in c q; do
+    [ $n = q ] && export NEUROSHARD_TEST_CHEAT=poison
+    # shellcheck disable=SC2086
+    start_node "$TMP_ROOT/$n" $COMMON --sync-role async --bootstrap "$SEED" || exit 1
     unset NEUROSHARD_TEST_CHEAT
     eval "PID_$n=\$NODE_PID API_$n=\$API"
 done
@@ -70,6 +80,47 @@ check "  ... and its message is kept as evidence" sh -c "ls '$TMP_ROOT'/a/eviden
 honest_fraud=$(cat "$TMP_ROOT/a.log" "$TMP_ROOT/b.log" "$TMP_ROOT/p.log" | grep "is fraud" | grep -vc "$(echo "$ID_p" | cut -c1-16)")
 check "  ... and no honest member is called a fraud" test "$honest_fraud" -eq 0
 
+# the asynchronous contributors
+async_sum() {
+    _t=0
+    for n in a b p; do
+        eval "api=\$API_$n"
+        _v=$(status_of "$api" | sed -n 's/.*"async":{\([^}]*\)}.*/\1/p' | json_field "$1")
+        _t=$((_t + ${_v:-0}))
+    done
+    echo $_t
+}
+downloaded() {
+    for n in c q; do
+        eval "api=\$API_$n"
+        [ "$(status_of "$api" | sed -n 's/.*"async":{\([^}]*\)}.*/\1/p' | json_field downloads)" -ge 2 ] 2>/dev/null || return 1
+    done
+}
+check "asynchronous contributors download a member's weights, train and download again" wait_for 120 downloaded
+folded() { [ "$(async_sum accepted)" -gt 0 ] && [ "$(async_sum refused)" -gt 0 ]; }
+check "  ... the members fold the honest contribution in and refuse the poisoned one" wait_for 120 folded
+ID_c=$(curl -s "http://$API_c/api/stats" | json_field node_id | cut -c1-16)
+ID_q=$(curl -s "http://$API_q/api/stats" | json_field node_id | cut -c1-16)
+check "  ... by name" sh -c "grep -q 'contribution of $ID_c… (weight' '$TMP_ROOT'/a.log '$TMP_ROOT'/b.log '$TMP_ROOT'/p.log && grep -q 'contribution of $ID_q… is refused' '$TMP_ROOT'/a.log '$TMP_ROOT'/b.log '$TMP_ROOT'/p.log"
+check "  ... and no contributor counts as a member of the rounds" cohort_of_three
+
+# a member that starts late is rounds behind: it downloads the cohort's weights, then meets it
+new_wallet "$TMP_ROOT/l" >/dev/null
+# shellcheck disable=SC2086
+start_node "$TMP_ROOT/l" $COMMON --bootstrap "$SEED" || exit 1
+PID_l=$NODE_PID API_l=$API
+caught_up() {
+    grep -q "are not the cohort's: it downloads" "$TMP_ROOT/l.log" &&
+        [ "$(sync_field "$API_l" outer_steps)" -ge 1 ] 2>/dev/null
+}
+check "a member that starts late downloads the cohort's weights and then meets it" wait_for 120 caught_up
+same_as_a() {
+    r_a=$(status_of "$API_a") r_l=$(status_of "$API_l")
+    [ "$(echo "$r_a" | json_field outer_round)" = "$(echo "$r_l" | json_field outer_round)" ] &&
+        [ "$(echo "$r_a" | json_field w0_sha256)" = "$(echo "$r_l" | json_field w0_sha256)" ]
+}
+check "  ... and holds the same weights as the others after a round" wait_for 60 same_as_a
+
 # the outer state survives a restart beside its checkpoint
 kill -TERM "$PID_b"
 wait_exit "$PID_b" 60
@@ -82,11 +133,11 @@ PID_b=$NODE_PID API_b=$API
 loaded() { grep -q "outer state of checkpoint [0-9]* loaded" "$TMP_ROOT/b.log"; }
 check "  ... and loads it when it starts again" wait_for 60 loaded
 
-for n in a b p; do
+for n in a b p c q l; do
     eval "pid=\$PID_$n"
     kill -TERM "$pid"
 done
-for n in a b p; do
+for n in a b p c q l; do
     eval "pid=\$PID_$n"
     wait_exit "$pid" 60
     check "node $n stops cleanly" test "$EXIT_RC" -eq 0

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "../../src/node/node_internal.h"
+#include "neuroshard/aggregate.h"
 #include "neuroshard/node.h"
 #include "support/testutil.h"
 
@@ -125,6 +126,67 @@ static void test_config_refuses_unknown_flag_and_bad_values(void **state)
     char *argv6[] = {"neuroshardd", "--help", NULL};
     assert_int_equal(load(&c, 2, argv6, envp), NS_OK);
     assert_true(c.help);
+}
+
+/* --quorum-size takes 1..16 or auto (pool mode, stored as NS_QUORUM_SIZE_AUTO); the file and
+ * the environment take the same words. */
+static void test_config_quorum_size_takes_a_number_or_auto(void **state)
+{
+    (void)state;
+    cfg_case c;
+    ns_test_tempdir(c.dir, sizeof c.dir);
+    char *envp[] = {NULL};
+    char *argv1[] = {"neuroshardd", "--data-dir", c.dir, NULL};
+    assert_int_equal(load(&c, 3, argv1, envp), NS_OK);
+    assert_int_equal(c.cfg.quorum_size, 1);
+    char *argv2[] = {"neuroshardd", "--data-dir", c.dir, "--quorum-size", "auto", NULL};
+    assert_int_equal(load(&c, 5, argv2, envp), NS_OK);
+    assert_int_equal(c.cfg.quorum_size, NS_QUORUM_SIZE_AUTO);
+    char *envp2[] = {"NEUROSHARD_QUORUM_SIZE=auto", NULL};
+    assert_int_equal(load(&c, 3, argv1, envp2), NS_OK);
+    assert_int_equal(c.cfg.quorum_size, NS_QUORUM_SIZE_AUTO);
+    char *argv3[] = {"neuroshardd", "--data-dir", c.dir, "--quorum-size", "3", NULL};
+    assert_int_equal(load(&c, 5, argv3, envp), NS_OK);
+    assert_int_equal(c.cfg.quorum_size, 3);
+    char *argv4[] = {"neuroshardd", "--data-dir", c.dir, "--quorum-size", "0", NULL};
+    assert_int_equal(load(&c, 5, argv4, envp), NS_EINVAL);
+    assert_non_null(strstr(c.err, "1..16 or auto"));
+    ns_test_rmtree(c.dir);
+}
+
+/* DiLoCo's settings: --sync-every auto (the default: S7's H by swarm size), off or a number;
+ * --aggregator by name; --sync-role member or async; --sync-timeout-s; nonsense refused. */
+static void test_config_sync_settings(void **state)
+{
+    (void)state;
+    cfg_case c;
+    ns_test_tempdir(c.dir, sizeof c.dir);
+    char *envp[] = {NULL};
+    char *argv1[] = {"neuroshardd", "--data-dir", c.dir, NULL};
+    assert_int_equal(load(&c, 3, argv1, envp), NS_OK);
+    assert_int_equal(c.cfg.sync_every, NS_SYNC_EVERY_AUTO);
+    assert_int_equal(c.cfg.sync_aggregator, NS_AGG_TRIMMED_MEAN);
+    assert_false(c.cfg.sync_async);
+    assert_int_equal(c.cfg.sync_timeout_s, 30);
+    char *argv2[] = {"neuroshardd", "--data-dir", c.dir, "--sync-every", "off", NULL};
+    assert_int_equal(load(&c, 5, argv2, envp), NS_OK);
+    assert_int_equal(c.cfg.sync_every, 0);
+    char *envp2[] = {"NEUROSHARD_SYNC_EVERY=250", "NEUROSHARD_AGGREGATOR=krum",
+                     "NEUROSHARD_SYNC_ROLE=async", "NEUROSHARD_SYNC_TIMEOUT_S=5", NULL};
+    assert_int_equal(load(&c, 3, argv1, envp2), NS_OK);
+    assert_int_equal(c.cfg.sync_every, 250);
+    assert_int_equal(c.cfg.sync_aggregator, NS_AGG_KRUM);
+    assert_true(c.cfg.sync_async);
+    assert_int_equal(c.cfg.sync_timeout_s, 5);
+    char *argv3[] = {"neuroshardd", "--data-dir", c.dir, "--sync-every", "0", NULL};
+    assert_int_equal(load(&c, 5, argv3, envp), NS_EINVAL);
+    assert_non_null(strstr(c.err, "auto, off or a number"));
+    char *argv4[] = {"neuroshardd", "--data-dir", c.dir, "--aggregator", "average", NULL};
+    assert_int_equal(load(&c, 5, argv4, envp), NS_EINVAL);
+    assert_non_null(strstr(c.err, "trimmed-mean"));
+    char *argv5[] = {"neuroshardd", "--data-dir", c.dir, "--sync-role", "leader", NULL};
+    assert_int_equal(load(&c, 5, argv5, envp), NS_EINVAL);
+    ns_test_rmtree(c.dir);
 }
 
 static void test_config_bootstrap_lists_replace_by_precedence(void **state)
@@ -320,6 +382,8 @@ int main(void)
         cmocka_unit_test(test_config_defaults_without_file),
         cmocka_unit_test(test_config_precedence_is_file_then_env_then_flags),
         cmocka_unit_test(test_config_error_names_file_and_line),
+        cmocka_unit_test(test_config_quorum_size_takes_a_number_or_auto),
+        cmocka_unit_test(test_config_sync_settings),
         cmocka_unit_test(test_config_refuses_unknown_flag_and_bad_values),
         cmocka_unit_test(test_config_bootstrap_lists_replace_by_precedence),
         cmocka_unit_test(test_addr_parse_accepts_v4_v6_localhost_only),

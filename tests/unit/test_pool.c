@@ -1,6 +1,7 @@
 /*
  * test_pool.c: the layer pool of S3: replica targets, what a range costs, assignments checked by
- * hand, independence from input order, refusals of bad input, and S10's scarcity multiplier.
+ * hand, independence from input order, refusals of bad input, S10's scarcity multiplier, and
+ * which held ranges are surplus (two nodes that took the same layers at once).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -260,6 +261,70 @@ static void test_scarcity_multiplier_in_parts_per_million(void **state)
     assert_int_equal(ns_pool_scarcity_ppm(0, 0), 1000000);
 }
 
+/* Two nodes that took layers 0..1 at once: with layers 4..5 held by nobody, the larger id gives
+ * its copy up and, assigned again, takes the unheld layers; the smaller keeps its range. */
+static void test_larger_of_two_same_range_holders_is_surplus_and_moves(void **state)
+{
+    (void)state;
+    ns_arch a = tiny_vocab_arch(6);
+    uint64_t mb = mb_for(2 * LAYER_BYTES + TINY_HEAD_BYTES);
+    ns_pool_node nodes[3] = {node(2, mb, 0, 2), node(1, mb, 0, 2), node(3, mb, 2, 4)};
+    ns_pool_range r[3];
+    assert_int_equal(ns_pool_assign(&a, nodes, 3, r), NS_OK);
+    assert_range(r[0], 0, 2); /* sticky: both keep their valid ranges */
+    assert_range(r[1], 0, 2);
+    assert_true(ns_pool_surplus(&a, nodes, r, 3, 0));
+    assert_false(ns_pool_surplus(&a, nodes, r, 3, 1)); /* the smaller id stays */
+    assert_false(ns_pool_surplus(&a, nodes, r, 3, 2)); /* the only holder of 2..3 */
+    nodes[0].layer_first = nodes[0].layer_last = 0;
+    assert_int_equal(ns_pool_assign(&a, nodes, 3, r), NS_OK);
+    assert_range(r[0], 4, 6);
+    assert_range(r[1], 0, 2);
+    assert_range(r[2], 2, 4);
+}
+
+static void test_no_range_is_surplus_once_every_layer_has_its_target(void **state)
+{
+    (void)state;
+    ns_arch a = tiny_vocab_arch(6);
+    uint64_t mb = mb_for(2 * LAYER_BYTES + TINY_HEAD_BYTES);
+    ns_pool_node nodes[4] = {node(1, mb, 0, 2), node(2, mb, 2, 4), node(3, mb, 4, 6),
+                             node(4, mb, 0, 2)};
+    ns_pool_range r[4];
+    assert_int_equal(ns_pool_assign(&a, nodes, 4, r), NS_OK);
+    for (size_t i = 0; i < 4; i++)
+        assert_false(ns_pool_surplus(&a, nodes, r, 4, i));
+}
+
+/* With six nodes the target is two holders: a third copy of layers 0..1 is surplus while layers
+ * are short, the second is not. */
+static void test_surplus_counts_the_target_of_smaller_holders(void **state)
+{
+    (void)state;
+    ns_arch a = tiny_vocab_arch(6);
+    uint64_t mb = mb_for(2 * LAYER_BYTES + TINY_HEAD_BYTES);
+    ns_pool_node nodes[6] = {node(1, mb, 0, 2), node(2, mb, 0, 2), node(3, mb, 0, 2),
+                             node(4, mb, 2, 4), node(5, mb, 2, 4), node(6, mb, 4, 6)};
+    ns_pool_range r[6];
+    assert_int_equal(ns_pool_replicas_target(6), 2);
+    assert_int_equal(ns_pool_assign(&a, nodes, 6, r), NS_OK);
+    assert_false(ns_pool_surplus(&a, nodes, r, 6, 0));
+    assert_false(ns_pool_surplus(&a, nodes, r, 6, 1));
+    assert_true(ns_pool_surplus(&a, nodes, r, 6, 2));
+    assert_false(ns_pool_surplus(&a, nodes, r, 6, 4)); /* 2..3 has only its two holders */
+}
+
+static void test_empty_range_is_never_surplus(void **state)
+{
+    (void)state;
+    ns_arch a = tiny_vocab_arch(6);
+    ns_pool_node nodes[2] = {node(1, mb_for(2 * LAYER_BYTES), 0, 2), node(2, 1, 0, 0)};
+    ns_pool_range r[2];
+    assert_int_equal(ns_pool_assign(&a, nodes, 2, r), NS_OK);
+    assert_range(r[1], 0, 0); /* 1 MB fits no layer */
+    assert_false(ns_pool_surplus(&a, nodes, r, 2, 1));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -276,6 +341,10 @@ int main(void)
         cmocka_unit_test(test_input_order_does_not_change_the_assignment),
         cmocka_unit_test(test_bad_input_is_refused),
         cmocka_unit_test(test_scarcity_multiplier_in_parts_per_million),
+        cmocka_unit_test(test_larger_of_two_same_range_holders_is_surplus_and_moves),
+        cmocka_unit_test(test_no_range_is_surplus_once_every_layer_has_its_target),
+        cmocka_unit_test(test_surplus_counts_the_target_of_smaller_holders),
+        cmocka_unit_test(test_empty_range_is_never_surplus),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,5 +1,6 @@
 /*
- * test_swarm.c: the architecture function (S3) and the speed tiers (S2).
+ * test_swarm.c: the architecture function (S3), shapes given by hand (--model LxH) and the speed
+ * tiers (S2).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -137,6 +138,57 @@ static void test_arch_refuses_memory_outside_its_range(void **state)
     assert_int_equal(ns_arch_for_memory(UINT64_MAX, &arch), NS_ETOOBIG);
 }
 
+/* A shape given by hand follows the same rules as the architecture function's own. */
+static void test_arch_for_shape_matches_the_architecture_function(void **state)
+{
+    (void)state;
+    const uint64_t gbs[] = {2, 40, 800};
+    for (size_t i = 0; i < sizeof gbs / sizeof gbs[0]; i++) {
+        ns_arch want = arch_for_gb(gbs[i]);
+        ns_arch got;
+        assert_int_equal(ns_arch_for_shape(want.layers, want.hidden, want.vocab, &got), NS_OK);
+        assert_int_equal(got.layers, want.layers);
+        assert_int_equal(got.hidden, want.hidden);
+        assert_int_equal(got.heads, want.heads);
+        assert_int_equal(got.kv_heads, want.kv_heads);
+        assert_int_equal(got.intermediate, want.intermediate);
+        assert_int_equal(got.vocab, want.vocab);
+        assert_int_equal(got.seq_len_max, want.seq_len_max);
+        assert_int_equal(got.params, want.params);
+    }
+}
+
+/* The daemon's small test models: 3x64 and 8x512 with the 8192-token vocabulary, by hand. */
+static void test_arch_for_shape_of_small_models(void **state)
+{
+    (void)state;
+    ns_arch a;
+    assert_int_equal(ns_arch_for_shape(3, 64, 8192, &a), NS_OK);
+    assert_int_equal(a.heads, 1);
+    assert_int_equal(a.kv_heads, 1);
+    assert_int_equal(a.intermediate, 192); /* 64 * 8 / 3 = 170.7: nearest multiple of 64 */
+    assert_int_equal(a.seq_len_max, NS_ARCH_SEQ_LEN_DEFAULT);
+    assert_int_equal(a.params, params_by_hand(&a));
+    assert_int_equal(ns_arch_for_shape(8, 512, 8192, &a), NS_OK);
+    assert_int_equal(a.heads, 8);
+    assert_int_equal(a.kv_heads, 2);
+    assert_int_equal(a.intermediate, 1344);
+    assert_int_equal(a.params, params_by_hand(&a));
+}
+
+static void test_arch_for_shape_refuses_bad_shapes(void **state)
+{
+    (void)state;
+    ns_arch a;
+    assert_int_equal(ns_arch_for_shape(0, 64, 8192, &a), NS_EINVAL);
+    assert_int_equal(ns_arch_for_shape(NS_ARCH_SHAPE_LAYERS_MAX + 1, 64, 8192, &a), NS_EINVAL);
+    assert_int_equal(ns_arch_for_shape(3, 0, 8192, &a), NS_EINVAL);
+    assert_int_equal(ns_arch_for_shape(3, 96, 8192, &a), NS_EINVAL);
+    assert_int_equal(ns_arch_for_shape(3, NS_ARCH_SHAPE_HIDDEN_MAX + 64, 8192, &a), NS_EINVAL);
+    assert_int_equal(ns_arch_for_shape(3, 64, 0, &a), NS_EINVAL);
+    assert_int_equal(ns_arch_for_shape(3, 64, NS_ARCH_SHAPE_VOCAB_MAX + 1, &a), NS_EINVAL);
+}
+
 static void test_tier_boundaries_belong_to_the_slower_tier_up_to_one_second(void **state)
 {
     (void)state;
@@ -173,6 +225,9 @@ int main(void)
         cmocka_unit_test(test_arch_is_consistent_over_a_memory_sweep),
         cmocka_unit_test(test_arch_never_shrinks_as_memory_grows),
         cmocka_unit_test(test_arch_refuses_memory_outside_its_range),
+        cmocka_unit_test(test_arch_for_shape_matches_the_architecture_function),
+        cmocka_unit_test(test_arch_for_shape_of_small_models),
+        cmocka_unit_test(test_arch_for_shape_refuses_bad_shapes),
         cmocka_unit_test(test_tier_boundaries_belong_to_the_slower_tier_up_to_one_second),
         cmocka_unit_test(test_tier_names_and_pipeline_eligibility),
     };

@@ -1,0 +1,117 @@
+#!/bin/sh
+# test_pool.sh: with --quorum-size auto the layer pool and the planner form the pipeline.
+#
+# A, B and C each offer 256 MB (204.8 MB of it for layers) for model 8x512 with the daemon's
+# 8192-token vocabulary: a block costs 41.5 MB at 16 bytes a parameter, the embedding and the LM
+# head 64 MB each, the whole model 460 MB. So no node holds more than about half of it (the
+# initiator's 0..3 is 189 MB). No quorum size is given: every heartbeat each node runs the layer
+# pool over the nodes it hears and takes the scarcest layers its memory fits, the planner finds
+# the fewest free holders that cover layers 0..7, and the smallest of them proposes. They must
+# form one quorum of three on their own, each member running layers it holds, and train: the
+# finisher's loss falls. D, a fourth 256 MB node that comes later, takes layers that a stage
+# runs and follows that stage as a replica. A node in pool mode without --model is refused.
+
+. "$(dirname "$0")/lib.sh"
+
+TXT=$TMP_ROOT/text
+text_dir "$TXT"
+COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --threads 1 --train on --ponw-interval-s 1 --sync-every off --quorum-size auto"
+POOL="$COMMON --model 8x512 --memory-mb 256"
+STEPS=3
+NODES="a b c"
+for n in a b c d e; do new_wallet "$TMP_ROOT/$n" >/dev/null; done
+
+status_of() { curl -s "http://$1/training_status"; }
+# held_of JSON: "FIRST LAST", the range the node says it holds
+held_of() { echo "$1" | grep -o '"held":{"layer_first":[0-9]*,"layer_last":[0-9]*' | sed 's/[^0-9,]//g; s/,/ /'; }
+# stages_of JSON: one "FIRST LAST" line a member, in stage order
+stages_of() { echo "$1" | grep -o '"layer_first":[0-9]*,"layer_last":[0-9]*,"self"' | sed 's/[^0-9,]//g; s/,$//; s/,/ /'; }
+
+# shellcheck disable=SC2086
+start_node "$TMP_ROOT/e" $COMMON --memory-mb 256
+check "a node in pool mode without --model is refused at start" test -z "$(cat "$TMP_ROOT/e/api.addr" 2>/dev/null)"
+check "  ... and says why" grep -q "quorum-size needs --model" "$TMP_ROOT/e.log"
+
+SEED=""
+for n in $NODES; do
+    # shellcheck disable=SC2086
+    start_node "$TMP_ROOT/$n" $POOL ${SEED:+--bootstrap "$SEED"} || exit 1
+    eval "PID_$n=\$NODE_PID API_$n=\$API"
+    [ -n "$SEED" ] || SEED=$(curl -s "http://$API/api/stats" | json_field listen)
+done
+
+in_quorum() {
+    for n in $NODES; do
+        eval "api=\$API_$n"
+        case "$(status_of "$api")" in *'"in_quorum":true'*) ;; *) return 1 ;; esac
+    done
+}
+if ! wait_for 240 in_quorum; then
+    for n in $NODES; do
+        eval "api=\$API_$n"
+        echo "    $n: $(status_of "$api" | grep -o '"in_quorum".*' | cut -c1-400)" >&2
+    done
+fi
+check "three pool-mode nodes without a quorum size form one quorum" in_quorum
+s=$(status_of "$API_a")
+check "  ... /training_status says pool mode" contains "$s" '"mode":"pool"'
+check "  ... and the pool it sees: 3 nodes, 1 replica each (S3: N < 5)" contains "$s" '"nodes":3,"replicas_target":1'
+stages=$(stages_of "$s")
+covered=$(echo "$stages" | awk 'BEGIN { at = 0 } $1 != at { exit 1 } { at = $2 } END { if (at != 8 || NR != 3) exit 1; print "yes" }')
+check "  ... of three stages that cover layers 0..8 in order ($(echo "$stages" | tr '\n' ' '))" test "$covered" = yes
+fits=0
+for n in $NODES; do
+    eval "api=\$API_$n"
+    s=$(status_of "$api")
+    held=$(held_of "$s")
+    mine=$(echo "$s" | grep -o '"layer_first":[0-9]*,"layer_last":[0-9]*,"self":true' | sed 's/[^0-9,]//g; s/,$//; s/,/ /')
+    echo "# $n holds layers $held and runs $mine"
+    # shellcheck disable=SC2086
+    set -- $held $mine
+    [ $# -eq 4 ] && [ "$1" -le "$3" ] && [ "$4" -le "$2" ] && [ $(($2 - $1)) -lt 8 ] && fits=$((fits + 1))
+done
+check "  ... each member runs layers it holds, and none holds the whole model" test $fits -eq 3
+
+FIN=""
+finisher() {
+    for n in $NODES; do
+        eval "api=\$API_$n"
+        case "$(status_of "$api")" in *'"role":"finisher (head, loss)"'*) FIN=$n ;; esac
+    done
+    [ -n "$FIN" ]
+}
+check "  ... one of them is the finisher" wait_for 120 finisher
+[ -n "$FIN" ] || exit 1
+eval "API_f=\$API_$FIN"
+steps_done() { [ "$(status_of "$API_f" | json_field step)" -ge $STEPS ] 2>/dev/null; }
+check "the pipeline trains $STEPS steps" wait_for 600 steps_done
+losses=$(sed -n "2,$((STEPS + 1))p" "$TMP_ROOT/$FIN/train.csv" | cut -d, -f2)
+first=$(echo "$losses" | head -1)
+last=$(echo "$losses" | tail -1)
+check "  ... and the finisher's loss falls ($first -> $last)" awk "BEGIN { exit !($last < $first) }"
+
+# a fourth node takes layers a stage runs and follows it
+# shellcheck disable=SC2086
+start_node "$TMP_ROOT/d" $POOL --bootstrap "$SEED" || exit 1
+PID_d=$NODE_PID API_d=$API
+follows() { status_of "$API_d" | grep -q '"replica":{"stage":[0-9]'; }
+check "a fourth pool-mode node follows a stage as a replica" wait_for 120 follows
+s=$(status_of "$API_d")
+st=$(echo "$s" | grep -o '"replica":{"stage":[0-9]*' | sed 's/.*://')
+# shellcheck disable=SC2046
+set -- $(held_of "$s") $(stages_of "$(status_of "$API_a")" | sed -n "$((${st:-0} + 1))p")
+echo "# d holds layers $1 $2 and follows stage $st ($3 $4)"
+check "  ... whose layers it holds" test $# -eq 4 -a "$1" -le "$3" -a "$4" -le "$2"
+check "  ... and is not in the quorum" contains "$s" '"in_quorum":false'
+
+for n in a b c d; do
+    eval "pid=\$PID_$n"
+    kill -TERM "$pid"
+done
+for n in a b c d; do
+    eval "pid=\$PID_$n"
+    wait_exit "$pid" 60
+    check "node $n stops cleanly" test "$EXIT_RC" -eq 0
+done
+
+finish
