@@ -56,30 +56,33 @@
 #include <unistd.h>
 
 #include "neuroshard/ckpt.h"
+#include "neuroshard/dht.h"
 
 #include "neuroshard/pipeline.h"
 #include "neuroshard/quorum.h"
 #include "neuroshard/swarm.h"
 #include "node_internal.h"
 
-#define SWARM_HEARTBEAT_MS   5000
-#define SWARM_FRESH_MS       (3 * SWARM_HEARTBEAT_MS)
-#define SWARM_PEERS_MAX      64
-#define SWARM_MEMBERS_MAX    16
-#define SWARM_RETRY_MS       50
-#define SWARM_CAPACITY_BYTES 43
-#define SWARM_DEAD_MS        500   /* a member's link down this long: it is gone */
-#define SWARM_FETCH_STALL_MS 10000 /* a checkpoint pull that makes no progress is dropped */
-#define SWARM_PENDING_MAX    128   /* frames of a newer generation held until this node is there */
-#define SWARM_NO_STAGE       0xff
-#define SWARM_REASONS_MAX    16    /* kinds of refused proposals and restarts counted */
-#define SWARM_PROPOSE_MS     10000 /* a proposal's answers (and a member's wait to start) */
-#define SWARM_BENCH_MS       (10 * 60 * 1000)
-#define SWARM_CAP_IN_QUORUM  1u /* CAPACITY's flags (b[11]) */
-#define SWARM_CAP_POOL       2u /* pool mode: b[6..9] is the held range, b[13] (the size) 0 */
-#define SWARM_POOL_LAYOUT    0  /* leads a pool-mode member list: never a member count (>= 2) */
-#define SWARM_MEMBER_BYTES   (NS_NODE_ID_BYTES + 4) /* a member there: id, first and last layer */
-#define SWARM_POOL_NODES_MAX (SWARM_PEERS_MAX + 1)  /* the pool this node sees: itself and peers */
+#define SWARM_HEARTBEAT_MS       5000
+#define SWARM_FRESH_MS           (3 * SWARM_HEARTBEAT_MS)
+#define SWARM_PEERS_MAX          64
+#define SWARM_MEMBERS_MAX        16
+#define SWARM_RETRY_MS           50
+#define SWARM_CAPACITY_BYTES     43
+#define SWARM_DEAD_MS            500   /* a member's link down this long: it is gone */
+#define SWARM_FETCH_STALL_MS     10000 /* a checkpoint pull that makes no progress is dropped */
+#define SWARM_PENDING_MAX        128 /* frames of a newer generation held until this node is there */
+#define SWARM_NO_STAGE           0xff
+#define SWARM_REASONS_MAX        16    /* kinds of refused proposals and restarts counted */
+#define SWARM_PROPOSE_MS         10000 /* a proposal's answers (and a member's wait to start) */
+#define SWARM_BENCH_MS           (10 * 60 * 1000)
+#define SWARM_PUBLISH_MS         (10 * 60 * 1000) /* layer-holder and quorum records, again */
+#define SWARM_HOLDER_RECORDS_MAX 256              /* layers a node announces itself under */
+#define SWARM_CAP_IN_QUORUM      1u               /* CAPACITY's flags (b[11]) */
+#define SWARM_CAP_POOL           2u /* pool mode: b[6..9] is the held range, b[13] (the size) 0 */
+#define SWARM_POOL_LAYOUT        0  /* leads a pool-mode member list: never a member count (>= 2) */
+#define SWARM_MEMBER_BYTES       (NS_NODE_ID_BYTES + 4) /* a member there: id, first and last layer */
+#define SWARM_POOL_NODES_MAX     (SWARM_PEERS_MAX + 1) /* the pool this node sees: itself and peers */
 
 static_assert(SWARM_POOL_NODES_MAX <= NS_POOL_NODES_MAX, "the pool core takes every node seen");
 static_assert(SWARM_POOL_NODES_MAX <= NS_QUORUM_CANDIDATES_MAX, "the planner too");
@@ -138,6 +141,11 @@ struct ns_swarm {
     uint8_t quorum_id[NS_SHA256_BYTES];
     uint32_t generation;
     uint64_t proved_through; /* the steps this node's work periods already hold */
+    /* what the DHT was last told (publish_dht) */
+    uint64_t published_ms;
+    ns_pool_range published;
+    bool published_in_quorum;
+    uint32_t published_generation;
     uint64_t check_timer;
     uint64_t beat_ms, woke_ms; /* this node's last heartbeat; when it found it had been stalled */
     /* formation in two phases: the proposer waits for every accept, then says start */
@@ -430,8 +438,88 @@ static void stop_trainer(ns_swarm *s)
 
 /* What the node record says of this node's capacity (S2): in pool mode the layers it holds, else
  * its stage's. */
+/* The layers this node holds (pool mode) or runs (a fixed quorum's stage); empty when none. */
+static ns_pool_range holding(const ns_swarm *s)
+{
+    if (s->pool_mode)
+        return s->held;
+    if (s->in_quorum)
+        return s->ranges[s->stage];
+    if (s->cfg.quorum_size == 1 && *s->cfg.trainer != NULL && s->cfg.model_layers > 0)
+        return (ns_pool_range){0, s->cfg.model_layers}; /* training the whole model alone */
+    return (ns_pool_range){0, 0};
+}
+
+static void put_record(ns_swarm *s, uint32_t type, const char *topic, const uint8_t *body,
+                       size_t len, uint64_t ttl_ms)
+{
+    uint64_t now = now_ms(s);
+    ns_record r = {.type = type,
+                   .sequence = now,
+                   .timestamp_ms = now,
+                   .expiry_ms = now + ttl_ms,
+                   .topic_len = strlen(topic),
+                   .body = body,
+                   .body_len = len};
+    memcpy(r.topic, topic, r.topic_len);
+    uint8_t *env = NULL;
+    size_t env_len = 0;
+    if (ns_record_sign(s->cfg.key, &r, &env, &env_len) != NS_OK ||
+        ns_dht_put(ns_net_dht(s->cfg.net), env, env_len, NULL, NULL) != NS_OK)
+        NS_LOG_D("swarm", "a %s record was not published (the next try comes)", topic);
+    free(env);
+}
+
+/* S3 and S5 in the DHT: a LAYER_HOLDER record under each layer this node holds (topic
+ * "<layers>x<hidden>/<layer>"; body: the held range, memory in MB, tier, in a quorum: 10 bytes)
+ * and, in a quorum, a QUORUM record under its id (topic: the id's first 16 bytes in hex; body:
+ * generation, member count, then each member's id and range). Published when they change and
+ * every SWARM_PUBLISH_MS; they expire after twice that. */
+static void publish_dht(ns_swarm *s)
+{
+    uint64_t now = now_ms(s);
+    ns_pool_range r = holding(s);
+    bool fresh = now - s->published_ms < SWARM_PUBLISH_MS && s->published_ms != 0;
+    if (fresh && r.layer_first == s->published.layer_first &&
+        r.layer_last == s->published.layer_last && s->published_in_quorum == s->in_quorum &&
+        s->published_generation == s->generation)
+        return;
+    s->published_ms = now;
+    s->published = r;
+    s->published_in_quorum = s->in_quorum;
+    s->published_generation = s->generation;
+    uint8_t body[10];
+    put_u16(body, r.layer_first);
+    put_u16(body + 2, r.layer_last);
+    uint32_t mem = s->cfg.memory_mb > UINT32_MAX ? UINT32_MAX : (uint32_t)s->cfg.memory_mb;
+    put_u32(body + 4, mem);
+    body[8] = (uint8_t)s->tier;
+    body[9] = s->in_quorum ? 1 : 0;
+    for (uint32_t l = r.layer_first; l < r.layer_last && l < SWARM_HOLDER_RECORDS_MAX; l++) {
+        char topic[48];
+        snprintf(topic, sizeof topic, "%ux%u/%u", s->cfg.model_layers, s->cfg.model_hidden, l);
+        put_record(s, NS_RECORD_LAYER_HOLDER, topic, body, sizeof body, 2 * SWARM_PUBLISH_MS);
+    }
+    if (s->in_quorum) {
+        uint8_t q[4 + 1 + SWARM_MEMBERS_MAX * (NS_NODE_ID_BYTES + 4)];
+        put_u32(q, s->generation);
+        q[4] = (uint8_t)s->member_count;
+        size_t at = 5;
+        for (uint32_t i = 0; i < s->member_count; i++) {
+            memcpy(q + at, s->members[i], NS_NODE_ID_BYTES);
+            put_u16(q + at + NS_NODE_ID_BYTES, s->ranges[i].layer_first);
+            put_u16(q + at + NS_NODE_ID_BYTES + 2, s->ranges[i].layer_last);
+            at += NS_NODE_ID_BYTES + 4;
+        }
+        char topic[2 * 16 + 1];
+        ns_hex_encode(topic, sizeof topic, s->quorum_id, 16);
+        put_record(s, NS_RECORD_QUORUM, topic, q, at, 2 * SWARM_PUBLISH_MS);
+    }
+}
+
 static void publish_capacity(ns_swarm *s)
 {
+    publish_dht(s);
     ns_node_info cap = {.layer_latency_us = s->layer_latency_us,
                         .tier = s->layer_latency_us != 0 ? (uint32_t)s->tier : 0,
                         .in_quorum = s->in_quorum,
@@ -1743,6 +1831,7 @@ static void bench_fired(void *arg, uint64_t now)
 static void heartbeat_fired(void *arg, uint64_t now)
 {
     ns_swarm *s = arg;
+    publish_dht(s);
     if (s->beat_ms != 0 && now - s->beat_ms > 2 * SWARM_HEARTBEAT_MS)
         s->woke_ms = now; /* its own heartbeat came late: this process was stopped or starved */
     s->beat_ms = now;

@@ -90,6 +90,24 @@ first=$(echo "$losses" | head -1)
 last=$(echo "$losses" | tail -1)
 check "  ... and the finisher's loss falls ($first -> $last)" awk "BEGIN { exit !($last < $first) }"
 
+# S3 and S5 in the DHT: every holder is found under each layer's key, the quorum under its id
+topic_key() { # TYPE TOPIC: the DHT key of a record (ns_record_key)
+    { printf 'neuroshard/topic/v1'; printf "\\000\\000\\000\\$(printf '%03o' "$1")"; printf '%s' "$2"; } |
+        sha256sum | cut -c1-64
+}
+holders_of() { # LAYER: authors of layer-holder records under its key, as seen from a node
+    curl -s "http://$API_a/api/dht/record?key=$(topic_key 2 "8x512/$1")" | grep -o '"author":"[0-9a-f]*' | sort -u | wc -l
+}
+all_layers_held() {
+    for l in 0 1 2 3 4 5 6 7; do [ "$(holders_of $l)" -ge 1 ] || return 1; done
+}
+check "every layer's holders are found in the DHT under its layer-holder key" wait_for 60 all_layers_held
+QID=$(status_of "$API_f" | json_field quorum_id | cut -c1-32)
+quorum_found() {
+    curl -s "http://$API_a/api/dht/record?key=$(topic_key 3 "$QID")" | grep -q '"type":3'
+}
+check "  ... and the quorum under its id" wait_for 60 quorum_found
+
 # a fourth node takes layers a stage runs and follows it
 # shellcheck disable=SC2086
 start_node "$TMP_ROOT/d" $POOL --bootstrap "$SEED" || exit 1
