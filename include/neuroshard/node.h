@@ -65,6 +65,7 @@ typedef struct ns_config {
     uint32_t sync_aggregator;  /* ns_agg_kind of the cohort's robust aggregation (S8) */
     bool sync_async;           /* an asynchronous contributor rather than a member (S7) */
     uint32_t sync_timeout_s;   /* a cohort exchange phase waits at most this long */
+    uint32_t quorum_session_s; /* a quorum's session period (S5: 1 h; renewed up to 4 of them) */
 } ns_config;
 
 #define NS_SYNC_EVERY_AUTO  UINT32_MAX

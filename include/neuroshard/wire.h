@@ -80,6 +80,7 @@ typedef enum {
     NS_FRAME_SYNC_WEIGHTS_GET = 86,  /* diloco.c: place, offset: a member's w0 from there */
     NS_FRAME_SYNC_WEIGHTS_PART = 87, /* diloco.c: round, its time, n, offset, w0's SHA-256;
                                         tensor F32: up to 4 Mi floats of w0 */
+    NS_FRAME_QUORUM_DISSOLVE = 88,   /* swarm.c: the session is over: quorum id, generation */
 } ns_frame_type;
 
 struct ns_frame {

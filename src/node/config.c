@@ -54,6 +54,7 @@ static const setting settings[] = {
     {"aggregator", "--aggregator", "NEUROSHARD_AGGREGATOR"},
     {"sync_role", "--sync-role", "NEUROSHARD_SYNC_ROLE"},
     {"sync_timeout_s", "--sync-timeout-s", "NEUROSHARD_SYNC_TIMEOUT_S"},
+    {"quorum_session_s", "--quorum-session-s", "NEUROSHARD_QUORUM_SESSION_S"},
 };
 #define SETTINGS_COUNT (sizeof settings / sizeof settings[0])
 
@@ -84,6 +85,9 @@ static const char usage[] =
     "                       alone); the node waits for N-1 peers and takes a stage; auto:\n"
     "                       the layer pool gives it the layers its --memory-mb holds and a\n"
     "                       planner forms a pipeline of holders that covers the model\n"
+    "  --quorum-session-s N a quorum's session (default 3600, S5): at 80 % of it the quorum\n"
+    "                       renews if it trained 1000 steps in it (at most 4 sessions), else\n"
+    "                       dissolves, saving its weights, and forms again\n"
     "  --micro-batches N    micro-batches a step (default: 1 alone, S6's rule in a pipeline)\n"
     "  --checkpoint-every N steps between checkpoints (default 100; a pipeline's stages write\n"
     "                       theirs at the same steps, its failover restarts from one)\n"
@@ -378,6 +382,15 @@ static int config_set(ns_config *cfg, const char *key, const char *value, char *
         }
         snprintf(why, why_size,
                  "sync_every '%s' is not auto, off or a number of steps in 1..1000000", value);
+    } else if (strcmp(key, "quorum_session_s") == 0) {
+        uint64_t v = 0;
+        rc = parse_u64(value, &v);
+        if (rc == NS_OK && (v < 10 || v > 86400))
+            rc = NS_EINVAL;
+        if (rc == NS_OK)
+            cfg->quorum_session_s = (uint32_t)v;
+        snprintf(why, why_size, "quorum_session_s '%s' is not a number of seconds in 10..86400",
+                 value);
     } else if (strcmp(key, "sync_timeout_s") == 0) {
         uint64_t v = 0;
         rc = parse_u64(value, &v);
@@ -545,6 +558,7 @@ static void config_defaults(ns_config *cfg)
     cfg->sync_every = NS_SYNC_EVERY_AUTO;
     cfg->sync_aggregator = NS_AGG_TRIMMED_MEAN;
     cfg->sync_timeout_s = 30;
+    cfg->quorum_session_s = 3600;
     cfg->ponw_bond_nano = 10 * NS_NEURO_NANO_PER_UNIT;
     strcpy(cfg->network, "neuroshard-genesis");
 }

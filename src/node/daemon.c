@@ -1376,6 +1376,7 @@ static int node_start(node *n)
                           .model_layers = n->cfg.model_layers,
                           .model_hidden = n->cfg.model_hidden,
                           .memory_mb = n->memory_mb,
+                          .session_ms = (uint64_t)n->cfg.quorum_session_s * 1000,
                           .trainer = &n->trainer};
     train_config(n, &sc.train);
     int src = ns_swarm_start(&n->swarm, &sc);

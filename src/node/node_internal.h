@@ -422,6 +422,7 @@ typedef struct ns_swarm_config {
     uint32_t quorum_size; /* 1: alone (the swarm only announces capacity); 0: pool mode */
     uint32_t model_layers, model_hidden;
     uint64_t memory_mb;
+    uint64_t session_ms;   /* a quorum's session period (S5); 0: NS_QUORUM_SESSION_MS */
     ns_train_config train; /* the stage's trainer starts from this, with its place filled in */
     ns_trainer **trainer;  /* the daemon's: set when the quorum forms */
 } ns_swarm_config;

@@ -141,6 +141,10 @@ struct ns_swarm {
     uint8_t quorum_id[NS_SHA256_BYTES];
     uint32_t generation;
     uint64_t proved_through; /* the steps this node's work periods already hold */
+    /* the session (S5): when it began, when its current period began and the step then */
+    uint64_t session_start_ms, period_start_ms, period_start_step;
+    uint64_t renewals, dissolutions;
+    bool in_quorum_before; /* a session is running (a failover keeps it) */
     /* what the DHT was last told (publish_dht) */
     uint64_t published_ms;
     ns_pool_range published;
@@ -556,6 +560,11 @@ static void join_quorum(ns_swarm *s, uint8_t ids[][NS_NODE_ID_BYTES], const ns_p
     s->member_count = n;
     s->stage = stage;
     s->in_quorum = true;
+    if (generation == 1 || !s->in_quorum_before) { /* a new quorum, not a failover: a session */
+        s->session_start_ms = s->period_start_ms = now_ms(s);
+        s->period_start_step = UINT64_MAX; /* the trainer's step, once it runs */
+    }
+    s->in_quorum_before = true;
     s->generation = generation;
     s->knows_quorum = false;
     quorum_id_of(s, s->members, s->pool_mode ? s->ranges : NULL, n, s->quorum_id);
@@ -1666,6 +1675,81 @@ static void on_link_down(void *arg, const uint8_t peer[NS_NODE_ID_BYTES])
     s->check_timer = ns_env_timer(&s->cfg.uvenv->env, now_ms(s) + SWARM_DEAD_MS, check_fired, s);
 }
 
+/* ---- the session (S5): renewal at 80 %, dissolution ----------------------------------------- */
+
+/* Leaves the quorum: the trainer stops (and checkpoints: dissolution saves the weights); the node
+ * is free and forms a quorum again at its next heartbeat. */
+static void dissolve(ns_swarm *s, const char *why)
+{
+    NS_LOG_I("swarm", "the quorum dissolves: %s", why);
+    stop_trainer(s);
+    s->in_quorum = false;
+    s->in_quorum_before = false;
+    s->member_count = 0;
+    s->dissolutions++;
+    publish_capacity(s);
+}
+
+static uint64_t session_ms(const ns_swarm *s)
+{
+    return s->cfg.session_ms != 0 ? s->cfg.session_ms : NS_QUORUM_SESSION_MS;
+}
+
+/* Every heartbeat, at the member with the smallest id: at 80 % of the period, a quorum that
+ * trained NS_QUORUM_RENEW_BATCHES_MIN steps in it is renewed for another period (up to four
+ * periods, S5's 4 h); otherwise every member is told to dissolve. */
+static void check_session(ns_swarm *s)
+{
+    if (!s->in_quorum || s->member_count < 2)
+        return;
+    ns_train_status ts = {0};
+    if (*s->cfg.trainer != NULL)
+        ns_trainer_status(*s->cfg.trainer, &ts);
+    if (s->period_start_step == UINT64_MAX && ts.ready)
+        s->period_start_step = ts.step;
+    uint64_t now = now_ms(s), period = session_ms(s);
+    if (now - s->period_start_ms < period * NS_QUORUM_RENEW_CHECK_PERCENT / 100)
+        return;
+    for (uint32_t i = 0; i < s->member_count; i++)
+        if (cmp_id(s->members[i], s->cfg.key->node_id) < 0)
+            return; /* a smaller member decides */
+    uint64_t batches = s->period_start_step != UINT64_MAX && ts.step >= s->period_start_step
+                           ? ts.step - s->period_start_step
+                           : 0;
+    bool last = now + period - s->session_start_ms >
+                period * (NS_QUORUM_SESSION_MAX_MS / NS_QUORUM_SESSION_MS);
+    if (batches >= NS_QUORUM_RENEW_BATCHES_MIN && !last) {
+        s->period_start_ms = now;
+        s->period_start_step = ts.step;
+        s->renewals++;
+        NS_LOG_I("swarm", "the quorum's session is renewed (%llu steps in the period)",
+                 (unsigned long long)batches);
+        return;
+    }
+    uint8_t body[NS_SHA256_BYTES + 4];
+    memcpy(body, s->quorum_id, NS_SHA256_BYTES);
+    put_u32(body + NS_SHA256_BYTES, s->generation);
+    ns_frame f = {.type = NS_FRAME_QUORUM_DISSOLVE, .body = body, .body_len = sizeof body};
+    for (uint32_t i = 0; i < s->member_count; i++)
+        if (i != s->stage && ns_net_send_frame(s->cfg.net, s->members[i], &f) != NS_OK)
+            NS_LOG_D("swarm", "the dissolution did not reach stage %u (it follows by staleness)",
+                     i);
+    dissolve(s,
+             last ? "the session reached its longest" : "too few steps in the session to renew it");
+}
+
+static void on_dissolve(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
+{
+    if (!s->in_quorum || f->body_len != NS_SHA256_BYTES + 4 ||
+        memcmp(f->body, s->quorum_id, NS_SHA256_BYTES) != 0 ||
+        get_u32(f->body + NS_SHA256_BYTES) != s->generation ||
+        member_index(s->members, s->member_count, peer) < 0) {
+        s->refused_malformed++;
+        return;
+    }
+    dissolve(s, "the session is over (told by a member)");
+}
+
 static void on_frame(void *arg, const uint8_t peer[NS_NODE_ID_BYTES], const ns_frame *f)
 {
     ns_swarm *s = arg;
@@ -1694,6 +1778,9 @@ static void on_frame(void *arg, const uint8_t peer[NS_NODE_ID_BYTES], const ns_f
         return;
     case NS_FRAME_QUORUM_START:
         on_start(s, peer, f);
+        return;
+    case NS_FRAME_QUORUM_DISSOLVE:
+        on_dissolve(s, peer, f);
         return;
     case NS_FRAME_PIPE_ACT:
     case NS_FRAME_PIPE_GRAD:
@@ -1832,6 +1919,7 @@ static void heartbeat_fired(void *arg, uint64_t now)
 {
     ns_swarm *s = arg;
     publish_dht(s);
+    check_session(s);
     if (s->beat_ms != 0 && now - s->beat_ms > 2 * SWARM_HEARTBEAT_MS)
         s->woke_ms = now; /* its own heartbeat came late: this process was stopped or starved */
     s->beat_ms = now;
@@ -2004,6 +2092,12 @@ json_t *ns_swarm_json(ns_swarm *s)
         (json_int_t)s->proposals_refused);
     json_object_set_new(o, "tier", json_string(ns_tier_name(s->tier)));
     json_object_set_new(o, "generation", json_integer((json_int_t)s->generation));
+    uint64_t now_s = now_ms(s);
+    json_object_set_new(
+        o, "session",
+        json_pack("{s:I, s:I, s:I, s:I}", "period_ms", (json_int_t)session_ms(s), "age_ms",
+                  (json_int_t)(s->in_quorum ? now_s - s->session_start_ms : 0), "renewals",
+                  (json_int_t)s->renewals, "dissolutions", (json_int_t)s->dissolutions));
     json_t *why = json_object();
     for (uint32_t i = 0; i < SWARM_REASONS_MAX && s->reasons[i].why != NULL; i++)
         json_object_set_new(why, s->reasons[i].why, json_integer((json_int_t)s->reasons[i].count));
