@@ -23,9 +23,9 @@
  * follows it too while a stage has nobody), learns the quorum from the members'
  * QUORUM_INFO and pulls that stage's newest aligned checkpoint (every stage writes one at the same
  * steps) over CKPT_GET/CKPT_PART. When a member's link goes down and does not come back within
- * SWARM_DEAD_MS, or its heartbeats stop for SWARM_FRESH_MS, the smallest live member picks the
- * replica of its stage with the newest copy, at step c, and sends every member and the replica
- * QUORUM_RESTORE: the next generation, step c, the members by stage. Each stops its stage,
+ * SWARM_DEAD_MS, or its heartbeats stop for SWARM_FRESH_MS (4 beats), the smallest live member
+ * picks the replica of its stage with the newest copy, at step c, and sends every member and the
+ * replica QUORUM_RESTORE: the next generation, step c, the members by stage. Each stops its stage,
  * forgets its checkpoints after c (the replica installs the one it pulled) and starts again from
  * c: the steps after c are recomputed, identically, and never applied twice. Pipeline frames
  * carry the generation: older ones are dropped, newer ones held until this node gets there.
@@ -64,7 +64,8 @@
 #include "node_internal.h"
 
 #define SWARM_HEARTBEAT_MS       5000
-#define SWARM_FRESH_MS           (3 * SWARM_HEARTBEAT_MS)
+#define SWARM_FRESH_MS           (4 * SWARM_HEARTBEAT_MS) /* S5: stale after 4 missed */
+#define SWARM_DEGRADED_MS        (2 * SWARM_HEARTBEAT_MS) /* S5: degraded after 2 missed */
 #define SWARM_PEERS_MAX          64
 #define SWARM_MEMBERS_MAX        16
 #define SWARM_RETRY_MS           50
@@ -2069,10 +2070,18 @@ json_t *ns_swarm_json(ns_swarm *s)
                            : i == 0                   ? "initiator"
                            : i + 1 == s->member_count ? "finisher"
                                                       : "processor";
-        json_array_append_new(members, json_pack("{s:s, s:I, s:s, s:I, s:I, s:b}", "node_id", hex,
-                                                 "stage", (json_int_t)i, "role", role,
-                                                 "layer_first", (json_int_t)first, "layer_last",
-                                                 (json_int_t)last, "self", i == s->stage));
+        /* S5's health by heartbeats (the 5 s capacity beats): degraded after 2 missed, stale
+         * after 4 (then replaced) */
+        const peer_cap *p = i == s->stage ? NULL : peer_of(s, s->members[i], false);
+        uint64_t age = p != NULL ? now_ms(s) - p->seen_ms : 0;
+        const char *health = i == s->stage || age <= SWARM_DEGRADED_MS ? "healthy"
+                             : age <= SWARM_FRESH_MS                   ? "degraded"
+                                                                       : "stale";
+        json_array_append_new(
+            members, json_pack("{s:s, s:I, s:s, s:I, s:I, s:b, s:s, s:I}", "node_id", hex, "stage",
+                               (json_int_t)i, "role", role, "layer_first", (json_int_t)first,
+                               "layer_last", (json_int_t)last, "self", i == s->stage, "health",
+                               health, "heard_ms_ago", (json_int_t)age));
     }
     uint64_t now = now_ms(s);
     json_int_t known = 0;
