@@ -110,6 +110,10 @@ struct ns_diloco {
      * them from `resync_from` at its next round */
     bool resync;
     uint8_t resync_from[NS_NODE_ID_BYTES];
+    /* a member that just downloaded the cohort's weights sits out one round (announced, so
+     * nobody counts it in) and downloads again after it: it then meets from a round whose start
+     * the others reach long after they heard it, so every member agrees who meets */
+    bool joining;
     ns_ef ef;
     /* a member: the contributions of asynchronous contributors for its next round */
     struct {
@@ -199,7 +203,7 @@ static void send_hello(ns_diloco *d)
     put_be(b + 13, step, 8);
     put_be(b + 21, round, 8);
     memcpy(b + 29, prefix, 8);
-    b[37] = d->resync ? 1 : 0;
+    b[37] = (uint8_t)((d->resync ? 1 : 0) | (d->joining ? 2 : 0));
     ns_frame f = {.type = NS_FRAME_SYNC_HELLO, .body = b, .body_len = sizeof b};
     (void)ns_net_broadcast(d->cfg.net, &f, NULL);
 }
@@ -235,7 +239,7 @@ static void check_resync(ns_diloco *d)
 {
     uint64_t round;
     uint8_t prefix[8];
-    if (d->cfg.async || d->resync || !own_round(d, &round, prefix))
+    if (d->cfg.async || d->resync || d->joining || !own_round(d, &round, prefix))
         return;
     uint64_t now = now_ms(d);
     const cohort_peer *from = NULL;
@@ -296,7 +300,7 @@ static void on_hello(ns_diloco *d, const uint8_t *peer, const ns_frame *f)
     p->step = get_be(b + 13, 8);
     p->round = get_be(b + 21, 8);
     memcpy(p->w0_prefix, b + 29, 8);
-    p->resyncing = (b[37] & 1) != 0;
+    p->resyncing = (b[37] & 3) != 0; /* downloading, or sitting a round out after it */
     p->seen_ms = now_ms(d);
     check_resync(d);
 }
@@ -488,7 +492,10 @@ static void fetch_end(ns_diloco *d, bool ok)
         ns_env_timer_cancel(&d->cfg.uvenv->env, d->fetch_timer);
     d->fetch_timer = 0;
     d->fetch.on = false;
+    bool was_resync = d->resync, was_joining = d->joining;
     d->resync = false;
+    /* a member's first download makes it sit the next round out, its second ends that */
+    d->joining = !d->cfg.async && ok && was_resync && !was_joining;
     hello_soon(d);
     ns_trainer *t = *d->cfg.trainer;
     if (t == NULL)
@@ -535,7 +542,8 @@ static void fetch_ask(ns_diloco *d)
 /* Asks `member` for the weights of its last meeting, to answer the trainer's round with. */
 static void download(ns_diloco *d, const uint8_t member[NS_NODE_ID_BYTES])
 {
-    float *w = d->fetch.n == d->req_n ? d->fetch.w : realloc(d->fetch.w, d->req_n * sizeof *w);
+    size_t total = 2 * d->req_n; /* w0, then the momentum */
+    float *w = d->fetch.n == total ? d->fetch.w : realloc(d->fetch.w, total * sizeof *w);
     if (w == NULL) {
         d->resync = false;
         if (*d->cfg.trainer != NULL)
@@ -543,7 +551,7 @@ static void download(ns_diloco *d, const uint8_t member[NS_NODE_ID_BYTES])
         return;
     }
     d->fetch.w = w;
-    d->fetch.n = d->req_n;
+    d->fetch.n = total;
     d->fetch.got = 0;
     d->fetch.on = true;
     d->fetch.trainer_round = d->req_round;
@@ -638,7 +646,8 @@ static void on_weights_part(ns_diloco *d, const uint8_t *peer, const ns_frame *f
         return;
     }
     uint8_t h[NS_SHA256_BYTES];
-    ns_sha256(h, d->fetch.w, d->fetch.n * sizeof(float));
+    size_t half = d->fetch.n / 2;
+    ns_train_outer_state_hash(d->fetch.w, d->fetch.w + half, half, h);
     bool whole = memcmp(h, d->fetch.hash, NS_SHA256_BYTES) == 0;
     for (size_t i = 0; whole && i < d->fetch.n; i++)
         whole = isfinite(d->fetch.w[i]);
@@ -659,11 +668,13 @@ static void on_weights_get(ns_diloco *d, const uint8_t *peer, const ns_frame *f)
     uint64_t offset = get_be(f->body + 9, 8), round, round_ms;
     size_t n = 0;
     uint8_t hash[NS_SHA256_BYTES];
-    if (ns_trainer_outer_copy(t, 0, 0, NULL, &n, &round, &round_ms, hash) != NS_OK || offset >= n) {
+    if (ns_trainer_outer_copy(t, 0, 0, NULL, &n, &round, &round_ms, hash) != NS_OK ||
+        offset >= 2 * (uint64_t)n) {
         d->frames_refused++;
         return;
     }
-    size_t count = n - offset < DILOCO_PART_FLOATS ? n - offset : DILOCO_PART_FLOATS;
+    size_t total = 2 * n; /* w0, then the momentum */
+    size_t count = total - offset < DILOCO_PART_FLOATS ? total - offset : DILOCO_PART_FLOATS;
     float *buf = malloc(count * sizeof *buf);
     if (buf == NULL ||
         ns_trainer_outer_copy(t, offset, count, buf, &n, &round, &round_ms, hash) != NS_OK) {
@@ -674,7 +685,7 @@ static void on_weights_get(ns_diloco *d, const uint8_t *peer, const ns_frame *f)
     b[0] = 1;
     put_be(b + 1, round, 8);
     put_be(b + 9, round_ms, 8);
-    put_be(b + 17, n, 8);
+    put_be(b + 17, 2 * (uint64_t)n, 8);
     put_be(b + 25, offset, 8);
     memcpy(b + 33, hash, NS_SHA256_BYTES);
     ns_frame out = {.type = NS_FRAME_SYNC_WEIGHTS_PART,
@@ -785,7 +796,7 @@ static void start_round(ns_diloco *d)
         contribute(d, has_delta);
         return;
     }
-    if (d->resync || !has_delta) { /* this round: the cohort's weights instead */
+    if (d->resync || d->joining || !has_delta) { /* this round: the cohort's weights */
         uint8_t from[NS_NODE_ID_BYTES];
         if (d->resync)
             memcpy(from, d->resync_from, NS_NODE_ID_BYTES);
@@ -793,6 +804,7 @@ static void start_round(ns_diloco *d)
             download(d, from);
             return;
         }
+        d->joining = false; /* nobody to download from: meet whoever is there */
     }
     uint8_t(*ids)[NS_NODE_ID_BYTES] = malloc((DILOCO_PEERS_MAX + 1) * NS_NODE_ID_BYTES);
     size_t m = ids != NULL ? cohort_members(d, ids, d->req_round) : 0;

@@ -288,17 +288,21 @@ uint64_t ns_trainer_closed_through(ns_trainer *t);
  * The trainer copies agg before returning. An answer to a round it no longer waits for is
  * dropped. */
 void ns_trainer_sync_result(ns_trainer *t, uint64_t round, const float *agg, size_t n);
-/* An asynchronous contributor's answer: the cohort's weights of the meeting `round` (at
- * round_ms, Unix ms), to train from next; the trainer installs them (no outer step of its own).
- * n must be the stage's parameter count, else the answer counts as a failed round. */
+/* A download's answer: the cohort's outer state of the meeting `round` (at round_ms, Unix ms),
+ * to train from next: n = the stage's parameter count (w0 alone: the momentum restarts) or twice
+ * that (w0 then the momentum); anything else counts as a failed round. */
 void ns_trainer_sync_weights(ns_trainer *t, uint64_t round, uint64_t round_ms, const float *w,
                              size_t n);
-/* Copies w0 (the weights of this node's last meeting) [offset, offset + count) into out, for an
- * asynchronous contributor that downloads them (loop thread). NS_ENOENT without an outer loop,
- * NS_EINVAL for a range beyond it. *n, *round, *round_ms and hash describe the whole w0. */
+/* Copies the outer state, w0 (the weights of this node's last meeting) then the momentum (2 n
+ * floats), [offset, offset + count) into out, for a node that downloads them (loop thread).
+ * NS_ENOENT without an outer loop (or for an asynchronous contributor), NS_EINVAL for a range
+ * beyond it. *n is the parameter count; *round, *round_ms and hash (ns_train_outer_state_hash)
+ * describe the whole state. count 0 asks for those alone (out may be NULL). */
 NS_MUST_USE int ns_trainer_outer_copy(ns_trainer *t, uint64_t offset, size_t count, float *out,
                                       size_t *n, uint64_t *round, uint64_t *round_ms,
                                       uint8_t hash[NS_SHA256_BYTES]);
+void ns_train_outer_state_hash(const float *w0, const float *m, size_t n,
+                               uint8_t out[NS_SHA256_BYTES]);
 /* DiLoCo figures for /training_status. */
 typedef struct ns_train_sync_status {
     bool on;

@@ -106,6 +106,7 @@ struct ns_trainer {
     bool sync_waiting, sync_ready, agg_is_weights;
     uint64_t sync_round, agg_round, round_ms; /* round_ms: when w0 was set (Unix ms) */
     uint8_t w0_hash[NS_SHA256_BYTES];         /* of outer.w0, under lock */
+    uint8_t state_hash[NS_SHA256_BYTES];      /* of w0 and momentum (outer_state_hash) */
     ns_train_sync_status sync_status;         /* under lock */
     char ckpt_dir[PATH_MAX + 32];
     char csv_path[PATH_MAX + 32];
@@ -513,7 +514,7 @@ static int open_model(ns_trainer *t, char *err)
 }
 
 static void outer_save(ns_trainer *t, uint64_t step);
-static double validate(ns_trainer *t);
+static double held_out_loss(ns_trainer *t, int batches);
 
 static int save_checkpoint(ns_trainer *t)
 {
@@ -900,7 +901,15 @@ static void free_pipe(ns_trainer *t)
 }
 
 /* Mean loss over a few held-out batches (the same ones every time: the loader is reset). */
+static double held_out_loss(ns_trainer *t, int batches);
+
 static double validate(ns_trainer *t)
+{
+    return held_out_loss(t, TRAIN_VAL_BATCHES);
+}
+
+/* Mean loss over the first `batches` held-out batches. */
+static double held_out_loss(ns_trainer *t, int batches)
 {
     if (t->cfg.stages > 1)
         return NAN; /* a stage cannot: the whole pipeline would have to run it */
@@ -908,7 +917,7 @@ static double validate(ns_trainer *t)
     if (ns_data_loader_seek(t->val_loader, start) != NS_OK)
         return NAN;
     double sum = 0;
-    for (int k = 0; k < TRAIN_VAL_BATCHES; k++) {
+    for (int k = 0; k < batches; k++) {
         ns_data_loader_next(t->val_loader, t->batch);
         float loss;
         if (forward_batch(t, UINT64_MAX - 1, &loss) != NS_OK)
@@ -917,7 +926,7 @@ static double validate(ns_trainer *t)
             return NAN;
         sum += loss;
     }
-    return sum / TRAIN_VAL_BATCHES;
+    return sum / batches;
 }
 
 static void append_csv(ns_trainer *t, uint64_t step, double loss, double val, double lr,
@@ -1193,7 +1202,7 @@ static int outer_open(ns_trainer *t, uint64_t step)
     if (rc != NS_OK)
         return rc;
     t->delta = malloc(n * sizeof(float));
-    t->agg = malloc(n * sizeof(float));
+    t->agg = malloc(2 * n * sizeof(float)); /* an aggregate, or a download: w0 and momentum */
     if (t->delta == NULL || t->agg == NULL)
         return NS_ENOMEM;
     t->outer_on = true;
@@ -1238,6 +1247,17 @@ static int outer_open(ns_trainer *t, uint64_t step)
     return NS_OK;
 }
 
+/* SHA-256(SHA-256(w0) || SHA-256(momentum)): what a download of the outer state is checked
+ * against (ns_trainer_outer_copy serves w0 then the momentum). */
+void ns_train_outer_state_hash(const float *w0, const float *m, size_t n,
+                               uint8_t out[NS_SHA256_BYTES])
+{
+    uint8_t both[2 * NS_SHA256_BYTES];
+    ns_sha256(both, w0, n * sizeof *w0);
+    ns_sha256(both + NS_SHA256_BYTES, m, n * sizeof *m);
+    ns_sha256(out, both, sizeof both);
+}
+
 /* Step `step` ends an inner loop: hands Δ = w0 - w to the cohort and waits for the aggregate,
  * then takes the outer step (alone: w0 = w, the inner weights stand). false when the trainer was
  * stopped while it waited. */
@@ -1277,14 +1297,16 @@ static bool sync_round(ns_trainer *t, uint64_t step)
     double before = NAN, after = NAN;
     if (check) {
         memcpy(w, t->outer.w0, n * sizeof *w); /* the inner weights are done with */
-        before = validate(t);
+        before = held_out_loss(t, 1);
     }
     pthread_mutex_lock(&t->lock); /* w0 is read by the loop thread (ns_trainer_outer_copy) */
-    bool installed = got == n && t->agg_is_weights;
+    bool installed = (got == n || got == 2 * n) && t->agg_is_weights;
     bool stepped = got == n && !installed && ns_outer_apply(&t->outer, t->agg, w) == NS_OK;
-    if (installed) { /* an asynchronous contributor starts again from the cohort's weights */
+    if (installed) { /* the cohort's weights (with its momentum when it came along) */
         memcpy(w, t->agg, n * sizeof *w);
-        ns_outer_rebase(&t->outer, w, true);
+        ns_outer_rebase(&t->outer, w, got != 2 * n);
+        if (got == 2 * n)
+            memcpy(t->outer.momentum, t->agg + n, n * sizeof *w);
         round = t->agg_round;
     } else if (!stepped) {
         ns_outer_rebase(&t->outer, w, false);
@@ -1293,6 +1315,7 @@ static bool sync_round(ns_trainer *t, uint64_t step)
     if (!installed)
         t->round_ms = epoch_ms();
     ns_outer_w0_hash(&t->outer, t->w0_hash);
+    ns_train_outer_state_hash(t->outer.w0, t->outer.momentum, n, t->state_hash);
     memcpy(t->sync_status.w0_hash, t->w0_hash, NS_SHA256_BYTES);
     t->sync_status.last_round = round;
     if (installed)
@@ -1305,7 +1328,7 @@ static bool sync_round(ns_trainer *t, uint64_t step)
         t->sync_status.rounds_failed++;
     pthread_mutex_unlock(&t->lock);
     if (stepped && check)
-        after = validate(t);
+        after = held_out_loss(t, 1);
     if (stepped && !isnan(before) && !isnan(after)) {
         pthread_mutex_lock(&t->lock);
         t->sync_status.loss_before = before;
@@ -1330,12 +1353,13 @@ static void sync_answer(ns_trainer *t, uint64_t round, const float *v, size_t n,
     pthread_mutex_lock(&t->lock);
     if (t->sync_waiting && !t->sync_ready && round == t->sync_round) {
         size_t want = t->outer.n;
-        t->agg_n = n == want && v != NULL ? n : (n == 0 ? 0 : SIZE_MAX);
-        if (t->agg_n == want)
+        bool fits = v != NULL && (n == want || (weights && n == 2 * want));
+        t->agg_n = fits ? n : (n == 0 ? 0 : SIZE_MAX);
+        if (fits)
             memcpy(t->agg, v, n * sizeof *v);
         t->agg_is_weights = weights;
         t->agg_round = weights_round;
-        if (weights && t->agg_n == want)
+        if (weights && fits)
             t->round_ms = round_ms;
         t->sync_ready = true;
         pthread_cond_broadcast(&t->wake);
@@ -1364,14 +1388,18 @@ int ns_trainer_outer_copy(ns_trainer *t, uint64_t offset, size_t count, float *o
     int rc = NS_OK;
     if (!t->outer_on || t->sync_status.async)
         rc = NS_ENOENT; /* only members serve the weights of their meetings */
-    else if (offset > t->outer.n || count > t->outer.n - offset)
+    else if (offset > 2 * t->outer.n || count > 2 * t->outer.n - offset)
         rc = NS_EINVAL;
     if (rc == NS_OK) {
-        memcpy(out, t->outer.w0 + offset, count * sizeof *out);
-        *n = t->outer.n;
+        size_t n0 = t->outer.n;
+        for (size_t i = 0; i < count; i++) { /* w0, then the momentum */
+            size_t at = offset + i;
+            out[i] = at < n0 ? t->outer.w0[at] : t->outer.momentum[at - n0];
+        }
+        *n = n0;
         *round = t->outer.round;
         *round_ms = t->round_ms;
-        memcpy(hash, t->w0_hash, NS_SHA256_BYTES);
+        memcpy(hash, t->state_hash, NS_SHA256_BYTES);
     }
     pthread_mutex_unlock(&t->lock);
     return rc;
@@ -1584,6 +1612,7 @@ static void *trainer_main(void *arg)
     t->sync_status.every = t->cfg.sync_every;
     if (t->outer_on) {
         ns_outer_w0_hash(&t->outer, t->w0_hash);
+        ns_train_outer_state_hash(t->outer.w0, t->outer.momentum, t->outer.n, t->state_hash);
         memcpy(t->sync_status.w0_hash, t->w0_hash, NS_SHA256_BYTES);
     }
     pthread_mutex_unlock(&t->lock);

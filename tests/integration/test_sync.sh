@@ -52,7 +52,7 @@ stepped() {
         [ "$(sync_field "$api" outer_steps)" -ge 3 ] 2>/dev/null || return 1
     done
 }
-check "every member takes outer steps with the cohort's aggregate" wait_for 240 stepped
+check "every member takes outer steps with the cohort's aggregate" wait_for 600 stepped
 
 # the same round on all three: the same weights of the meeting, bit for bit
 same_weights() {
@@ -64,7 +64,7 @@ same_weights() {
     SAME_ROUND=$round
     [ "$(echo "$r_b" | json_field w0_sha256)" = "$w" ] && [ "$(echo "$r_p" | json_field w0_sha256)" = "$w" ]
 }
-check "after a round every member holds the same weights" wait_for 60 same_weights
+check "after a round every member holds the same weights" wait_for 120 same_weights
 echo "# round $SAME_ROUND: one w0 on all three"
 
 frauds=0
@@ -96,9 +96,9 @@ downloaded() {
         [ "$(status_of "$api" | sed -n 's/.*"async":{\([^}]*\)}.*/\1/p' | json_field downloads)" -ge 2 ] 2>/dev/null || return 1
     done
 }
-check "asynchronous contributors download a member's weights, train and download again" wait_for 120 downloaded
+check "asynchronous contributors download a member's weights, train and download again" wait_for 300 downloaded
 folded() { [ "$(async_sum accepted)" -gt 0 ] && [ "$(async_sum refused)" -gt 0 ]; }
-check "  ... the members fold the honest contribution in and refuse the poisoned one" wait_for 120 folded
+check "  ... the members fold the honest contribution in and refuse the poisoned one" wait_for 300 folded
 ID_c=$(curl -s "http://$API_c/api/stats" | json_field node_id | cut -c1-16)
 ID_q=$(curl -s "http://$API_q/api/stats" | json_field node_id | cut -c1-16)
 check "  ... by name" sh -c "grep -q 'contribution of $ID_c… (weight' '$TMP_ROOT'/a.log '$TMP_ROOT'/b.log '$TMP_ROOT'/p.log && grep -q 'contribution of $ID_q… is refused' '$TMP_ROOT'/a.log '$TMP_ROOT'/b.log '$TMP_ROOT'/p.log"
@@ -113,13 +113,13 @@ caught_up() {
     grep -q "are not the cohort's: it downloads" "$TMP_ROOT/l.log" &&
         [ "$(sync_field "$API_l" outer_steps)" -ge 1 ] 2>/dev/null
 }
-check "a member that starts late downloads the cohort's weights and then meets it" wait_for 120 caught_up
+check "a member that starts late downloads the cohort's weights and then meets it" wait_for 300 caught_up
 same_as_a() {
     r_a=$(status_of "$API_a") r_l=$(status_of "$API_l")
     [ "$(echo "$r_a" | json_field outer_round)" = "$(echo "$r_l" | json_field outer_round)" ] &&
         [ "$(echo "$r_a" | json_field w0_sha256)" = "$(echo "$r_l" | json_field w0_sha256)" ]
 }
-check "  ... and holds the same weights as the others after a round" wait_for 60 same_as_a
+check "  ... and holds the same weights as the others after a round" wait_for 180 same_as_a
 
 # the outer state survives a restart beside its checkpoint
 kill -TERM "$PID_b"
