@@ -66,6 +66,19 @@ if [ -x "$build/netsim" ] && [ -z "${BENCH_SKIP_NETSIM:-}" ]; then
         /goal utilisation of quorum stages, churn/ { printf "netsim_swarm_1k utilisation_churn=%s bubble_bound=- ratio=- goal=-\n", $(NF-1) }' >>"$tmp"
 fi
 
+# DiLoCo's experiments (issue 8): real training of a small NeuroLLM by simulated cohorts in
+# netsim, against synchronous data parallel, with compression, and under Byzantine attackers
+# (BENCH_SKIP_EXPERIMENTS=1 skips; CSVs and figures go to docs/experiments/).
+if [ -x "$build/netsim" ] && [ -z "${BENCH_SKIP_EXPERIMENTS:-}" ]; then
+    echo "== scripts/experiments.sh (about eight minutes)" >&2
+    # rows of the table: the first figure, the second (or the goal), and the ratio if any
+    scripts/experiments.sh "$build" | grep '^bench ' | sed 's|^bench ||' | awk '{
+        r = "-"
+        for (i = 2; i <= NF; i++) if ($i ~ /^ratio=/) r = substr($i, 7)
+        second = (NF >= 3 && $3 !~ /^ratio=/) ? $3 : "-=-"
+        print $1, $2, second, "ratio=" r }' >>"$tmp" || true
+fi
+
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 {
     echo "# Benchmarks"
@@ -129,5 +142,9 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
     echo "  replicas; the processor is killed with -9. failover_ms: from the finisher's first sign"
     echo "  of the death (its link closing) to its restart in the next generation; kill_to_next_step:"
     echo "  from the kill until the finisher completes a step again."
+    echo "- diloco_* (scripts/experiments.sh, netsim --diloco all; method, figures and the DiLoCo"
+    echo "  paper's numbers in docs/experiments.md): simulated nodes really train a small NeuroLLM;"
+    echo "  the baseline of each row is synchronous data parallel (gradients averaged every step,"
+    echo "  the same compute) or the clean run, and the goal is the issue's."
 } >"$out"
 cat "$out"
