@@ -6,6 +6,7 @@
 #   make test       install missing packages, then every test, twice: a normal build and one under
 #                   AddressSanitizer + UBSan (build-asan/)
 #   make bench      benchmarks; rewrites docs/benchmarks.md
+#   make experiments  the DiLoCo experiments (netsim --diloco all) into docs/experiments/
 #   make fuzz       libFuzzer targets for every parser, FUZZ_SECONDS each
 #   make install    PREFIX=/usr/local DESTDIR=
 #   make format / format-check / clean
@@ -79,7 +80,7 @@ UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 .PHONY: all run test check unit integration bench fuzz install format format-check clean deps \
-        reference
+        reference experiments
 .DEFAULT_GOAL := all
 .SECONDARY:
 .DELETE_ON_ERROR:
@@ -169,6 +170,10 @@ bench: deps
 
 fuzz: deps
 	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
+experiments: deps
+	@$(MAKE) --no-print-directory $(BUILD)/netsim
+	@scripts/experiments.sh $(BUILD)
 
 # PyTorch reference tensors for tests/unit/test_exec.c (needs python3-torch; not part of test)
 reference:

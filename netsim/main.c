@@ -318,6 +318,8 @@ int main(int argc, char **argv)
         return ns__sim_economy_main(argv[2]);
     if (argc == 3 && strcmp(argv[1], "--swarm") == 0)
         return ns__sim_swarm_main(argv[2]);
+    if (argc >= 2 && strcmp(argv[1], "--diloco") == 0)
+        return ns__sim_diloco_main(argc - 1, argv + 1);
     options o;
     int rc = parse_options(argc, argv, &o);
     if (rc != 0)

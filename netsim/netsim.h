@@ -14,6 +14,7 @@
  *   workload.c  churn, lookups, published records and what they measure
  *   report.c    the report on stdout and the CSV
  *   main.c      options, the event loop, progress
+ * economy.c, swarm.c and diloco*.c are modes of their own (--economy, --swarm, --diloco).
  */
 #ifndef NETSIM_NETSIM_H
 #define NETSIM_NETSIM_H
@@ -24,6 +25,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "neuroshard/aggregate.h"
 #include "neuroshard/base.h"
 #include "neuroshard/crypto.h"
 #include "neuroshard/dht.h"
@@ -424,5 +426,116 @@ int ns__sim_economy_main(const char *path);
 /* Runs the quorum and pipeline cores of a [swarm] scenario; the exit status: 0 pass, 2 a bad
  * scenario, 3 a goal of the scenario was missed. */
 int ns__sim_swarm_main(const char *path);
+
+/* ---- diloco*.c: `netsim --diloco EXPERIMENT` -------------------------------------------- */
+
+/* Real training of a small NeuroLLM by K simulated nodes in one process: synchronous data
+ * parallel against DiLoCo (the sync cores: ns_outer, ns_cohort, ns_compress, ns_agg), with
+ * attackers. diloco_train.c owns the data, the models and one run; diloco.c the experiments, the
+ * CSV, the summary and the asserts; diloco_plot.c draws the SVG figures. */
+
+#define NS_DL_NODES_MAX  16  /* one cohort group (NS_SYNC_GROUP_MAX): the screen sees everyone */
+#define NS_DL_CURVE_MAX  128 /* points of a run's loss curve */
+#define NS_DL_LABEL_SIZE 48
+
+typedef enum {
+    NS_DL_DP = 0,     /* gradients averaged every step (a ring all-reduce) */
+    NS_DL_DILOCO = 1, /* H inner AdamW steps, then the outer Nesterov step on the cohort's Δ */
+} ns_dl_method;
+
+typedef enum {
+    NS_DL_WIRE_RAW = 0,    /* float32 Δ, reduce-scatter + all-gather, ns_agg_run over all */
+    NS_DL_WIRE_COHORT = 1, /* the real ns_cohort cores over an in-process message queue */
+} ns_dl_wire;
+
+typedef enum {
+    NS_DL_ATTACK_NONE = 0,
+    NS_DL_ATTACK_SIGNFLIP = 1, /* -Δ */
+    NS_DL_ATTACK_SCALE = 2,    /* scale x Δ */
+    NS_DL_ATTACK_NOISE = 3,    /* Gaussian noise with the norm of an honest Δ */
+    NS_DL_ATTACK_ALIE = 4,     /* "A Little Is Enough": mean - z std of the honest Δs */
+} ns_dl_attack;
+
+typedef struct ns_dl_model {
+    uint32_t layers, hidden, vocab, seq_len, batch;
+    uint32_t val_batches; /* held-out batches of the final validation loss */
+    uint32_t warm_steps;  /* every run starts from one worker trained this long (the DiLoCo
+                             paper starts from a pretrained model); 0: from the seed's init */
+} ns_dl_model;
+
+typedef struct ns_dl_run {
+    char label[NS_DL_LABEL_SIZE];
+    ns_dl_method method;
+    uint32_t nodes;  /* K, attackers included */
+    uint32_t steps;  /* inner steps of every node */
+    uint32_t h;      /* DiLoCo: inner steps a round */
+    ns_dl_wire wire; /* DiLoCo */
+    double density;  /* COHORT: share kept by top-k */
+    bool error_feedback;
+    ns_agg_kind agg;
+    bool no_screen; /* the plain mean: no 3/5 sigma screen before the aggregator */
+    ns_dl_attack attack;
+    uint32_t attackers; /* the last `attackers` nodes */
+    double scale;       /* NS_DL_ATTACK_SCALE */
+} ns_dl_run;
+
+typedef struct ns_dl_result {
+    int rc;
+    double val_loss;       /* final, on the held-out batches */
+    double bytes_per_node; /* sent, mean over nodes, the whole run */
+    double bytes_max;      /* the node that sent most */
+    uint32_t rounds;
+    double blob_ratio;        /* COHORT: 4n over the blob of a whole Δ at this density, mean */
+    uint32_t diverged;        /* nodes whose weights differ from node 0's after the last round */
+    uint32_t report_mismatch; /* nodes whose cohort report's bytes differ from the wire's */
+    uint64_t refusals;        /* messages the cohort cores refused */
+    uint64_t missing_chunks;
+    /* the screen's verdicts, counted per contribution (one a chunk owner a round) */
+    uint64_t parts_attacker, parts_honest;
+    uint64_t fraud_attacker, fraud_honest, rejected_attacker, rejected_honest;
+    uint32_t attackers_caught; /* attackers with at least one FRAUD verdict */
+    double wall_s;
+    uint32_t curve_count;
+    double curve_step[NS_DL_CURVE_MAX], curve_loss[NS_DL_CURVE_MAX]; /* training loss */
+} ns_dl_result;
+
+typedef struct ns_dl_world ns_dl_world;
+
+/* Loads the Genesis data (text_dir NULL) or a folder of text, trains the tokenizer and cuts the
+ * held-out batches. On failure err holds one line. */
+NS_MUST_USE int ns__dl_world_new(ns_dl_world **out, const ns_dl_model *model, uint64_t seed,
+                                 const char *text_dir, char *err, size_t err_size);
+void ns__dl_world_free(ns_dl_world *w);
+size_t ns__dl_world_params(const ns_dl_world *w);
+double ns__dl_world_warm_loss(const ns_dl_world *w); /* NaN without a warm start */
+const char *ns__dl_world_data(const ns_dl_world *w); /* "genesis-brown (N tokens, V vocab)" */
+/* One run from fresh weights; out->rc is its status too. */
+NS_MUST_USE int ns__dl_run(const ns_dl_world *w, const ns_dl_run *run, ns_dl_result *out);
+
+/* `netsim --diloco EXPERIMENT [options]`: argv[0] is "--diloco". */
+int ns__sim_diloco_main(int argc, char **argv);
+
+/* ---- diloco_plot.c: SVG figures --------------------------------------------------------- */
+
+typedef struct ns_plot_series {
+    const char *name;
+    const double *x, *y;
+    size_t n;
+} ns_plot_series;
+
+typedef struct ns_plot_box {
+    double x, y, w, h; /* the panel within the figure, pixels */
+    const char *title, *x_label, *y_label;
+    bool log_y;
+    double y_clip; /* bars: values above are cut there and labelled (0: none) */
+} ns_plot_box;
+
+void ns__plot_begin(FILE *f, double width, double height);
+void ns__plot_end(FILE *f);
+/* Lines, one a series, over shared axes. */
+void ns__plot_lines(FILE *f, const ns_plot_box *box, const ns_plot_series *s, size_t count);
+/* Grouped bars: values[g * bar_count + b]; a value that is NaN is left out. */
+void ns__plot_bars(FILE *f, const ns_plot_box *box, const char *const *groups, size_t group_count,
+                   const char *const *bars, size_t bar_count, const double *values);
 
 #endif
