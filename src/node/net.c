@@ -51,6 +51,7 @@ typedef enum {
     CONN_PEER = 0,  /* an ordinary link */
     CONN_CHECK = 1, /* we dialed a peer to ask it to connect back to us */
     CONN_PROBE = 2, /* we dial back a peer that asked; close once the handshake is done */
+    CONN_DONE = 3,  /* a probe that did its work and is closing: no link of anyone's */
 } conn_purpose;
 
 typedef struct net_conn net_conn;
@@ -281,14 +282,18 @@ static void udp_read(uv_udp_t *handle, ssize_t nread, const uv_buf_t *buf,
     ns_dht_on_datagram(net->dht, &from, net->udp_buf, (size_t)nread);
 }
 
+/* The oldest established connection to a peer for a purpose. Oldest: a peer's connect-back probe
+ * arrives as a second connection that its dialer closes at once, and a frame sent on it would be
+ * lost (a pipeline waiting for that frame would wait for ever); the list is newest first. */
 static net_conn *conn_by_peer(ns_net *net, const uint8_t id[NS_ID_BYTES], conn_purpose purpose)
 {
+    net_conn *found = NULL;
     for (net_conn *c = net->conns; c != NULL; c = c->next) {
         if (!c->closing && c->has_peer_id && c->purpose == purpose &&
             memcmp(c->peer_id, id, NS_ID_BYTES) == 0 && ns_link_established(c->link))
-            return c;
+            found = c;
     }
-    return NULL;
+    return found;
 }
 
 /* The env's send, bound to our sockets: datagrams to UDP, stream frames to an open link. */
@@ -421,7 +426,7 @@ static void probe_finished(net_conn *probe, bool reached)
         body[8] = reached ? 0 : 1;
         send_small_frame(asker, NS_FRAME_CONNECT_BACK_RESULT, body, sizeof body);
     }
-    probe->purpose = CONN_PEER; /* counted once: the probe slot is free again */
+    probe->purpose = CONN_DONE; /* counted once: the probe slot is free again */
     net->probe_count--;
 }
 

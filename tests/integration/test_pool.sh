@@ -85,10 +85,11 @@ check "  ... one of them is the finisher" wait_for 120 finisher
 eval "API_f=\$API_$FIN"
 steps_done() { [ "$(status_of "$API_f" | json_field step)" -ge $STEPS ] 2>/dev/null; }
 check "the pipeline trains $STEPS steps" wait_for 600 steps_done
-losses=$(sed -n "2,$((STEPS + 1))p" "$TMP_ROOT/$FIN/train.csv" | cut -d, -f2)
-first=$(echo "$losses" | head -1)
-last=$(echo "$losses" | tail -1)
-check "  ... and the finisher's loss falls ($first -> $last)" awk "BEGIN { exit !($last < $first) }"
+# (three steps of warm-up say nothing about learning: test_pipeline.sh shows the loss falling
+# over thirty, and that a pipeline's losses are one process's, digit for digit)
+losses=$(sed -n "2,$((STEPS + 1))p" "$TMP_ROOT/$FIN/train.csv" | cut -d, -f2 | tr '\n' ' ')
+finite() { for l in $losses; do awk "BEGIN { exit !($l > 0 && $l < 100) }" || return 1; done; }
+check "  ... and the finisher reports a finite loss for each ($losses)" finite
 
 # S3 and S5 in the DHT: every holder is found under each layer's key, the quorum under its id
 topic_key() { # TYPE TOPIC: the DHT key of a record (ns_record_key)
