@@ -184,18 +184,12 @@ static int plan_model(const ns_train_config *cfg, ns_stage_config *sc, char *err
         return NS_EINVAL;
     }
     arch.vocab = TRAIN_VOCAB;
-    if (cfg->model_layers != 0) { /* --model LxH: the shape rules of S3, the size given */
-        arch.layers = cfg->model_layers;
-        arch.hidden = cfg->model_hidden;
-        arch.heads = arch.hidden / NS_ARCH_HEAD_DIM;
-        arch.kv_heads = 1;
-        for (uint32_t kv = arch.heads / 3; kv > 1; kv--) {
-            if (arch.heads % kv == 0) {
-                arch.kv_heads = kv;
-                break;
-            }
-        }
-        arch.intermediate = (uint32_t)(((uint64_t)arch.hidden * 8 + 96) / 192 * 64);
+    /* --model LxH: the shape rules of S3, the size given (as every node of a pool computes it) */
+    if (cfg->model_layers != 0 &&
+        ns_arch_for_shape(cfg->model_layers, cfg->model_hidden, TRAIN_VOCAB, &arch) != NS_OK) {
+        snprintf(err, err_size, "model %ux%u is not a shape S3 allows", cfg->model_layers,
+                 cfg->model_hidden);
+        return NS_EINVAL;
     }
     arch.params = (uint64_t)arch.layers * ns_arch_layer_params(&arch) +
                   2ull * arch.vocab * arch.hidden + arch.hidden;
