@@ -48,13 +48,27 @@ typedef enum ns_pipe_op_kind {
     NS_PIPE_UPDATE = 4,   /* the optimizer step with `scale`; send SCALE to s-1 first */
 } ns_pipe_op_kind;
 
+/* The inputs a stage takes from its neighbours: ACT and NORM from the stage before, GRAD and
+ * SCALE from the stage after. */
+typedef enum ns_pipe_input {
+    NS_PIPE_IN_NONE = 0,
+    NS_PIPE_IN_ACT = 1,
+    NS_PIPE_IN_GRAD = 2,
+    NS_PIPE_IN_NORM = 3,
+    NS_PIPE_IN_SCALE = 4,
+} ns_pipe_input;
+
 typedef struct ns_pipe_op {
     ns_pipe_op_kind kind;
     uint64_t step;
-    uint32_t micro;
-    double norm_in; /* NORM: the running sum of stages before this one (0 at stage 0) */
-    float scale;    /* UPDATE: the clipping scale of the whole model */
+    uint32_t micro;       /* FORWARD, BACKWARD; WAIT: the micro-batch of the input awaited */
+    double norm_in;       /* NORM: the running sum of stages before this one (0 at stage 0) */
+    float scale;          /* UPDATE: the clipping scale of the whole model */
+    ns_pipe_input awaits; /* WAIT: the input that would let the stage go on */
 } ns_pipe_op;
+
+/* Which neighbour sends an input: -1 the stage before, +1 the stage after (0 for none). */
+int ns_pipe_input_from(ns_pipe_input in);
 
 /* Why a message was refused; each is counted. */
 typedef enum ns_pipe_refusal {
@@ -118,6 +132,12 @@ double ns_pipe_bubble_fraction(uint32_t stages, uint32_t micro_batches);
 
 /* ---- messages between stages (frames NS_FRAME_PIPE_*, wire.h) ----------------------------- */
 
+/* A lost frame must not stall the pipeline (S6: resend after 200 ms without an answer). The
+ * acknowledgement is implicit: a stage that has waited 200 ms for an input (ns_pipe_next's WAIT
+ * names it) sends RESEND to the neighbour that owes it; the neighbour sends again every frame
+ * of that step, toward the asker, from the awaited one on. The schedule refuses whatever came
+ * twice (NS_PIPE_DUPLICATE), so nothing is ever applied twice. */
+
 #ifndef NS_PIPE_ROWS_MAX
 #define NS_PIPE_ROWS_MAX 64
 #endif
@@ -135,7 +155,7 @@ typedef struct ns_frame ns_frame; /* wire.h */
 /* One message of the pipeline, as carried by a frame: pointers into the frame's bytes. Integers
  * are big-endian in the body; the tensor is float32 in the host's (little-endian) order. */
 typedef struct ns_pipe_msg {
-    uint32_t type;       /* NS_FRAME_PIPE_ACT, _GRAD, _NORM or _SCALE */
+    uint32_t type;       /* NS_FRAME_PIPE_ACT, _GRAD, _NORM, _SCALE or _RESEND */
     uint32_t generation; /* of the quorum's membership: a restart after failover moves it on */
     uint64_t step;
     uint32_t micro;
@@ -144,6 +164,7 @@ typedef struct ns_pipe_msg {
     const float *data;              /* ACT, GRAD: the tensor (may be unaligned: copy it) */
     double norm;                    /* NORM */
     float scale;                    /* SCALE */
+    ns_pipe_input awaits;           /* RESEND: the input awaited; `micro` its micro-batch */
 } ns_pipe_msg;
 
 /* Bytes of the body ns_pipe_msg_frame writes for m. */

@@ -81,6 +81,8 @@ typedef enum {
     NS_FRAME_SYNC_WEIGHTS_PART = 87, /* diloco.c: round, its time, n, offset, w0's SHA-256;
                                         tensor F32: up to 4 Mi floats of w0 */
     NS_FRAME_QUORUM_DISSOLVE = 88,   /* swarm.c: the session is over: quorum id, generation */
+    NS_FRAME_PIPE_RESEND = 89,       /* pipeline.h: step, the input awaited (type, micro-batch):
+                                        send again what you sent me of that step from there on */
 } ns_frame_type;
 
 struct ns_frame {

@@ -800,14 +800,16 @@ static void answer_training_status(node *n, ns_api_request *req)
                                 json_integer((json_int_t)ps.refused[r]));
         json_object_set_new(
             o, "pipeline",
-            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:o}", "stage",
-                      (json_int_t)ps.stage, "stages", (json_int_t)ps.stages, "layer_first",
+            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:o, s:I, s:I}",
+                      "stage", (json_int_t)ps.stage, "stages", (json_int_t)ps.stages, "layer_first",
                       (json_int_t)ps.layer_first, "layer_last", (json_int_t)ps.layer_last,
                       "micro_batches", (json_int_t)ps.micro_batches, "rows", (json_int_t)ps.rows,
                       "inbox", (json_int_t)ps.inbox, "steps", (json_int_t)ps.steps, "inbox_fill",
                       (double)ps.inbox / (double)(ps.inbox_max > 0 ? ps.inbox_max : 1), "waiting_s",
                       ps.wait_s, "bubble", total > 0 ? ps.wait_s / total : 0.0, "bubble_1f1b",
-                      ns_pipe_bubble_fraction(ps.stages, ps.micro_batches), "refused", refused));
+                      ns_pipe_bubble_fraction(ps.stages, ps.micro_batches), "refused", refused,
+                      "resend_asked", (json_int_t)ps.resend_asked, "resent",
+                      (json_int_t)ps.resent));
     }
     if (n->swarm != NULL)
         json_object_set_new(o, "quorum", ns_swarm_json(n->swarm));
@@ -1378,6 +1380,12 @@ static int node_start(node *n)
                           .memory_mb = n->memory_mb,
                           .session_ms = (uint64_t)n->cfg.quorum_session_s * 1000,
                           .trainer = &n->trainer};
+    const char *drop = getenv("NEUROSHARD_TEST_DROP_PIPE");
+    if (drop != NULL && atoi(drop) > 0) {
+        sc.test_drop_every = (uint32_t)atoi(drop);
+        NS_LOG_W("swarm", "NEUROSHARD_TEST_DROP_PIPE=%u: every %u-th pipeline frame is lost",
+                 sc.test_drop_every, sc.test_drop_every);
+    }
     train_config(n, &sc.train);
     int src = ns_swarm_start(&n->swarm, &sc);
     if (src != NS_OK)

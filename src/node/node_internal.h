@@ -241,6 +241,8 @@ typedef struct ns_train_pipe_status {
     uint32_t stage, stages, layer_first, layer_last, micro_batches, rows;
     uint32_t inbox, inbox_max, in_flight;
     uint64_t refused[5], steps;
+    uint64_t resend_asked; /* RESENDs this stage sent after waiting 200 ms for an input */
+    uint64_t resent;       /* frames it sent again when a neighbour asked */
     double wait_s, busy_s; /* time waiting for neighbours and computing, since the start */
 } ns_train_pipe_status;
 void ns_trainer_pipe_status(ns_trainer *t, ns_train_pipe_status *out);
@@ -426,9 +428,11 @@ typedef struct ns_swarm_config {
     uint32_t quorum_size; /* 1: alone (the swarm only announces capacity); 0: pool mode */
     uint32_t model_layers, model_hidden;
     uint64_t memory_mb;
-    uint64_t session_ms;   /* a quorum's session period (S5); 0: NS_QUORUM_SESSION_MS */
-    ns_train_config train; /* the stage's trainer starts from this, with its place filled in */
-    ns_trainer **trainer;  /* the daemon's: set when the quorum forms */
+    uint64_t session_ms;      /* a quorum's session period (S5); 0: NS_QUORUM_SESSION_MS */
+    ns_train_config train;    /* the stage's trainer starts from this, with its place filled in */
+    ns_trainer **trainer;     /* the daemon's: set when the quorum forms */
+    uint32_t test_drop_every; /* tests only (NEUROSHARD_TEST_DROP_PIPE): lose every n-th
+                                 pipeline frame this node sends, as a dropping link would */
 } ns_swarm_config;
 NS_MUST_USE int ns_swarm_start(ns_swarm **out, const ns_swarm_config *cfg);
 void ns_swarm_stop(ns_swarm *s); /* NULL is a no-op; after the trainer stopped */

@@ -186,6 +186,7 @@ struct ns_swarm {
     /* counters */
     uint64_t frames_in, frames_out, bytes_in, bytes_out, refused_neighbour, refused_malformed,
         refused_full, proposals_refused, stale_generation, failovers;
+    uint64_t test_dropped;                     /* frames counted for cfg.test_drop_every */
     uint64_t failover_started_ms, failover_ms; /* the last one: from a death seen to restarted */
     struct {
         const char *why; /* a string literal of on_propose / on_restore */
@@ -1079,8 +1080,11 @@ static void on_pipe(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
         hold(s, peer, f);
         return;
     }
-    /* activations and the norm come from the stage before, gradients and the scale from after */
+    /* activations and the norm come from the stage before, gradients and the scale from after;
+     * a RESEND from the stage that awaits them */
     int from = f->type == NS_FRAME_PIPE_ACT || f->type == NS_FRAME_PIPE_NORM ? -1 : +1;
+    if (f->type == NS_FRAME_PIPE_RESEND)
+        from = -ns_pipe_input_from(m.awaits);
     const uint8_t *want = neighbour(s, from);
     if (want == NULL || memcmp(want, peer, NS_NODE_ID_BYTES) != 0 || *s->cfg.trainer == NULL) {
         s->refused_neighbour++;
@@ -1787,6 +1791,7 @@ static void on_frame(void *arg, const uint8_t peer[NS_NODE_ID_BYTES], const ns_f
     case NS_FRAME_PIPE_GRAD:
     case NS_FRAME_PIPE_NORM:
     case NS_FRAME_PIPE_SCALE:
+    case NS_FRAME_PIPE_RESEND:
         on_pipe(s, peer, f);
         return;
     default:
@@ -1843,7 +1848,10 @@ static void drain(ns_swarm *s)
         if (it == NULL)
             return;
         const uint8_t *to = neighbour(s, it->dir);
-        int rc = to != NULL ? ns_net_send_frame(s->cfg.net, to, &it->f) : NS_EINVAL;
+        bool lost = to != NULL && s->cfg.test_drop_every > 0 &&
+                    it->f.type != NS_FRAME_PIPE_RESEND &&
+                    ++s->test_dropped % s->cfg.test_drop_every == 0;
+        int rc = lost ? NS_OK : to != NULL ? ns_net_send_frame(s->cfg.net, to, &it->f) : NS_EINVAL;
         if (rc == NS_ELIMIT || rc == NS_ENOENT) {
             if (s->retry_timer == 0)
                 s->retry_timer =

@@ -13,6 +13,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -96,6 +97,11 @@ struct ns_trainer {
     float *grad_in[NS_PIPE_MICRO_MAX];
     float *out_buf, *dinp_buf;
     float micro_loss[NS_PIPE_MICRO_MAX];
+    /* what this stage sent in the step in progress and the one before, should a neighbour ask
+     * for it again (RESEND, pipeline.h); when it last made progress and how long it waits
+     * before asking; when it last answered each neighbour (by direction: [0] before, [1] after) */
+    struct sent_frame *sent, **sent_tail;
+    double progress_s, resend_after_s, served_s[2];
     ns_train_pipe_status pipe_status; /* under lock */
     /* DiLoCo: the outer state (trainer thread), the pseudo-gradient handed out and the
      * cohort's answer (agg, agg_n and the flags under lock) */
@@ -623,6 +629,8 @@ int ns_trainer_pipe_input(ns_trainer *t, const ns_pipe_msg *m)
     return rc;
 }
 
+static void serve_resend(ns_trainer *t, const ns_pipe_msg *m);
+
 /* Hands what arrived to the schedule; what it refuses is counted and dropped. */
 static void take_inbox(ns_trainer *t)
 {
@@ -656,6 +664,9 @@ static void take_inbox(ns_trainer *t)
             rc = ns_pipe_on_norm(t->pipe, m->step, m->norm, &why);
         } else if (m->type == NS_FRAME_PIPE_SCALE) {
             rc = ns_pipe_on_scale(t->pipe, m->step, m->scale, &why);
+        } else if (m->type == NS_FRAME_PIPE_RESEND) {
+            serve_resend(t, m);
+            rc = NS_OK;
         } else {
             NS_LOG_W("pipe", "a %u x %u x %u tensor where this stage takes %u x %u: refused",
                      m->rows, m->seq_len, m->hidden, t->rows, TRAIN_SEQ);
@@ -670,7 +681,53 @@ static void take_inbox(ns_trainer *t)
     }
 }
 
-/* Sends a message to the stage before (dir -1) or after (+1). */
+/* A frame this stage sent, kept whole (body, then tensor) for a RESEND. */
+typedef struct sent_frame {
+    struct sent_frame *next;
+    uint64_t step;
+    uint32_t micro;
+    int dir;
+    ns_frame f;
+    uint8_t bytes[];
+} sent_frame;
+
+#define RESEND_FIRST_S 0.2 /* S6: ask again after 200 ms without the input awaited */
+#define RESEND_MAX_S   1.6 /* doubling while nothing comes, up to this */
+#define RESEND_SERVE_S 0.1 /* a neighbour's RESENDs are answered at most this often */
+
+static void keep_sent(ns_trainer *t, int dir, const ns_pipe_msg *m, const ns_frame *f)
+{
+    size_t tensor = f->tensor.dtype != NS_DTYPE_NONE ? f->tensor.bytes : 0;
+    sent_frame *k = malloc(sizeof *k + f->body_len + tensor);
+    if (k == NULL)
+        return; /* not kept: a loss of this frame would be recovered by nobody, as before */
+    *k = (sent_frame){.step = m->step, .micro = m->micro, .dir = dir, .f = *f};
+    memcpy(k->bytes, f->body, f->body_len);
+    k->f.body = k->bytes;
+    if (tensor > 0) {
+        memcpy(k->bytes + f->body_len, f->tensor.data, tensor);
+        k->f.tensor.data = k->bytes + f->body_len;
+    }
+    if (t->sent_tail == NULL)
+        t->sent_tail = &t->sent;
+    *t->sent_tail = k;
+    t->sent_tail = &k->next;
+}
+
+/* Forgets what was sent before the step before `step`. */
+static void forget_sent(ns_trainer *t, uint64_t step)
+{
+    while (t->sent != NULL && (step == UINT64_MAX || t->sent->step + 1 < step)) {
+        sent_frame *k = t->sent;
+        t->sent = k->next;
+        free(k);
+    }
+    if (t->sent == NULL)
+        t->sent_tail = &t->sent;
+}
+
+/* Sends a message to the stage before (dir -1) or after (+1); keeps the schedule's messages
+ * for a RESEND. */
 static void pipe_send(ns_trainer *t, int dir, const ns_pipe_msg *m, const int32_t *targets)
 {
     if (t->cfg.send == NULL)
@@ -685,8 +742,78 @@ static void pipe_send(ns_trainer *t, int dir, const ns_pipe_msg *m, const int32_
     with.generation = t->cfg.generation;
     ns_pipe_msg_frame(&with, targets, body, &f);
     t->cfg.send(t->cfg.send_arg, dir, &f);
+    if (m->type != NS_FRAME_PIPE_RESEND)
+        keep_sent(t, dir, m, &f);
     if (body != stack)
         free(body);
+}
+
+/* The input a frame carries to the stage that receives it. */
+static ns_pipe_input input_of(uint32_t type)
+{
+    switch (type) {
+    case NS_FRAME_PIPE_ACT:
+        return NS_PIPE_IN_ACT;
+    case NS_FRAME_PIPE_GRAD:
+        return NS_PIPE_IN_GRAD;
+    case NS_FRAME_PIPE_NORM:
+        return NS_PIPE_IN_NORM;
+    case NS_FRAME_PIPE_SCALE:
+        return NS_PIPE_IN_SCALE;
+    default:
+        return NS_PIPE_IN_NONE;
+    }
+}
+
+/* A neighbour waits for an input of step m->step that this stage sent (or has not sent yet):
+ * sends again, toward it, every frame of that step from the awaited one on. ACTs go before the
+ * NORM and GRADs before the SCALE, so "from there on" is: the same kind from that micro-batch,
+ * then the sum or scale that follows them. */
+static void serve_resend(ns_trainer *t, const ns_pipe_msg *m)
+{
+    int dir = -ns_pipe_input_from(m->awaits); /* the asker is after this stage when it waits
+                                                 for an ACT or a NORM */
+    double now = wall_s();
+    if (now - t->served_s[dir > 0] < RESEND_SERVE_S)
+        return; /* asked again already: the last answer is on its way */
+    t->served_s[dir > 0] = now;
+    ns_pipe_input tail = m->awaits == NS_PIPE_IN_ACT || m->awaits == NS_PIPE_IN_NORM
+                             ? NS_PIPE_IN_NORM
+                             : NS_PIPE_IN_SCALE;
+    uint64_t n = 0;
+    for (const sent_frame *k = t->sent; k != NULL; k = k->next) {
+        ns_pipe_input in = input_of(k->f.type);
+        bool wanted = in == tail || (in == m->awaits && k->micro >= m->micro);
+        if (k->step != m->step || k->dir != dir || !wanted)
+            continue;
+        t->cfg.send(t->cfg.send_arg, dir, &k->f);
+        n++;
+    }
+    if (n > 0)
+        NS_LOG_D("pipe", "sent %" PRIu64 " frames of step %" PRIu64 " again, as asked", n, m->step);
+    pthread_mutex_lock(&t->lock);
+    t->pipe_status.resent += n;
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* The stage has waited for `op`'s input since its last progress: asks the neighbour that owes it
+ * to send it again, then waits twice as long before asking again. */
+static void maybe_ask_resend(ns_trainer *t, const ns_pipe_op *op)
+{
+    const ns_pipe_config *pc = ns_pipe_config_of(t->pipe);
+    int from = ns_pipe_input_from(op->awaits);
+    double now = wall_s();
+    if (from == 0 || (from < 0 && pc->stage == 0) || (from > 0 && pc->stage + 1 == pc->stages) ||
+        now - t->progress_s < t->resend_after_s)
+        return;
+    ns_pipe_msg ask = {
+        .type = NS_FRAME_PIPE_RESEND, .step = op->step, .micro = op->micro, .awaits = op->awaits};
+    pipe_send(t, from, &ask, NULL);
+    t->progress_s = now;
+    t->resend_after_s = t->resend_after_s * 2 < RESEND_MAX_S ? t->resend_after_s * 2 : RESEND_MAX_S;
+    pthread_mutex_lock(&t->lock);
+    t->pipe_status.resend_asked++;
+    pthread_mutex_unlock(&t->lock);
 }
 
 /* Waits for the inbox (or a stop); false when the trainer is stopping. */
@@ -695,7 +822,7 @@ static bool wait_inbox(ns_trainer *t)
     double t0 = wall_s();
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_nsec += 200 * 1000000L;
+    until.tv_nsec += 50 * 1000000L; /* often enough to ask for a resend in time */
     if (until.tv_nsec >= 1000000000L) {
         until.tv_sec++;
         until.tv_nsec -= 1000000000L;
@@ -727,6 +854,9 @@ static int pipe_step(ns_trainer *t, float *loss, ns_optim_report *report)
         ns_data_loader_next(t->loader, t->batch);
         split_batch(t);
     }
+    forget_sent(t, step);
+    t->progress_s = wall_s();
+    t->resend_after_s = RESEND_FIRST_S;
     double sq = 0.0, busy = 0.0;
     const float inv_m = 1.0f / (float)m;
     for (;;) {
@@ -734,6 +864,7 @@ static int pipe_step(ns_trainer *t, float *loss, ns_optim_report *report)
         ns_pipe_op op;
         ns_pipe_next(t->pipe, &op);
         if (op.kind == NS_PIPE_WAIT) {
+            maybe_ask_resend(t, &op);
             if (!wait_inbox(t))
                 return NS_EWAIT;
             continue;
@@ -805,6 +936,8 @@ static int pipe_step(ns_trainer *t, float *loss, ns_optim_report *report)
         if (rc != NS_OK)
             return rc;
         ns_pipe_done(t->pipe, &op);
+        t->progress_s = wall_s();
+        t->resend_after_s = RESEND_FIRST_S;
         busy += wall_s() - t0;
         if (op.kind != NS_PIPE_UPDATE)
             continue;
@@ -887,6 +1020,7 @@ static void free_pipe(ns_trainer *t)
     }
     free(t->out_buf);
     free(t->dinp_buf);
+    forget_sent(t, UINT64_MAX);
     while (t->inbox != NULL) {
         inbox_msg *in = t->inbox;
         t->inbox = in->next;

@@ -5,6 +5,7 @@
  * tensor; the body names the step, the micro-batch and the shape, and an ACT also carries the
  * micro-batch's targets so the finisher can compute the loss without reading data (S11: only the
  * initiator reads). NORM carries the running sum of squared gradients, SCALE the clip scale.
+ * RESEND names a step and the input a stage has waited for (pipeline.h).
  * The parser checks every length against the type and the limits, and refuses values that would
  * poison a stage: a non-finite activation, a negative sum, a scale outside (0, 1].
  */
@@ -49,6 +50,7 @@ size_t ns_pipe_msg_body_bytes(const ns_pipe_msg *m)
     case NS_FRAME_PIPE_GRAD:
         return SHAPE_BYTES;
     case NS_FRAME_PIPE_NORM:
+    case NS_FRAME_PIPE_RESEND:
         return HEAD_BYTES + 8;
     default:
         return HEAD_BYTES + 4;
@@ -58,10 +60,16 @@ size_t ns_pipe_msg_body_bytes(const ns_pipe_msg *m)
 void ns_pipe_msg_frame(const ns_pipe_msg *m, const int32_t *targets_host, uint8_t *body_buf,
                        ns_frame *f)
 {
-    NS_ASSERT(m->type >= NS_FRAME_PIPE_ACT && m->type <= NS_FRAME_PIPE_SCALE);
+    NS_ASSERT((m->type >= NS_FRAME_PIPE_ACT && m->type <= NS_FRAME_PIPE_SCALE) ||
+              m->type == NS_FRAME_PIPE_RESEND);
     *f = (ns_frame){.type = m->type, .body = body_buf, .body_len = ns_pipe_msg_body_bytes(m)};
     put_u64(body_buf, m->step);
     put_u32(body_buf + 8, m->generation);
+    if (m->type == NS_FRAME_PIPE_RESEND) {
+        put_u32(body_buf + HEAD_BYTES, (uint32_t)m->awaits);
+        put_u32(body_buf + HEAD_BYTES + 4, m->micro);
+        return;
+    }
     if (m->type == NS_FRAME_PIPE_NORM) {
         uint64_t bits;
         memcpy(&bits, &m->norm, sizeof bits);
@@ -103,6 +111,18 @@ int ns_pipe_msg_parse(const ns_frame *f, ns_pipe_msg *out)
     NS_ASSERT(out != NULL);
     memset(out, 0, sizeof *out);
     out->type = f->type;
+    if (f->type == NS_FRAME_PIPE_RESEND) {
+        if (f->body_len != HEAD_BYTES + 8 || f->tensor.dtype != NS_DTYPE_NONE)
+            return NS_EPARSE;
+        out->step = get_u64(f->body);
+        out->generation = get_u32(f->body + 8);
+        uint32_t in = get_u32(f->body + HEAD_BYTES);
+        out->micro = get_u32(f->body + HEAD_BYTES + 4);
+        if (in < NS_PIPE_IN_ACT || in > NS_PIPE_IN_SCALE || out->micro >= NS_PIPE_MICRO_MAX)
+            return NS_EPARSE;
+        out->awaits = (ns_pipe_input)in;
+        return NS_OK;
+    }
     if (f->type == NS_FRAME_PIPE_NORM || f->type == NS_FRAME_PIPE_SCALE) {
         size_t want = HEAD_BYTES + (f->type == NS_FRAME_PIPE_NORM ? 8 : 4);
         if (f->body_len != want || f->tensor.dtype != NS_DTYPE_NONE)

@@ -139,10 +139,36 @@ void ns_pipe_next(const ns_pipe *p, ns_pipe_op *op)
     case NS_PIPE_WAIT:
         break;
     }
-    if (ready)
+    if (ready) {
         *op = want;
-    else
-        *op = (ns_pipe_op){.kind = NS_PIPE_WAIT, .step = p->step};
+        return;
+    }
+    static const ns_pipe_input awaited[] = {
+        [NS_PIPE_FORWARD] = NS_PIPE_IN_ACT,
+        [NS_PIPE_BACKWARD] = NS_PIPE_IN_GRAD,
+        [NS_PIPE_NORM] = NS_PIPE_IN_NORM,
+        [NS_PIPE_UPDATE] = NS_PIPE_IN_SCALE,
+    };
+    *op = (ns_pipe_op){
+        .kind = NS_PIPE_WAIT,
+        .step = p->step,
+        .micro = want.kind == NS_PIPE_FORWARD || want.kind == NS_PIPE_BACKWARD ? want.micro : 0,
+        .awaits = awaited[want.kind]};
+}
+
+int ns_pipe_input_from(ns_pipe_input in)
+{
+    switch (in) {
+    case NS_PIPE_IN_ACT:
+    case NS_PIPE_IN_NORM:
+        return -1;
+    case NS_PIPE_IN_GRAD:
+    case NS_PIPE_IN_SCALE:
+        return +1;
+    case NS_PIPE_IN_NONE:
+        break;
+    }
+    return 0;
 }
 
 void ns_pipe_done(ns_pipe *p, const ns_pipe_op *op)

@@ -8,6 +8,8 @@
 # digit (the reproducible mode computes the same bits whatever the split), and fall. Each stage
 # proves its work with hashes of the activations it took in and sent on; B lies about them
 # (NEUROSHARD_TEST_CHEAT=activations), and the cross-check of neighbouring stages' proofs names it.
+# C's link loses every 7th pipeline frame it sends (NEUROSHARD_TEST_DROP_PIPE=7): its neighbours
+# wait 200 ms, ask for the frames again (RESEND), and the losses are still R's, digit for digit.
 
 . "$(dirname "$0")/lib.sh"
 
@@ -27,9 +29,10 @@ PID_a=$NODE_PID API_a=$API
 SEED=$(curl -s "http://$API_a/api/stats" | json_field listen)
 for n in b c; do
     [ $n = b ] && export NEUROSHARD_TEST_CHEAT=activations
+    [ $n = c ] && export NEUROSHARD_TEST_DROP_PIPE=7
     # shellcheck disable=SC2086
     start_node "$TMP_ROOT/$n" $COMMON --quorum-size 3 --bootstrap "$SEED" || exit 1
-    unset NEUROSHARD_TEST_CHEAT
+    unset NEUROSHARD_TEST_CHEAT NEUROSHARD_TEST_DROP_PIPE
     eval "PID_$n=\$NODE_PID API_$n=\$API"
 done
 
@@ -62,6 +65,18 @@ losses() { sed -n "2,$((STEPS + 1))p" "$1/train.csv" | cut -d, -f1,2; }
 ref=$(losses "$TMP_ROOT/r")
 pipe=$(losses "$TMP_ROOT/$FIN")
 check "  ... with the losses of one process holding the whole model, digit for digit" contains "$pipe" "$ref"
+sum_of() {
+    _t=0
+    for n in a b c; do
+        eval "api=\$API_$n"
+        _v=$(status_of "$api" | json_field "$1")
+        _t=$((_t + ${_v:-0}))
+    done
+    echo $_t
+}
+asked=$(sum_of resend_asked)
+resent=$(sum_of resent)
+check "  ... though C lost every 7th frame: its neighbours asked again ($asked) and got them ($resent)" test "$asked" -gt 0 -a "$resent" -gt 0
 # each step's loss is of another batch, and the first steps' learning rate is tiny (warm-up):
 # over 30 steps the mean of the last five falls below that of the first five
 LONG=30

@@ -216,7 +216,99 @@ static void test_split_balances_the_slowest_stage(void **state)
     assert_int_equal(ns_pipe_split(2, 3, 0, 0, b), NS_EINVAL);
 }
 
+/* A waiting stage names what it waits for and from whom, so that it can ask for it again. */
+static void test_a_wait_names_the_input_awaited(void **state)
+{
+    (void)state;
+    ns_pipe *p = pipe_of(1, 3, 2); /* a processor: F0 F1 B0 B1 N U */
+    ns_pipe_op op;
+    ns_pipe_next(p, &op);
+    assert_int_equal(op.kind, NS_PIPE_WAIT);
+    assert_int_equal(op.awaits, NS_PIPE_IN_ACT);
+    assert_int_equal(op.micro, 0);
+    assert_int_equal(ns_pipe_input_from(op.awaits), -1);
+    assert_int_equal(ns_pipe_on_activation(p, 0, 0, NULL), NS_OK);
+    ns_pipe_next(p, &op);
+    ns_pipe_done(p, &op); /* F0 */
+    ns_pipe_next(p, &op);
+    assert_int_equal(op.awaits, NS_PIPE_IN_ACT);
+    assert_int_equal(op.micro, 1);
+    assert_int_equal(ns_pipe_on_activation(p, 0, 1, NULL), NS_OK);
+    ns_pipe_next(p, &op);
+    ns_pipe_done(p, &op); /* F1 */
+    ns_pipe_next(p, &op);
+    assert_int_equal(op.kind, NS_PIPE_WAIT);
+    assert_int_equal(op.awaits, NS_PIPE_IN_GRAD);
+    assert_int_equal(op.micro, 0);
+    assert_int_equal(ns_pipe_input_from(op.awaits), +1);
+    /* the gradient arrives twice (a resend crossed the first): kept once, refused once */
+    ns_pipe_refusal why;
+    assert_int_equal(ns_pipe_on_gradient(p, 0, 0, &why), NS_OK);
+    assert_int_equal(ns_pipe_on_gradient(p, 0, 0, &why), NS_EINVAL);
+    assert_int_equal(why, NS_PIPE_DUPLICATE);
+    for (int k = 0; k < 2; k++) {
+        ns_pipe_next(p, &op);
+        if (op.kind == NS_PIPE_WAIT) {
+            assert_int_equal(op.awaits, NS_PIPE_IN_GRAD);
+            assert_int_equal(op.micro, 1);
+            assert_int_equal(ns_pipe_on_gradient(p, 0, 1, NULL), NS_OK);
+            ns_pipe_next(p, &op);
+        }
+        assert_int_equal(op.kind, NS_PIPE_BACKWARD);
+        ns_pipe_done(p, &op);
+    }
+    ns_pipe_next(p, &op);
+    assert_int_equal(op.awaits, NS_PIPE_IN_NORM);
+    assert_int_equal(ns_pipe_on_norm(p, 0, 2.0, NULL), NS_OK);
+    ns_pipe_next(p, &op);
+    ns_pipe_done(p, &op); /* N */
+    ns_pipe_next(p, &op);
+    assert_int_equal(op.kind, NS_PIPE_WAIT);
+    assert_int_equal(op.awaits, NS_PIPE_IN_SCALE);
+    assert_int_equal(ns_pipe_input_from(op.awaits), +1);
+    assert_int_equal(ns_pipe_input_from(NS_PIPE_IN_NONE), 0);
+    assert_int_equal(ns_pipe_refused(p, NS_PIPE_DUPLICATE), 1);
+    ns_pipe_free(p);
+}
+
 /* ---- the frames -------------------------------------------------------------------------- */
+
+static void test_resend_frames_round_trip_and_refuse_what_names_nothing(void **state)
+{
+    (void)state;
+    ns_pipe_msg m = {.type = NS_FRAME_PIPE_RESEND,
+                     .step = 77,
+                     .generation = 3,
+                     .micro = 5,
+                     .awaits = NS_PIPE_IN_GRAD};
+    uint8_t body[64];
+    ns_frame f;
+    ns_pipe_msg_frame(&m, NULL, body, &f);
+    assert_int_equal(f.type, NS_FRAME_PIPE_RESEND);
+    assert_int_equal(f.body_len, ns_pipe_msg_body_bytes(&m));
+    ns_pipe_msg back;
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_OK);
+    assert_true(back.step == 77);
+    assert_int_equal(back.generation, 3);
+    assert_int_equal(back.micro, 5);
+    assert_int_equal(back.awaits, NS_PIPE_IN_GRAD);
+    /* an input that is none, a micro-batch beyond the limit, a body of another length */
+    m.awaits = NS_PIPE_IN_NONE;
+    ns_pipe_msg_frame(&m, NULL, body, &f);
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_EPARSE);
+    m.awaits = (ns_pipe_input)5;
+    ns_pipe_msg_frame(&m, NULL, body, &f);
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_EPARSE);
+    m.awaits = NS_PIPE_IN_SCALE;
+    m.micro = NS_PIPE_MICRO_MAX;
+    ns_pipe_msg_frame(&m, NULL, body, &f);
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_EPARSE);
+    m.micro = 0;
+    ns_pipe_msg_frame(&m, NULL, body, &f);
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_OK);
+    f.body_len--;
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_EPARSE);
+}
 
 static void test_frames_round_trip_and_refuse_what_would_poison_a_stage(void **state)
 {
@@ -577,6 +669,8 @@ int main(void)
         cmocka_unit_test(test_each_stage_runs_one_forward_one_backward),
         cmocka_unit_test(test_every_shape_keeps_its_bounds),
         cmocka_unit_test(test_inputs_that_do_not_belong_are_refused),
+        cmocka_unit_test(test_a_wait_names_the_input_awaited),
+        cmocka_unit_test(test_resend_frames_round_trip_and_refuse_what_names_nothing),
         cmocka_unit_test(test_micro_batch_rows_and_bubble),
         cmocka_unit_test(test_split_balances_the_slowest_stage),
         cmocka_unit_test(test_frames_round_trip_and_refuse_what_would_poison_a_stage),
