@@ -111,9 +111,23 @@ typedef struct ns_entry {
     uint8_t reference[NS_SHA256_BYTES];     /* receive: the send; challenge: the recomputed hash */
     const uint8_t *proof; /* claim, challenge: the proof's envelope (into the caller's buffer) */
     size_t proof_len;
-    const uint8_t *evidence; /* challenge by continuity: a later proof of the same author */
+    const uint8_t *evidence; /* challenge by continuity: a later proof of the same author;
+                                by the cohort's screen: ns_ledger_cohort_evidence */
     size_t evidence_len;
 } ns_entry;
+
+/* A challenge by the cohort's screen (S8): the evidence names the cohort round whose sealed
+ * parts show the prover's pseudo-gradient beyond 5 sigma, and the SHA-256 of the bundle that
+ * holds them (sync.h, ns_cohort_judge), which judges fetch from the challenger. The challenged
+ * proof must be the prover's work of the round before (its outer_round + 1 == round). Layout:
+ * "NSCF" | version 1 | round u64 BE | bundle SHA-256; no proof envelope starts with 'N' (a
+ * protobuf tag of wire type 6 does not exist), so the two kinds of evidence never mix. */
+#define NS_LEDGER_COHORT_EVIDENCE_BYTES 45
+void ns_ledger_cohort_evidence(uint8_t out[NS_LEDGER_COHORT_EVIDENCE_BYTES], uint64_t round,
+                               const uint8_t bundle_hash[NS_SHA256_BYTES]);
+/* Whether evidence is a cohort accusation (then *round and bundle_hash are filled). */
+bool ns_ledger_cohort_evidence_parse(const uint8_t *evidence, size_t len, uint64_t *round,
+                                     uint8_t bundle_hash[NS_SHA256_BYTES]);
 
 /* The burn of a send of amount: 5 %, rounded up, so that every spend burns something. */
 ns_neuro ns_ledger_send_fee(ns_neuro amount);
@@ -144,8 +158,10 @@ typedef enum ns_judgement {
     NS_JUDGE_FRAUD = 1,   /* the recompute does not give the proof's weights after */
     NS_JUDGE_HONEST = 2,  /* it does: the challenge is false */
 } ns_judgement;
+/* challenge: the entry being applied (its reference: the recomputed hash; its evidence: empty,
+ * or a cohort accusation, ns_ledger_cohort_evidence_parse). */
 typedef ns_judgement (*ns_ledger_judge_fn)(void *arg, const ns_proof *proof,
-                                           const uint8_t recomputed[NS_SHA256_BYTES]);
+                                           const ns_entry *challenge);
 /* Who judges challenges for this ledger: without one, every challenge waits. */
 void ns_ledger_set_judge(ns_ledger *ledger, ns_ledger_judge_fn fn, void *arg);
 

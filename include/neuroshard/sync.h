@@ -121,6 +121,13 @@ typedef struct ns_cohort_report {
 
 typedef struct ns_cohort ns_cohort;
 
+/* One contribution an owner screened: its sender and the PART's bytes. */
+typedef struct ns_cohort_evidence {
+    uint8_t from[NS_ID_BYTES];
+    const uint8_t *msg;
+    size_t len;
+} ns_cohort_evidence;
+
 typedef struct ns_cohort_config {
     uint8_t self_id[NS_ID_BYTES];
     uint32_t group_max;  /* 2..NS_SYNC_GROUP_MAX (0: NS_SYNC_GROUP_MAX) */
@@ -140,6 +147,11 @@ typedef struct ns_cohort_config {
      * core. Never called for this node's own part (the report counts it). */
     void (*verdict)(void *arg, const uint8_t from[NS_ID_BYTES], ns_agg_verdict verdict,
                     double sigma, const uint8_t *msg, size_t len);
+    /* A contribution this node screened as FRAUD, with every part screened at that chunk in
+     * the order of the screen (this node's own as a PART message too): what a judge needs to
+     * run the screen again (ns_cohort_judge). May be NULL. Must not call back into the core. */
+    void (*evidence)(void *arg, const uint8_t accused[NS_ID_BYTES], double sigma,
+                     const ns_cohort_evidence *parts, size_t k);
 } ns_cohort_config;
 
 /* A core for vectors of n floats. Keeps a copy of config and a pointer to env (timers).
@@ -177,5 +189,66 @@ NS_MUST_USE int ns_cohort_on_message(ns_cohort *c, const uint8_t from[NS_ID_BYTE
 
 uint64_t ns_cohort_refusals(const ns_cohort *c, ns_cohort_refusal why);
 bool ns_cohort_busy(const ns_cohort *c); /* a round is running */
+
+/* ---- signed contributions and fraud evidence (evidence.c) --------------------------------- */
+
+/* What a PART message says (cohort.c's wire format), for a judge. */
+typedef struct ns_cohort_part {
+    uint64_t round;
+    uint32_t phase, lane, chunk;
+    uint64_t first, length;
+    double weight;
+    uint8_t w0_hash[NS_SHA256_BYTES];
+    const uint8_t *blob;
+    size_t blob_len;
+} ns_cohort_part;
+
+/* NS_EPARSE unless msg is a well-formed PART (the header's own checks). */
+NS_MUST_USE int ns_cohort_part_parse(const uint8_t *msg, size_t len, ns_cohort_part *out);
+
+/* The daemon seals every cohort message it sends: the sender's public key and its signature over
+ * SHA256(NS_COHORT_SEAL_DOMAIN || msg), so that a third party can check who said what. */
+#define NS_COHORT_SEAL_DOMAIN "neuroshard/cohort/v1"
+#define NS_COHORT_SEAL_BYTES  (NS_PUBKEY_BYTES + NS_SIG_BYTES)
+NS_MUST_USE int ns_cohort_seal(const ns_key *key, const uint8_t *msg, size_t len,
+                               uint8_t seal[NS_COHORT_SEAL_BYTES]);
+/* NS_OK with the signer's node id, NS_EBADSIG or NS_ECRYPTO (a key that is not a point). */
+NS_MUST_USE int ns_cohort_seal_check(const uint8_t *msg, size_t len,
+                                     const uint8_t seal[NS_COHORT_SEAL_BYTES],
+                                     uint8_t signer[NS_ID_BYTES]);
+
+/* A fraud bundle: every sealed PART an owner screened at one chunk of one round, in the order of
+ * its screen. Layout: "NSCB" | version 1 | k (u8) | k x (msg length u32 LE | msg | seal). */
+#define NS_COHORT_BUNDLE_MAX       (256u << 20)
+#define NS_COHORT_BUNDLE_PARTS_MIN 3 /* fewer: no screen can judge anyone */
+
+typedef struct ns_cohort_sealed {
+    const uint8_t *msg;
+    size_t len;
+    uint8_t seal[NS_COHORT_SEAL_BYTES];
+} ns_cohort_sealed;
+
+/* *out (malloc'd) gets the bundle of parts[0..k). NS_EINVAL for k outside
+ * NS_COHORT_BUNDLE_PARTS_MIN..NS_SYNC_GROUP_MAX or a message over NS_SYNC_MSG_MAX; NS_ETOOBIG
+ * beyond NS_COHORT_BUNDLE_MAX; NS_ENOMEM. */
+NS_MUST_USE int ns_cohort_bundle_write(const ns_cohort_sealed *parts, size_t k, uint8_t **out,
+                                       size_t *out_len);
+
+typedef struct ns_cohort_judgement {
+    ns_agg_verdict verdict; /* of the accused's part under S8's screen (3 and 5 sigma) */
+    double sigma;
+    uint64_t round;
+    uint32_t parts;
+} ns_cohort_judgement;
+
+/* Runs the screen again over a bundle, as every node would: deterministic, from the bundle alone.
+ * NS_OK with the accused's verdict; NS_EPARSE for a bundle that proves nothing: malformed, a
+ * seal that does not verify, parts that are not PARTs of one round, phase, lane and chunk with
+ * one w0, a signer twice, fewer than NS_COHORT_BUNDLE_PARTS_MIN parts, a blob that does not
+ * decode to the chunk's length, or no part of the accused; NS_ENOMEM. Bounded by the bundle's
+ * length and NS_COHORT_BUNDLE_MAX: never reads outside it, allocates at most the chunk's floats
+ * for each part. */
+NS_MUST_USE int ns_cohort_judge(const uint8_t *bundle, size_t len,
+                                const uint8_t accused[NS_ID_BYTES], ns_cohort_judgement *out);
 
 #endif

@@ -83,6 +83,9 @@ typedef enum {
     NS_FRAME_QUORUM_DISSOLVE = 88,   /* swarm.c: the session is over: quorum id, generation */
     NS_FRAME_PIPE_RESEND = 89,       /* pipeline.h: step, the input awaited (type, micro-batch):
                                         send again what you sent me of that step from there on */
+    NS_FRAME_EVIDENCE_GET = 90,      /* evidence.c: a fraud bundle's SHA-256, offset 8 BE */
+    NS_FRAME_EVIDENCE_PART = 91,     /* the request's 40 bytes, total size 8 BE (0: not here);
+                                        tensor U8: the bytes from the offset */
 } ns_frame_type;
 
 struct ns_frame {

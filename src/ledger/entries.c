@@ -470,7 +470,12 @@ static int rule_challenge(ns_ledger *ledger, const ns_entry *e, ns_account *a, c
     if (n != 0)
         return refuse(why, NS_EINVAL, "the account challenged this proof already");
     ns_judgement verdict;
-    if (e->evidence_len > 0) {
+    uint64_t round;
+    uint8_t bundle[NS_SHA256_BYTES];
+    bool cohort = ns_ledger_cohort_evidence_parse(e->evidence, e->evidence_len, &round, bundle);
+    if (cohort && (!p.has_training || p.training.outer_round + 1 != round))
+        return refuse(why, NS_EINVAL, "the cohort round is not the one after the proof's");
+    if (e->evidence_len > 0 && !cohort) {
         /* by continuity: the two signed proofs are the whole case, every node decides alike */
         ns_proof q;
         rc = ns_proof_open(e->evidence, e->evidence_len, REPLAY_NOW_MS, &q);
@@ -481,12 +486,14 @@ static int rule_challenge(ns_ledger *ledger, const ns_entry *e, ns_account *a, c
         verdict = NS_JUDGE_FRAUD;
     } else {
         ledger->judging = e->hash;
-        verdict = ledger->judge != NULL ? ledger->judge(ledger->judge_arg, &p, e->reference)
-                                        : NS_JUDGE_UNKNOWN;
+        verdict =
+            ledger->judge != NULL ? ledger->judge(ledger->judge_arg, &p, e) : NS_JUDGE_UNKNOWN;
         ledger->judging = NULL;
     }
     if (verdict == NS_JUDGE_UNKNOWN)
-        return refuse(why, NS_EWAIT, "waiting for this node's own recompute of the proof");
+        return refuse(why, NS_EWAIT,
+                      cohort ? "waiting for the cohort's evidence to judge the challenge by"
+                             : "waiting for this node's own recompute of the proof");
     int64_t slashed, burned;
     if (verdict == NS_JUDGE_FRAUD) {
         ns_neuro reward;
@@ -619,6 +626,30 @@ static int apply_in_transaction(ns_ledger *ledger, const ns_entry *e, const uint
     return rc;
 }
 
+void ns_ledger_cohort_evidence(uint8_t out[NS_LEDGER_COHORT_EVIDENCE_BYTES], uint64_t round,
+                               const uint8_t bundle_hash[NS_SHA256_BYTES])
+{
+    memcpy(out, "NSCF", 4);
+    out[4] = 1;
+    for (int i = 0; i < 8; i++)
+        out[5 + i] = (uint8_t)(round >> (56 - 8 * i));
+    memcpy(out + 13, bundle_hash, NS_SHA256_BYTES);
+}
+
+bool ns_ledger_cohort_evidence_parse(const uint8_t *evidence, size_t len, uint64_t *round,
+                                     uint8_t bundle_hash[NS_SHA256_BYTES])
+{
+    if (evidence == NULL || len != NS_LEDGER_COHORT_EVIDENCE_BYTES ||
+        memcmp(evidence, "NSCF", 4) != 0 || evidence[4] != 1)
+        return false;
+    uint64_t r = 0;
+    for (int i = 0; i < 8; i++)
+        r = r << 8 | evidence[5 + i];
+    *round = r;
+    memcpy(bundle_hash, evidence + 13, NS_SHA256_BYTES);
+    return true;
+}
+
 void ns_ledger_set_judge(ns_ledger *ledger, ns_ledger_judge_fn fn, void *arg)
 {
     ledger->judge = fn;
@@ -722,10 +753,9 @@ typedef struct recorded {
     ns_ledger *source, *into;
 } recorded;
 
-static ns_judgement judge_as_recorded(void *arg, const ns_proof *proof,
-                                      const uint8_t recomputed[NS_SHA256_BYTES])
+static ns_judgement judge_as_recorded(void *arg, const ns_proof *proof, const ns_entry *challenge)
 {
-    (void)recomputed;
+    (void)challenge;
     recorded *r = arg;
     int64_t fraud = -1;
     int rc = r->into->judging == NULL

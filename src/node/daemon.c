@@ -1344,7 +1344,8 @@ static int node_start(node *n)
                                .key = &n->key,
                                .trainer = &n->trainer,
                                .aggregator = (ns_agg_kind)n->cfg.sync_aggregator,
-                               .cheat = getenv("NEUROSHARD_TEST_CHEAT")};
+                               .cheat = getenv("NEUROSHARD_TEST_CHEAT"),
+                               .econ = &n->econ};
         ns_train_config tc;
         train_config(n, &tc);
         dc.sync_every = tc.sync_every;

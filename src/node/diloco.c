@@ -10,9 +10,10 @@
  * Nesterov step. Alone, the trainer is told so at once and keeps its inner weights.
  *
  * Contributions the owner's screen rejects are counted; one judged fraud (beyond 5 sigma) is
- * logged and its message kept under <data_dir>/evidence/ with the sender's id. Messages are
- * authenticated by the link they came on; they are not yet signed for third parties, so the
- * evidence convinces this node only (docs/design.md, "Cohort sync").
+ * logged and its message kept under <data_dir>/evidence/ with the sender's id. Every cohort
+ * message is sealed by its sender (sync.h: key and signature after the bytes; a seal that is not
+ * the link peer's is refused), so a fraud's screen, every sealed part of it, becomes a bundle
+ * any node can judge, and a ledger challenge of the sender's proof (econ.c, evidence.c).
  *
  * An asynchronous contributor (--sync-role async: a slow machine, or one that cannot keep a
  * cohort's pace) is no member of the rounds. It downloads the weights of a member's last meeting
@@ -54,6 +55,7 @@
 #define DILOCO_GET_BYTES      17
 #define DILOCO_PART_BYTES     65
 #define DILOCO_SUBMIT_BYTES   29
+#define DILOCO_SEALS_MAX      256 /* seals of cohort messages received, kept for a bundle */
 
 typedef struct cohort_peer {
     uint8_t id[NS_NODE_ID_BYTES];
@@ -124,8 +126,14 @@ struct ns_diloco {
     size_t sub_count;
     /* figures */
     uint64_t rounds, rounds_alone, rejected, fraud, dropped_out, frames_refused;
-    uint64_t async_accepted, async_refused, submitted, downloads, served;
+    uint64_t async_accepted, async_refused, submitted, downloads, served, seals_refused;
     ns_cohort_report last;
+    /* the seals of the cohort messages received lately, by the message's SHA-256 (a ring) */
+    struct {
+        uint8_t hash[NS_SHA256_BYTES];
+        uint8_t seal[NS_COHORT_SEAL_BYTES];
+    } seals[DILOCO_SEALS_MAX];
+    size_t seal_next;
 };
 
 static uint64_t now_ms(const ns_diloco *d)
@@ -372,16 +380,19 @@ static void retry_fired(void *arg, uint64_t now)
     drain(d);
 }
 
+/* Every cohort message leaves sealed (sync.h): the bytes, then this node's key and signature. */
 static void cohort_send(void *arg, const uint8_t to[NS_ID_BYTES], const uint8_t *msg, size_t len)
 {
     ns_diloco *d = arg;
-    out_msg *m = d->out_count < DILOCO_OUTBOX_MAX ? malloc(sizeof *m + len) : NULL;
-    if (m == NULL) {
+    out_msg *m =
+        d->out_count < DILOCO_OUTBOX_MAX ? malloc(sizeof *m + len + NS_COHORT_SEAL_BYTES) : NULL;
+    if (m == NULL || ns_cohort_seal(d->cfg.key, msg, len, m->bytes + len) != NS_OK) {
+        free(m);
         d->dropped_out++;
         return;
     }
     memcpy(m->to, to, NS_NODE_ID_BYTES);
-    m->len = len;
+    m->len = len + NS_COHORT_SEAL_BYTES;
     memcpy(m->bytes, msg, len);
     m->next = NULL;
     *d->out_tail = m;
@@ -434,6 +445,48 @@ static void cohort_verdict(void *arg, const uint8_t from[NS_ID_BYTES], ns_agg_ve
     snprintf(path, sizeof path, "%s/sync-%llu-%s.bin", dir, (unsigned long long)d->round, hex);
     if (ns_file_write_atomic(path, msg, len, 0600) != NS_OK)
         NS_LOG_W("sync", "the evidence was not kept: %s", path);
+}
+
+/* A contribution screened as fraud: the sealed parts of its screen become a bundle any node can
+ * judge (evidence.c), and the accused's proof of the round before is challenged (econ.c). */
+static void cohort_evidence(void *arg, const uint8_t accused[NS_ID_BYTES], double sigma,
+                            const ns_cohort_evidence *parts, size_t k)
+{
+    ns_diloco *d = arg;
+    (void)sigma;
+    ns_cohort_sealed sealed[NS_SYNC_GROUP_MAX];
+    size_t n = 0;
+    for (size_t i = 0; i < k && i < NS_SYNC_GROUP_MAX; i++) {
+        sealed[n].msg = parts[i].msg;
+        sealed[n].len = parts[i].len;
+        bool found = false;
+        if (memcmp(parts[i].from, d->cfg.key->node_id, NS_NODE_ID_BYTES) == 0) {
+            found = ns_cohort_seal(d->cfg.key, parts[i].msg, parts[i].len, sealed[n].seal) == NS_OK;
+        } else {
+            uint8_t h[NS_SHA256_BYTES];
+            ns_sha256(h, parts[i].msg, parts[i].len);
+            for (size_t j = 0; j < DILOCO_SEALS_MAX && !found; j++) {
+                if (memcmp(d->seals[j].hash, h, NS_SHA256_BYTES) == 0) {
+                    memcpy(sealed[n].seal, d->seals[j].seal, NS_COHORT_SEAL_BYTES);
+                    found = true;
+                }
+            }
+        }
+        n += found;
+    }
+    ns_cohort_part part;
+    uint8_t *bundle = NULL;
+    size_t len = 0;
+    int rc = n > 0 ? ns_cohort_part_parse(sealed[0].msg, sealed[0].len, &part) : NS_EINVAL;
+    if (rc == NS_OK)
+        rc = ns_cohort_bundle_write(sealed, n, &bundle, &len);
+    if (rc != NS_OK) {
+        NS_LOG_W("sync", "no fraud bundle: %s (%zu sealed parts)", ns_strerror(rc), n);
+        return;
+    }
+    if (d->cfg.econ != NULL && *d->cfg.econ != NULL)
+        ns_econ_accuse(*d->cfg.econ, accused, part.round, bundle, len);
+    free(bundle);
 }
 
 static bool cheats_poison(const ns_diloco *d)
@@ -826,7 +879,8 @@ static void start_round(ns_diloco *d)
                                .arg = d,
                                .send = cohort_send,
                                .done = cohort_done,
-                               .verdict = cohort_verdict};
+                               .verdict = cohort_verdict,
+                               .evidence = cohort_evidence};
         memcpy(cc.self_id, d->cfg.key->node_id, NS_NODE_ID_BYTES);
         ns_compress_config_default(&cc.compress);
         /* int8 + zstd, no top-k: a chunk owner's aggregate is compressed again without error
@@ -936,17 +990,35 @@ void ns_diloco_request(void *arg, uint64_t round, const float *delta, size_t n, 
 
 /* ---- frames and timers ----------------------------------------------------------------------- */
 
+/* A cohort message's seal must be its sender's (the link's peer); it is kept for a bundle. */
+static bool seal_ok(ns_diloco *d, const uint8_t peer[NS_NODE_ID_BYTES], const uint8_t *msg,
+                    size_t len)
+{
+    uint8_t signer[NS_NODE_ID_BYTES];
+    if (ns_cohort_seal_check(msg, len, msg + len, signer) != NS_OK ||
+        memcmp(signer, peer, NS_NODE_ID_BYTES) != 0)
+        return false;
+    size_t i = d->seal_next++ % DILOCO_SEALS_MAX;
+    ns_sha256(d->seals[i].hash, msg, len);
+    memcpy(d->seals[i].seal, msg + len, NS_COHORT_SEAL_BYTES);
+    return true;
+}
+
 static void on_frame(void *arg, const uint8_t peer[NS_NODE_ID_BYTES], const ns_frame *f)
 {
     ns_diloco *d = arg;
     if (f->type == NS_FRAME_SYNC_HELLO) {
         on_hello(d, peer, f);
     } else if (f->type == NS_FRAME_SYNC_MSG) {
-        if (f->tensor.dtype != NS_DTYPE_U8 || f->tensor.ndim != 1)
+        size_t len = f->tensor.bytes - NS_COHORT_SEAL_BYTES;
+        if (f->tensor.dtype != NS_DTYPE_U8 || f->tensor.ndim != 1 ||
+            f->tensor.bytes <= NS_COHORT_SEAL_BYTES)
             d->frames_refused++;
+        else if (!seal_ok(d, peer, f->tensor.data, len))
+            d->seals_refused++;
         else if (d->cohort == NULL)
-            hold(d, peer, f->tensor.data, f->tensor.bytes);
-        else if (ns_cohort_on_message(d->cohort, peer, f->tensor.data, f->tensor.bytes) != NS_OK)
+            hold(d, peer, f->tensor.data, len);
+        else if (ns_cohort_on_message(d->cohort, peer, f->tensor.data, len) != NS_OK)
             d->frames_refused++;
     } else if (f->type == NS_FRAME_SYNC_SUBMIT) {
         on_submit(d, peer, f);
@@ -1049,6 +1121,7 @@ json_t *ns_diloco_json(ns_diloco *d)
         json_object_set_new(
             refused, ns_cohort_refusal_text((ns_cohort_refusal)r),
             json_integer((json_int_t)ns_cohort_refusals(d->cohort, (ns_cohort_refusal)r)));
+    json_object_set_new(refused, "bad seal", json_integer((json_int_t)d->seals_refused));
     return json_pack("{s:I, s:s, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, "
                      "s:I, s:I}, s:o, s:I, s:s, s:b, s:{s:I, s:I, s:I, s:I, s:I}}",
                      "every", (json_int_t)d->cfg.sync_every, "aggregator",

@@ -11,6 +11,7 @@
  * newest sequences and ask for what they lack, so a node that was offline catches up. Sends to
  * this node are taken in (a receive entry) as soon as they are applied.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,14 +28,35 @@
 #define ECON_HEADS_PER_FRAME  1024
 #define ECON_VALIDATOR_NODES  100000
 #define ECON_STAGE_PROOFS_MAX 64 /* pipeline stages' proofs kept for the cross-check */
+#define ECON_ACCUSE_MAX       16 /* cohort frauds waiting for the accused's proof */
+#define ECON_ACCUSE_MS        (10 * 60 * 1000) /* how long one waits for it */
+#define ECON_ACCUSED_MAX      64
+#define ECON_ACCUSE_AGAIN_MS  (10 * 60 * 1000) /* one challenge of an accused in this long */
+#define ECON_ACCUSE_RETRY_MS  30000            /* after a challenge that could not be made */
 
 typedef struct pending_entry {
     uint8_t *buf;
     size_t len;
 } pending_entry;
 
+/* A cohort fraud this node screened, waiting for the proof it challenges. */
+typedef struct accusation {
+    bool on;
+    uint8_t accused[NS_NODE_ID_BYTES];
+    uint64_t round, until_ms;
+    uint8_t bundle[NS_SHA256_BYTES];
+} accusation;
+
 struct ns_econ {
     ns_econ_config cfg;
+    ns_evidence *evidence;
+    accusation accusations[ECON_ACCUSE_MAX];
+    struct {
+        uint8_t id[NS_NODE_ID_BYTES];
+        uint64_t quiet_until_ms; /* no new accusation of it before */
+    } accused[ECON_ACCUSED_MAX];
+    size_t accused_next;
+    uint64_t cohort_challenges;
     ns_ponw_validator *validator;
     ns_verifier *verifier;
     uint64_t proof_timer, claim_timer, verify_timer;
@@ -397,6 +419,106 @@ static void cross_check(ns_econ *e, const ns_proof *p)
         e->stage_count++;
 }
 
+/* An accused this node challenged lately (or could not) is not accused again for a while: one
+ * slash a window deters, and every challenge costs each node a bundle to fetch and judge. */
+static bool accused_lately(const ns_econ *e, const uint8_t id[NS_NODE_ID_BYTES])
+{
+    for (size_t i = 0; i < ECON_ACCUSED_MAX; i++)
+        if (memcmp(e->accused[i].id, id, NS_NODE_ID_BYTES) == 0 &&
+            now_ms(e) < e->accused[i].quiet_until_ms)
+            return true;
+    return false;
+}
+
+static void quiet(ns_econ *e, const uint8_t id[NS_NODE_ID_BYTES], uint64_t for_ms)
+{
+    size_t at = e->accused_next % ECON_ACCUSED_MAX;
+    for (size_t i = 0; i < ECON_ACCUSED_MAX; i++)
+        if (memcmp(e->accused[i].id, id, NS_NODE_ID_BYTES) == 0)
+            at = i;
+    if (at == e->accused_next % ECON_ACCUSED_MAX)
+        e->accused_next++;
+    memcpy(e->accused[at].id, id, NS_NODE_ID_BYTES);
+    e->accused[at].quiet_until_ms = now_ms(e) + for_ms;
+    for (size_t i = 0; i < ECON_ACCUSE_MAX; i++) /* its other rounds wait no more */
+        if (memcmp(e->accusations[i].accused, id, NS_NODE_ID_BYTES) == 0)
+            e->accusations[i].on = false;
+}
+
+/* Challenges a proof of an accused whose cohort part of the round after was fraud. */
+static void challenge_cohort(ns_econ *e, accusation *a, const uint8_t *env, size_t len)
+{
+    uint8_t evidence[NS_LEDGER_COHORT_EVIDENCE_BYTES];
+    ns_ledger_cohort_evidence(evidence, a->round, a->bundle);
+    ns_entry en = {.kind = NS_ENTRY_CHALLENGE,
+                   .amount = e->cfg.bond,
+                   .proof = env,
+                   .proof_len = len,
+                   .evidence = evidence,
+                   .evidence_len = sizeof evidence};
+    char why[NS_LEDGER_WHY_SIZE], who[17];
+    ns_hex_encode(who, sizeof who, a->accused, 8);
+    a->on = false;
+    if (append_own(e, &en, why) == NS_OK) {
+        e->challenges_made++;
+        e->cohort_challenges++;
+        NS_LOG_I("sync", "challenged %s…'s proof of round %llu with the cohort's evidence", who,
+                 (unsigned long long)a->round - 1);
+        quiet(e, a->accused, ECON_ACCUSE_AGAIN_MS);
+    } else {
+        NS_LOG_W("sync", "cohort fraud by %s… not challenged: %s", who, why);
+        quiet(e, a->accused, ECON_ACCUSE_RETRY_MS);
+    }
+}
+
+/* A training proof that may be the one an accusation waits for. */
+static void match_accusations(ns_econ *e, const ns_proof *p, const uint8_t *env, size_t len)
+{
+    for (size_t i = 0; i < ECON_ACCUSE_MAX; i++) {
+        accusation *a = &e->accusations[i];
+        if (a->on && now_ms(e) > a->until_ms)
+            a->on = false;
+        if (a->on && p->type == NS_PROOF_TRAINING && p->has_training &&
+            p->training.outer_round + 1 == a->round &&
+            memcmp(p->author, a->accused, NS_NODE_ID_BYTES) == 0)
+            challenge_cohort(e, a, env, len);
+    }
+}
+
+void ns_econ_accuse(ns_econ *e, const uint8_t accused[NS_NODE_ID_BYTES], uint64_t round,
+                    const uint8_t *bundle, size_t len)
+{
+    if (accused_lately(e, accused))
+        return;
+    accusation *a = &e->accusations[0]; /* a free one, else the one that waits least long */
+    for (size_t i = 0; i < ECON_ACCUSE_MAX; i++) {
+        accusation *x = &e->accusations[i];
+        if (!x->on || now_ms(e) > x->until_ms) {
+            a = x;
+            break;
+        }
+        if (x->until_ms < a->until_ms)
+            a = x;
+    }
+    *a = (accusation){.on = true, .round = round, .until_ms = now_ms(e) + ECON_ACCUSE_MS};
+    memcpy(a->accused, accused, NS_NODE_ID_BYTES);
+    int rc = ns_evidence_keep(e->evidence, bundle, len, a->bundle);
+    if (rc != NS_OK) {
+        a->on = false;
+        NS_LOG_W("sync", "the fraud bundle was not kept: %s", ns_strerror(rc));
+        return;
+    }
+    /* the accused's proof of that period may be here already */
+    uint8_t *env = NULL;
+    size_t env_len = 0;
+    ns_proof p;
+    if (ns_ledger_previous_training_proof(e->cfg.ledger, accused, now_ms(e) + 3600000, &env,
+                                          &env_len) == NS_OK &&
+        ns_proof_open(env, env_len, now_ms(e), &p) == NS_OK)
+        match_accusations(e, &p, env, env_len);
+    free(env);
+}
+
 static void on_proof(ns_econ *e, const uint8_t *peer, const ns_frame *f)
 {
     ns_proof p;
@@ -409,6 +531,7 @@ static void on_proof(ns_econ *e, const uint8_t *peer, const ns_frame *f)
     if (ns_ledger_proof_put(e->cfg.ledger, &p, f->body, f->body_len, now_ms(e)) == NS_OK)
         broadcast_except(e, NS_FRAME_PROOF, f->body, f->body_len, peer);
     cross_check(e, &p);
+    match_accusations(e, &p, f->body, f->body_len);
     if (e->cfg.verifier && p.type == NS_PROOF_TRAINING)
         check_continuity(e, &p, f->body, f->body_len);
     if (e->cfg.verifier && p.type == NS_PROOF_TRAINING) {
@@ -441,6 +564,10 @@ static void on_frame(void *arg, const uint8_t peer_id[NS_NODE_ID_BYTES], const n
     case NS_FRAME_VERIFY_GET:
     case NS_FRAME_VERIFY_PART:
         ns_verifier_on_frame(e->verifier, peer_id, f);
+        return;
+    case NS_FRAME_EVIDENCE_GET:
+    case NS_FRAME_EVIDENCE_PART:
+        ns_evidence_on_frame(e->evidence, peer_id, f);
         return;
     default:
         return;
@@ -627,11 +754,14 @@ static void claim_timer_fired(void *arg, uint64_t now)
 
 /* The ledger's judge: this node's own recompute; until it has one, the challenge waits while a
  * recompute is queued. */
-static ns_judgement judge(void *arg, const ns_proof *proof,
-                          const uint8_t recomputed[NS_SHA256_BYTES])
+static ns_judgement judge(void *arg, const ns_proof *proof, const ns_entry *challenge)
 {
-    (void)recomputed;
     ns_econ *e = arg;
+    uint64_t round;
+    uint8_t bundle[NS_SHA256_BYTES];
+    if (ns_ledger_cohort_evidence_parse(challenge->evidence, challenge->evidence_len, &round,
+                                        bundle)) /* by the cohort's screen: rerun it */
+        return ns_evidence_verdict(e->evidence, bundle, proof->author, round, challenge->account);
     ns_judgement j = ns_verifier_verdict(e->verifier, proof->id, NULL);
     if (j == NS_JUDGE_UNKNOWN)
         ns_verifier_check(e->verifier, proof, false);
@@ -672,6 +802,7 @@ static void verify_timer_fired(void *arg, uint64_t now)
     ns_econ *e = arg;
     e->verify_timer = 0;
     ns_verifier_tick(e->verifier);
+    ns_evidence_tick(e->evidence);
     retry_pending(e);
     e->verify_timer = ns_env_timer(&e->cfg.uvenv->env, now + 2000, verify_timer_fired, e);
 }
@@ -701,6 +832,11 @@ typedef struct last_ctx {
     uint64_t end;
 } last_ctx;
 
+static void evidence_fetched(void *arg)
+{
+    retry_pending(arg);
+}
+
 int ns_econ_start(ns_econ **out, const ns_econ_config *cfg)
 {
     ns_econ *e = calloc(1, sizeof *e);
@@ -724,6 +860,16 @@ int ns_econ_start(ns_econ **out, const ns_econ_config *cfg)
     memcpy(vc.self, cfg->key->node_id, NS_NODE_ID_BYTES);
     rc = ns_verifier_new(&e->verifier, cfg->uvenv->loop, &vc);
     if (rc != NS_OK) {
+        ns_ponw_validator_free(e->validator);
+        free(e);
+        return rc;
+    }
+    ns_evidence_config evc = {
+        .uvenv = cfg->uvenv, .net = cfg->net, .fetched = evidence_fetched, .arg = e};
+    snprintf(evc.data_dir, sizeof evc.data_dir, "%s", cfg->verify.data_dir);
+    rc = ns_evidence_new(&e->evidence, &evc);
+    if (rc != NS_OK) {
+        ns_verifier_free(e->verifier);
         ns_ponw_validator_free(e->validator);
         free(e);
         return rc;
@@ -758,6 +904,7 @@ void ns_econ_stop(ns_econ *e)
         ns_env_timer_cancel(env, e->verify_timer);
     ns_ledger_set_judge(e->cfg.ledger, NULL, NULL);
     ns_verifier_free(e->verifier);
+    ns_evidence_free(e->evidence);
     for (size_t i = 0; i < e->pending_count; i++)
         free(e->pending[i].buf);
     ns_ponw_validator_free(e->validator);
@@ -794,7 +941,7 @@ json_t *ns_econ_ponw_json(ns_econ *e, uint32_t limit)
             json_integer((json_int_t)ns_ponw_verdict_count(e->validator, (ns_ponw_verdict)v)));
     uint64_t checked, fraud, failed, unanswered;
     ns_verifier_counts(e->verifier, &checked, &fraud, &failed, &unanswered);
-    return json_pack(
+    json_t *o = json_pack(
         "{s:o, s:o, s:I, s:I, s:I, s:I, s:{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I}}", "proofs",
         c.list, "verdicts", verdicts, "proofs_made", (json_int_t)e->proofs_made, "claims_made",
         (json_int_t)e->claims_made, "claims_refused", (json_int_t)e->claims_refused, "interval_ms",
@@ -803,6 +950,10 @@ json_t *ns_econ_ponw_json(ns_econ *e, uint32_t limit)
         (json_int_t)failed, "unanswered", (json_int_t)unanswered, "challenges_made",
         (json_int_t)e->challenges_made, "cross_checked", (json_int_t)e->cross_checked,
         "cross_mismatched", (json_int_t)e->cross_mismatched);
+    json_t *cohort = ns_evidence_json(e->evidence);
+    json_object_set_new(cohort, "challenges_made", json_integer((json_int_t)e->cohort_challenges));
+    json_object_set_new(o, "cohort_fraud", cohort);
+    return o;
 }
 
 int ns_econ_metrics(ns_econ *e, char **text)

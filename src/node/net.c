@@ -496,6 +496,8 @@ static void link_frame(void *arg, const ns_frame *f)
         if (f->type >= NS_FRAME_APP && c->purpose == CONN_PEER && c->has_peer_id) {
             ns_net_app app = f->type >= NS_FRAME_SYNC_HELLO && f->type <= NS_FRAME_SYNC_WEIGHTS_PART
                                  ? NS_NET_APP_SYNC
+                             : f->type == NS_FRAME_EVIDENCE_GET || f->type == NS_FRAME_EVIDENCE_PART
+                                 ? NS_NET_APP_ECON
                              : f->type >= NS_FRAME_PIPE_ACT ? NS_NET_APP_SWARM
                                                             : NS_NET_APP_ECON;
             if (c->net->apps[app].frame != NULL)

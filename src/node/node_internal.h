@@ -454,7 +454,8 @@ typedef struct ns_diloco_config {
     double density;      /* top-k share (0: compress.h's default) */
     uint64_t timeout_ms; /* a round's phases (0: sync.h's default) */
     char data_dir[PATH_MAX];
-    const char *cheat; /* NEUROSHARD_TEST_CHEAT */
+    const char *cheat;           /* NEUROSHARD_TEST_CHEAT */
+    struct ns_econ *const *econ; /* the daemon's: where cohort fraud becomes a challenge */
 } ns_diloco_config;
 NS_MUST_USE int ns_diloco_start(ns_diloco **out, const ns_diloco_config *cfg);
 void ns_diloco_stop(ns_diloco *d); /* NULL is a no-op; after the trainer stopped */
@@ -483,6 +484,31 @@ typedef struct ns_econ_config {
     ns_verifier_config verify;  /* uvenv, net and done are filled in by ns_econ_start */
 } ns_econ_config;
 
+/* ---- cohort fraud bundles (evidence.c) ------------------------------------------------------ */
+
+typedef struct ns_evidence ns_evidence;
+typedef struct ns_evidence_config {
+    ns_uv_env *uvenv;
+    ns_net *net;
+    char data_dir[PATH_MAX];
+    void (*fetched)(void *arg); /* a fetch ended (a challenge waiting on it may apply now) */
+    void *arg;
+} ns_evidence_config;
+NS_MUST_USE int ns_evidence_new(ns_evidence **out, const ns_evidence_config *cfg);
+void ns_evidence_free(ns_evidence *ev); /* NULL is a no-op */
+/* Keeps a bundle under <data_dir>/evidence/<hash>.bundle; *hash gets its SHA-256. */
+NS_MUST_USE int ns_evidence_keep(ns_evidence *ev, const uint8_t *bundle, size_t len,
+                                 uint8_t hash[NS_SHA256_BYTES]);
+/* The verdict on `accused` in `round` by the bundle with this hash: judged when the bundle is
+ * here; else fetched from holder (NS_JUDGE_UNKNOWN meanwhile); NS_JUDGE_HONEST when the holder
+ * never served it. */
+ns_judgement ns_evidence_verdict(ns_evidence *ev, const uint8_t hash[NS_SHA256_BYTES],
+                                 const uint8_t accused[NS_NODE_ID_BYTES], uint64_t round,
+                                 const uint8_t holder[NS_NODE_ID_BYTES]);
+void ns_evidence_on_frame(ns_evidence *ev, const uint8_t peer[NS_NODE_ID_BYTES], const ns_frame *f);
+void ns_evidence_tick(ns_evidence *ev); /* retries and gives up fetches; every few seconds */
+json_t *ns_evidence_json(const ns_evidence *ev);
+
 /* Starts signing proofs, claiming them and gossiping entries and proofs over net's peer links. */
 NS_MUST_USE int ns_econ_start(ns_econ **out, const ns_econ_config *cfg);
 void ns_econ_stop(ns_econ *e); /* NULL is a no-op */
@@ -490,6 +516,11 @@ void ns_econ_stop(ns_econ *e); /* NULL is a no-op */
 NS_MUST_USE int ns_econ_send(ns_econ *e, const uint8_t to[NS_NODE_ID_BYTES], ns_neuro amount,
                              char *why, uint8_t hash[NS_SHA256_BYTES]);
 NS_MUST_USE int ns_econ_stake(ns_econ *e, ns_neuro amount, bool unstake, char *why);
+/* A cohort member screened `accused`'s part of cohort round `round` as fraud: keeps the bundle
+ * and challenges the accused's proof of the round before, once this node holds it (and has the
+ * bond staked). */
+void ns_econ_accuse(ns_econ *e, const uint8_t accused[NS_NODE_ID_BYTES], uint64_t round,
+                    const uint8_t *bundle, size_t len);
 /* ns_ledger_check's report as JSON (daemon.c). */
 json_t *ns_ledger_report_json(const ns_ledger_report *r);
 /* GET /api/ponw: the newest proofs kept and the validator's verdicts. */

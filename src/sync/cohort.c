@@ -191,6 +191,24 @@ static int msg_parse(const uint8_t *buf, size_t len, header *h)
     return NS_OK;
 }
 
+int ns_cohort_part_parse(const uint8_t *msg, size_t len, ns_cohort_part *out)
+{
+    header h;
+    if (msg == NULL || msg_parse(msg, len, &h) != NS_OK || h.type != MSG_PART)
+        return NS_EPARSE;
+    *out = (ns_cohort_part){.round = h.round,
+                            .phase = h.phase,
+                            .lane = h.lane,
+                            .chunk = h.chunk,
+                            .first = h.first,
+                            .length = h.length,
+                            .weight = h.weight,
+                            .blob = h.blob,
+                            .blob_len = h.blob_len};
+    memcpy(out->w0_hash, h.w0_hash, NS_SHA256_BYTES);
+    return NS_OK;
+}
+
 /* An upper bound of one message's bytes for a chunk of len floats (compress.h's layout: at most
  * a 5-byte index gap, one int8 and a share of a scale per kept value, then zstd's own bound). */
 static uint64_t msg_bytes_bound(const ns_compress_config *cfg, uint64_t len)
@@ -496,6 +514,11 @@ static header header_for(const ns_cohort *c, const slot *s, uint8_t type, uint32
     return h;
 }
 
+static bool keeps_evidence(const ns_cohort *c)
+{
+    return c->config.verdict != NULL || c->config.evidence != NULL;
+}
+
 /* Encodes chunk j of s's vector (against the residual's range on phase 0) and sends it to its
  * owner, or, for this node's own chunk, decodes it as the owner's own part. */
 static void send_part(ns_cohort *c, slot *s, uint32_t j)
@@ -518,6 +541,16 @@ static void send_part(ns_cohort *c, slot *s, uint32_t j)
     if (j == s->pos) {
         err = ns_compress_decode(blob, blob_len, s->parts + (size_t)j * len, len);
         NS_ASSERT(err == NS_OK);
+        if (keeps_evidence(c)) { /* the owner's own part, as the PART it would have sent */
+            header h = header_for(c, s, MSG_PART, j);
+            h.weight = s->weight;
+            h.blob = blob;
+            h.blob_len = blob_len;
+            free(s->evidence[j]);
+            s->evidence[j] = msg_build(&h, &s->evidence_len[j]);
+            if (s->evidence[j] == NULL)
+                s->evidence_len[j] = 0;
+        }
         s->has_part[j] = true;
         s->part_weight[j] = s->weight;
         s->parts_count++;
@@ -550,6 +583,19 @@ static void judge(ns_cohort *c, slot *s, const uint32_t *from_pos, const ns_agg_
         if (c->config.verdict != NULL)
             c->config.verdict(c->config.arg, from, verdicts[i], sigmas[i], s->evidence[q],
                               s->evidence_len[q]);
+        if (c->config.evidence == NULL || verdicts[i] != NS_AGG_FRAUD)
+            continue;
+        ns_cohort_evidence parts[NS_SYNC_GROUP_MAX];
+        size_t n = 0;
+        for (size_t t = 0; t < k; t++) { /* the screen's inputs, in its order */
+            uint32_t p = from_pos[t];
+            if (s->evidence[p] == NULL)
+                continue; /* not kept (out of memory): the bundle lacks it */
+            memcpy(parts[n].from, c->members[group_member(c, s, p)], NS_ID_BYTES);
+            parts[n].msg = s->evidence[p];
+            parts[n++].len = s->evidence_len[p];
+        }
+        c->config.evidence(c->config.arg, from, sigmas[i], parts, n);
     }
 }
 
@@ -674,7 +720,7 @@ static int take_part(ns_cohort *c, slot *s, uint32_t from_pos, const header *h, 
         return refuse(why, NS_COHORT_REFUSE_DUPLICATE);
     if (s->aggregated)
         return refuse(why, NS_COHORT_REFUSE_STALE);
-    uint8_t *evidence = c->config.verdict != NULL ? malloc(len) : NULL;
+    uint8_t *evidence = keeps_evidence(c) ? malloc(len) : NULL;
     if (evidence != NULL)
         memcpy(evidence, msg, len); /* out of memory: judged all the same, without evidence */
     float *into = s->parts + (size_t)from_pos * h->length;

@@ -47,6 +47,15 @@ contains() {
     return 1
 }
 
+not_contains() {
+    case "$1" in *"$2"*)
+        echo "    did not expect: $2" >&2
+        return 1
+        ;;
+    esac
+    return 0
+}
+
 finish() {
     echo "# $PASSED passed, $FAILED failed"
     [ "$FAILED" -eq 0 ]

@@ -7,12 +7,17 @@
 # all three still end each round with the same weights. C and Q are asynchronous contributors
 # (--sync-role async): each downloads a member's weights, trains 8 steps, submits its update and
 # downloads again; the member folds C's into its own contribution and refuses Q's (poisoned).
+# A and B stake the (test swarm's) bond: the owner that screens P's part as fraud challenges P's
+# proof in the ledger with the bundle of sealed parts it screened, and every node fetches the
+# bundle, runs the screen again and slashes P.
 
 . "$(dirname "$0")/lib.sh"
 
 TXT=$TMP_ROOT/text
 text_dir "$TXT"
-COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 2x64 --threads 1 --train on --sync-every 8 --sync-timeout-s 5"
+RULES="--ponw-interval-s 10 --ponw-window-s 30 --ponw-bond 0.01"
+COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 2x64 --threads 1 --train on --sync-every 8 --sync-timeout-s 5 $RULES"
+nano_of() { echo "${1:-0}" | awk -F. '{ printf "%d\n", $1 * 1000000000 + $2 }'; }
 for n in a b p c q; do new_wallet "$TMP_ROOT/$n" >/dev/null; done
 
 # shellcheck disable=SC2086
@@ -79,6 +84,30 @@ check "  ... the log names the poisoner" grep -q "pseudo-gradient of $(echo "$ID
 check "  ... and its message is kept as evidence" sh -c "ls '$TMP_ROOT'/a/evidence/sync-*-$ID_p.bin '$TMP_ROOT'/b/evidence/sync-*-$ID_p.bin 2>/dev/null | grep -q ."
 honest_fraud=$(cat "$TMP_ROOT/a.log" "$TMP_ROOT/b.log" "$TMP_ROOT/p.log" | grep "is fraud" | grep -vc "$(echo "$ID_p" | cut -c1-16)")
 check "  ... and no honest member is called a fraud" test "$honest_fraud" -eq 0
+
+# the fraud goes to the ledger: A and B stake the bond once they have earned it
+balance_of() { nano_of "$(curl -s "http://$1/api/wallet?limit=1" | json_field balance)"; }
+earned() { [ "$(balance_of "$API_a")" -ge 10000000 ] && [ "$(balance_of "$API_b")" -ge 10000000 ]; }
+check "the honest members earn by training" wait_for 300 earned
+for n in a b; do
+    out=$("$CTL" --data-dir "$TMP_ROOT/$n" wallet stake 0.01 2>&1)
+    check "  ... $n stakes the bond" contains "$out" "stake     0.010000000 NEURO"
+done
+slashed_on() {
+    case "$(curl -s "http://$1/api/ledger")" in
+    *"\"prover\":\"$ID_p\",\"challenger\":\"$ID_a\",\"verdict\":\"fraud\""* | *"\"prover\":\"$ID_p\",\"challenger\":\"$ID_b\",\"verdict\":\"fraud\""*) return 0 ;;
+    esac
+    return 1
+}
+ID_a=$(curl -s "http://$API_a/api/stats" | json_field node_id)
+ID_b=$(curl -s "http://$API_b/api/stats" | json_field node_id)
+slashed_everywhere() { slashed_on "$API_a" && slashed_on "$API_b" && slashed_on "$API_p"; }
+check "a member challenges the poisoner's proof with the sealed parts; every node judges it fraud" wait_for 300 slashed_everywhere
+check "  ... after fetching the bundle and running the screen again" grep -q "beyond 5 sigma .* signed parts): fraud" "$TMP_ROOT/a.log" "$TMP_ROOT/b.log" "$TMP_ROOT/p.log"
+j=$(curl -s "http://$API_a/api/ledger")
+check "  ... and no challenge was false" not_contains "$j" '"verdict":"honest"'
+p_debt() { [ "$(nano_of "$(curl -s "http://$API_a/api/wallet?limit=1&account=$ID_p" | json_field debt)")" -gt 0 ]; }
+check "  ... the poisoner owes the slash" p_debt
 
 # the asynchronous contributors
 async_sum() {
@@ -148,6 +177,8 @@ for n in a b p l; do
     eval "pid=\$PID_$n"
     wait_exit "$pid" 60
     check "node $n stops cleanly" test "$EXIT_RC" -eq 0
+    out=$("$CTL" --data-dir "$TMP_ROOT/$n" ledger check)
+    check "  ... its ledger checks out (the judgements replay)" contains "$out" "ledger ok"
 done
 
 finish

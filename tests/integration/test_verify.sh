@@ -41,14 +41,6 @@ start_node "$TMP_ROOT/d" $COMMON --train on --bootstrap "$SEED" || exit 1
 PID_d=$NODE_PID API_d=$API
 unset NEUROSHARD_TEST_CHEAT
 
-not_contains() {
-    case "$1" in *"$2"*)
-        echo "    did not expect: $2" >&2
-        return 1
-        ;;
-    esac
-    return 0
-}
 balance_of() { nano_of "$(curl -s "http://$1/api/wallet?limit=1${2:+&account=$2}" | json_field balance)"; }
 
 # The verifier has no NEURO of its own (it does not train): the honest node pays it a bond.

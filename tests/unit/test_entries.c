@@ -478,13 +478,13 @@ static void test_check_finds_a_balance_changed_behind_its_back(void **state)
 /* ---- challenges --------------------------------------------------------------------------- */
 
 /* The test's judge: the first byte of the recomputed hash says what "recompute" found. */
-static ns_judgement test_judge(void *arg, const ns_proof *proof, const uint8_t recomputed[32])
+static ns_judgement test_judge(void *arg, const ns_proof *proof, const ns_entry *challenge)
 {
     (void)arg;
     (void)proof;
-    return recomputed[0] == 0xff   ? NS_JUDGE_FRAUD
-           : recomputed[0] == 0x00 ? NS_JUDGE_HONEST
-                                   : NS_JUDGE_UNKNOWN;
+    return challenge->reference[0] == 0xff   ? NS_JUDGE_FRAUD
+           : challenge->reference[0] == 0x00 ? NS_JUDGE_HONEST
+                                             : NS_JUDGE_UNKNOWN;
 }
 
 /* by challenges a's proof of the minute ending at end_ms with the given evidence byte. */
@@ -508,6 +508,40 @@ static int challenge(fixture *f, uint64_t end_ms, uint8_t evidence, int64_t bond
     return challenge_by(f, &f->b, end_ms, evidence, bond, why, NULL);
 }
 
+/* The cohort judge of the test: a bundle hash starting 0xff shows fraud, 0x00 none. */
+static ns_judgement cohort_judge(void *arg, const ns_proof *proof, const ns_entry *challenge)
+{
+    (void)proof;
+    uint64_t round;
+    uint8_t bundle[NS_SHA256_BYTES];
+    int *calls = arg;
+    assert_true(ns_ledger_cohort_evidence_parse(challenge->evidence, challenge->evidence_len,
+                                                &round, bundle));
+    (*calls)++;
+    return bundle[0] == 0xff   ? NS_JUDGE_FRAUD
+           : bundle[0] == 0x00 ? NS_JUDGE_HONEST
+                               : NS_JUDGE_UNKNOWN;
+}
+
+/* by challenges a's proof (outer round 0) with cohort evidence of `round` and bundle byte b. */
+static int cohort_challenge(fixture *f, uint64_t end_ms, uint64_t round, uint8_t b, char *why)
+{
+    size_t len;
+    uint8_t *env = proof_env(&f->a, end_ms, 2000, &len, NULL);
+    uint8_t bundle[NS_SHA256_BYTES], evidence[NS_LEDGER_COHORT_EVIDENCE_BYTES];
+    memset(bundle, b, sizeof bundle);
+    ns_ledger_cohort_evidence(evidence, round, bundle);
+    ns_entry e = {.kind = NS_ENTRY_CHALLENGE,
+                  .amount = {NS_LEDGER_CHALLENGE_BOND},
+                  .proof = env,
+                  .proof_len = len,
+                  .evidence = evidence,
+                  .evidence_len = sizeof evidence};
+    int rc = append(f, &f->b, e, why, NULL);
+    free(env);
+    return rc;
+}
+
 static ns_account account_of(fixture *f, const ns_key *key)
 {
     ns_account a;
@@ -526,6 +560,45 @@ static void stake_bond(fixture *f, const ns_key *key)
 static void stake_b(fixture *f)
 {
     stake_bond(f, &f->b);
+}
+
+/* A challenge by the cohort's screen names the round after the proof's; its judge decides. */
+static void test_a_cohort_challenge_names_the_round_after_the_proof_and_is_judged(void **state)
+{
+    fixture *f = *state;
+    int calls = 0;
+    ns_ledger_set_judge(f->ledger, cohort_judge, &calls);
+    earn(f, &f->a, 3);
+    stake_b(f);
+    char why[NS_LEDGER_WHY_SIZE];
+    uint64_t end = f->now - MIN / 2;
+    /* encoding: 45 bytes, and nothing else parses as one */
+    uint8_t ev[NS_LEDGER_COHORT_EVIDENCE_BYTES], h[NS_SHA256_BYTES], got[NS_SHA256_BYTES];
+    memset(h, 7, sizeof h);
+    ns_ledger_cohort_evidence(ev, 1ull << 40, h);
+    uint64_t round = 0;
+    assert_true(ns_ledger_cohort_evidence_parse(ev, sizeof ev, &round, got));
+    assert_true(round == 1ull << 40);
+    assert_memory_equal(got, h, sizeof h);
+    assert_false(ns_ledger_cohort_evidence_parse(ev, sizeof ev - 1, &round, got));
+    ev[4] = 2;
+    assert_false(ns_ledger_cohort_evidence_parse(ev, sizeof ev, &round, got));
+    /* the proof is of outer round 0: a cohort round other than 1 is refused unjudged */
+    assert_int_equal(cohort_challenge(f, end, 2, 0xff, why), NS_EINVAL);
+    assert_non_null(strstr(why, "cohort round"));
+    assert_int_equal(cohort_challenge(f, end, 0, 0xff, why), NS_EINVAL);
+    assert_int_equal(calls, 0);
+    /* not judged yet: it waits; judged fraud: a owes the slash */
+    assert_int_equal(cohort_challenge(f, end, 1, 0x42, why), NS_EWAIT);
+    assert_int_equal(calls, 1);
+    ns_account a0 = account_of(f, &f->a);
+    assert_int_equal(cohort_challenge(f, end, 1, 0xff, why), NS_OK);
+    assert_int_equal(calls, 2);
+    ns_account a1 = account_of(f, &f->a);
+    assert_true(a1.debt.nano > a0.debt.nano);
+    /* a false one from the same challenger of the same proof: refused, already challenged */
+    assert_int_equal(cohort_challenge(f, end, 1, 0x00, why), NS_EINVAL);
+    assert_checks_out(f);
 }
 
 static void test_a_confirmed_challenge_slashes_the_prover_and_pays_the_challenger(void **state)
@@ -821,6 +894,7 @@ int main(void)
         ENTRY_TEST(test_same_entries_in_another_order_give_the_same_state),
         ENTRY_TEST(test_check_finds_a_balance_changed_behind_its_back),
         ENTRY_TEST(test_a_confirmed_challenge_slashes_the_prover_and_pays_the_challenger),
+        ENTRY_TEST(test_a_cohort_challenge_names_the_round_after_the_proof_and_is_judged),
         ENTRY_TEST(test_a_false_challenge_costs_the_challenger_its_bond),
         ENTRY_TEST(test_challenges_that_break_a_rule_or_wait_change_nothing),
         ENTRY_TEST(test_a_challenge_by_continuity_needs_no_recompute),

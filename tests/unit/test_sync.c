@@ -185,6 +185,13 @@ typedef struct node {
     int verdicts_from[NODES_MAX];
     ns_agg_verdict last_verdict;
     size_t evidence_len;
+    /* the first fraud's evidence (config.evidence): copies of the parts and their senders */
+    int evidences;
+    uint8_t accused[NS_ID_BYTES];
+    size_t parts;
+    uint8_t *part_msg[NS_SYNC_GROUP_MAX];
+    size_t part_len[NS_SYNC_GROUP_MAX];
+    uint8_t part_from[NS_SYNC_GROUP_MAX][NS_ID_BYTES];
 } node;
 
 typedef struct queued {
@@ -268,6 +275,26 @@ static void net_verdict(void *arg, const uint8_t from[NS_ID_BYTES], ns_agg_verdi
     self->evidence_len = len;
 }
 
+static void net_evidence(void *arg, const uint8_t accused[NS_ID_BYTES], double sigma,
+                         const ns_cohort_evidence *parts, size_t k)
+{
+    node *self = arg;
+    assert_true(sigma > 5.0);
+    assert_true(k >= 1 && k <= NS_SYNC_GROUP_MAX);
+    if (self->evidences++ > 0)
+        return;
+    memcpy(self->accused, accused, NS_ID_BYTES);
+    self->parts = k;
+    for (size_t i = 0; i < k; i++) {
+        assert_int_equal(parts[i].msg[OFF_TYPE], TYPE_PART);
+        self->part_msg[i] = malloc(parts[i].len);
+        assert_non_null(self->part_msg[i]);
+        memcpy(self->part_msg[i], parts[i].msg, parts[i].len);
+        self->part_len[i] = parts[i].len;
+        memcpy(self->part_from[i], parts[i].from, NS_ID_BYTES);
+    }
+}
+
 typedef struct net_options {
     uint32_t group_max;
     double density;
@@ -284,7 +311,8 @@ static ns_cohort_config config_for(node *nd, const net_options *opt)
                             .arg = nd,
                             .send = net_send,
                             .done = net_done,
-                            .verdict = net_verdict};
+                            .verdict = net_verdict,
+                            .evidence = net_evidence};
     memcpy(cfg.self_id, nd->id, NS_ID_BYTES);
     ns_compress_config_default(&cfg.compress);
     cfg.compress.density = opt->density;
@@ -320,8 +348,11 @@ static net *net_new(uint32_t count, size_t n, const net_options *opt)
 
 static void net_free(net *t)
 {
-    for (uint32_t i = 0; i < t->count; i++)
+    for (uint32_t i = 0; i < t->count; i++) {
         ns_cohort_free(t->nodes[i].c);
+        for (size_t k = 0; k < t->nodes[i].parts; k++)
+            free(t->nodes[i].part_msg[k]);
+    }
     assert_int_equal(t->fake.timer_count, 0); /* free cancelled every timer */
     for (size_t i = t->head; i < t->tail; i++)
         free(t->queue[i].msg);
@@ -938,6 +969,186 @@ static void test_cohort_screens_a_member_that_flips_its_delta(void **state)
     run_poisoned(-1.0f);
 }
 
+/* ---- signed parts and fraud bundles (evidence.c) ------------------------------------------ */
+
+static void key_of(ns_key *key, uint32_t index)
+{
+    uint8_t sec[NS_SECKEY_BYTES];
+    memset(sec, 0x11, sizeof sec);
+    sec[0] = (uint8_t)(index + 1);
+    assert_int_equal(ns_key_from_seckey(key, sec), NS_OK);
+}
+
+static void test_a_seal_names_its_signer_and_breaks_with_any_byte(void **state)
+{
+    (void)state;
+    ns_key key;
+    key_of(&key, 0);
+    uint8_t msg[100], seal[NS_COHORT_SEAL_BYTES], who[NS_ID_BYTES];
+    for (size_t i = 0; i < sizeof msg; i++)
+        msg[i] = (uint8_t)(i * 13);
+    assert_int_equal(ns_cohort_seal(&key, msg, sizeof msg, seal), NS_OK);
+    assert_int_equal(ns_cohort_seal_check(msg, sizeof msg, seal, who), NS_OK);
+    assert_memory_equal(who, key.node_id, NS_ID_BYTES);
+    msg[50] ^= 1;
+    assert_int_not_equal(ns_cohort_seal_check(msg, sizeof msg, seal, who), NS_OK);
+    msg[50] ^= 1;
+    seal[NS_PUBKEY_BYTES + 5] ^= 1;
+    assert_int_not_equal(ns_cohort_seal_check(msg, sizeof msg, seal, who), NS_OK);
+    seal[NS_PUBKEY_BYTES + 5] ^= 1;
+    ns_key other;
+    key_of(&other, 1);
+    memcpy(seal, other.pubkey, NS_PUBKEY_BYTES); /* another key over the same signature */
+    assert_int_not_equal(ns_cohort_seal_check(msg, sizeof msg, seal, who), NS_OK);
+}
+
+/* Seven members, member 3 scales its Δ: owner 0's evidence, each part sealed by its sender's key
+ * (member i signs with key i), makes a bundle that any judge convicts 3 with, and no one else. */
+typedef struct bundle_case {
+    net *t;
+    ns_key keys[7];
+    ns_cohort_sealed parts[NS_SYNC_GROUP_MAX];
+    size_t k;
+} bundle_case;
+
+static void bundle_case_new(bundle_case *b)
+{
+    const uint32_t bad = 3;
+    net_options opt = plain;
+    opt.screen = true;
+    opt.kind = NS_AGG_TRIMMED_MEAN;
+    b->t = net_new(7, 128, &opt);
+    for (uint32_t i = 0; i < 7; i++) {
+        key_of(&b->keys[i], i);
+        for (size_t k = 0; k < 128; k++)
+            b->t->delta[i][k] =
+                (float)(0.5 * sin(0.1 * (double)k) + 0.01 * cos((double)(i * 7 + k)));
+        b->t->weight[i] = 1.0;
+    }
+    for (size_t k = 0; k < 128; k++)
+        b->t->delta[bad][k] *= 1000.0f;
+    start_all(b->t, 1);
+    pump(b->t);
+    node *owner = &b->t->nodes[0];
+    assert_int_equal(owner->evidences, 1);
+    assert_int_equal(node_of(b->t, owner->accused), (int)bad);
+    assert_int_equal(owner->parts, 7); /* every member's part at its chunk, its own included */
+    b->k = owner->parts;
+    for (size_t i = 0; i < b->k; i++) {
+        int who = node_of(b->t, owner->part_from[i]);
+        assert_true(who >= 0);
+        b->parts[i] = (ns_cohort_sealed){.msg = owner->part_msg[i], .len = owner->part_len[i]};
+        assert_int_equal(
+            ns_cohort_seal(&b->keys[who], b->parts[i].msg, b->parts[i].len, b->parts[i].seal),
+            NS_OK);
+    }
+}
+
+static int judge_of(const bundle_case *b, const ns_cohort_sealed *parts, size_t k, uint32_t accused,
+                    ns_cohort_judgement *j)
+{
+    uint8_t *bundle;
+    size_t len;
+    int rc = ns_cohort_bundle_write(parts, k, &bundle, &len);
+    if (rc != NS_OK)
+        return rc;
+    rc = ns_cohort_judge(bundle, len, b->keys[accused].node_id, j);
+    free(bundle);
+    return rc;
+}
+
+static void test_a_bundle_of_the_screen_convicts_the_poisoner_and_nobody_else(void **state)
+{
+    (void)state;
+    bundle_case b;
+    bundle_case_new(&b);
+    ns_cohort_judgement j;
+    assert_int_equal(judge_of(&b, b.parts, b.k, 3, &j), NS_OK);
+    assert_int_equal(j.verdict, NS_AGG_FRAUD);
+    assert_true(j.sigma > 5.0);
+    assert_true(j.round == 1);
+    assert_int_equal(j.parts, 7);
+    for (uint32_t i = 0; i < 7; i++) {
+        if (i == 3)
+            continue;
+        assert_int_equal(judge_of(&b, b.parts, b.k, i, &j), NS_OK);
+        assert_int_equal(j.verdict, NS_AGG_ACCEPTED);
+    }
+    /* the accused's part and two honest ones are still a case */
+    ns_cohort_sealed three[3];
+    size_t n = 0;
+    for (size_t i = 0; i < b.k && n < 3; i++) {
+        uint8_t who[NS_ID_BYTES];
+        assert_int_equal(ns_cohort_seal_check(b.parts[i].msg, b.parts[i].len, b.parts[i].seal, who),
+                         NS_OK);
+        bool accused = memcmp(who, b.keys[3].node_id, NS_ID_BYTES) == 0;
+        if (accused || n < 2)
+            three[n++] = b.parts[i];
+    }
+    assert_int_equal(n, 3);
+    assert_int_equal(judge_of(&b, three, 3, 3, &j), NS_OK);
+    assert_int_equal(j.verdict, NS_AGG_FRAUD);
+    net_free(b.t);
+}
+
+static void test_a_bundle_that_proves_nothing_is_refused(void **state)
+{
+    (void)state;
+    bundle_case b;
+    bundle_case_new(&b);
+    ns_cohort_judgement j;
+    uint8_t *bundle;
+    size_t len;
+    assert_int_equal(ns_cohort_bundle_write(b.parts, b.k, &bundle, &len), NS_OK);
+    /* every byte cut off, and a flipped byte in each part's seal or header */
+    for (size_t cut = 0; cut < len; cut += 97)
+        assert_int_equal(ns_cohort_judge(bundle, cut, b.keys[3].node_id, &j), NS_EPARSE);
+    size_t at = 6;
+    for (size_t i = 0; i < b.k; i++) {
+        size_t mlen = b.parts[i].len;
+        size_t spots[] = {at + 4 + 12, at + 4 + mlen + NS_PUBKEY_BYTES + 1};
+        for (size_t s = 0; s < 2; s++) {
+            bundle[spots[s]] ^= 0x40;
+            assert_int_equal(ns_cohort_judge(bundle, len, b.keys[3].node_id, &j), NS_EPARSE);
+            bundle[spots[s]] ^= 0x40;
+        }
+        at += 4 + mlen + NS_COHORT_SEAL_BYTES;
+    }
+    assert_int_equal(ns_cohort_judge(bundle, len, b.keys[3].node_id, &j), NS_OK);
+    free(bundle);
+    /* an accused that signed no part, a signer twice, too few parts */
+    ns_key stranger;
+    key_of(&stranger, 20);
+    assert_int_equal(ns_cohort_bundle_write(b.parts, b.k, &bundle, &len), NS_OK);
+    assert_int_equal(ns_cohort_judge(bundle, len, stranger.node_id, &j), NS_EPARSE);
+    free(bundle);
+    ns_cohort_sealed twice[8];
+    memcpy(twice, b.parts, b.k * sizeof twice[0]);
+    twice[b.k] = b.parts[0];
+    assert_int_equal(judge_of(&b, twice, b.k + 1, 3, &j), NS_EPARSE);
+    assert_int_equal(judge_of(&b, b.parts, 2, 3, &j), NS_EINVAL);
+    uint8_t two[6] = {'N', 'S', 'C', 'B', 1, 2};
+    assert_int_equal(ns_cohort_judge(two, sizeof two, b.keys[3].node_id, &j), NS_EPARSE);
+    /* a part of another round, sealed by its sender all the same */
+    uint8_t *other = malloc(b.parts[1].len);
+    assert_non_null(other);
+    memcpy(other, b.parts[1].msg, b.parts[1].len);
+    other[OFF_ROUND] = 2;
+    ns_cohort_sealed mixed[7];
+    memcpy(mixed, b.parts, b.k * sizeof mixed[0]);
+    mixed[1].msg = other;
+    uint8_t who[NS_ID_BYTES];
+    assert_int_equal(ns_cohort_seal_check(b.parts[1].msg, b.parts[1].len, b.parts[1].seal, who),
+                     NS_OK);
+    for (uint32_t i = 0; i < 7; i++)
+        if (memcmp(who, b.keys[i].node_id, NS_ID_BYTES) == 0)
+            assert_int_equal(ns_cohort_seal(&b.keys[i], other, b.parts[1].len, mixed[1].seal),
+                             NS_OK);
+    assert_int_equal(judge_of(&b, mixed, b.k, 3, &j), NS_EPARSE);
+    free(other);
+    net_free(b.t);
+}
+
 /* ---- arguments ---------------------------------------------------------------------------- */
 
 static void test_cohort_new_refuses_a_bad_config(void **state)
@@ -1052,6 +1263,9 @@ int main(void)
         cmocka_unit_test(test_cohort_holds_no_more_than_its_limits),
         cmocka_unit_test(test_cohort_screens_a_member_that_scales_its_delta),
         cmocka_unit_test(test_cohort_screens_a_member_that_flips_its_delta),
+        cmocka_unit_test(test_a_seal_names_its_signer_and_breaks_with_any_byte),
+        cmocka_unit_test(test_a_bundle_of_the_screen_convicts_the_poisoner_and_nobody_else),
+        cmocka_unit_test(test_a_bundle_that_proves_nothing_is_refused),
         cmocka_unit_test(test_cohort_new_refuses_a_bad_config),
         cmocka_unit_test(test_cohort_start_refuses_bad_arguments),
         cmocka_unit_test(test_cohort_start_abandons_a_running_round),
