@@ -86,6 +86,8 @@ typedef enum {
     NS_FRAME_EVIDENCE_GET = 90,      /* evidence.c: a fraud bundle's SHA-256, offset 8 BE */
     NS_FRAME_EVIDENCE_PART = 91,     /* the request's 40 bytes, total size 8 BE (0: not here);
                                         tensor U8: the bytes from the offset */
+    NS_FRAME_SWARM_PING = 92,        /* swarm.c: 8 bytes the sender chose (its clock) */
+    NS_FRAME_SWARM_PONG = 93,        /* the PING's 8 bytes back: a round trip measured */
 } ns_frame_type;
 
 struct ns_frame {

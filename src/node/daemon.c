@@ -1345,7 +1345,8 @@ static int node_start(node *n)
                                .trainer = &n->trainer,
                                .aggregator = (ns_agg_kind)n->cfg.sync_aggregator,
                                .cheat = getenv("NEUROSHARD_TEST_CHEAT"),
-                               .econ = &n->econ};
+                               .econ = &n->econ,
+                               .expect_peers = n->cfg.bootstrap_count > 0 || n->cfg.lan_discovery};
         ns_train_config tc;
         train_config(n, &tc);
         dc.sync_every = tc.sync_every;

@@ -37,6 +37,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "neuroshard/dht.h"
 #include "neuroshard/sync.h"
 #include "node_internal.h"
 
@@ -107,7 +108,10 @@ struct ns_diloco {
         uint64_t round, round_ms, trainer_round;
         uint8_t hash[NS_SHA256_BYTES];
     } fetch;
-    uint64_t fetch_timer, base_round, base_ms, hello_soon_timer;
+    uint64_t fetch_timer, base_round, base_ms, hello_soon_timer, join_timer;
+    /* a member that starts afresh asks for the cohort's weights before its first step: it waits
+     * one HELLO period to hear the cohort (join_waited), then downloads or trains alone */
+    bool fresh_join, join_waited;
     /* a member whose weights left the cohort's (a round it missed, a late start): it downloads
      * them from `resync_from` at its next round */
     bool resync;
@@ -539,14 +543,35 @@ static bool pick_member(ns_diloco *d, uint8_t out[NS_NODE_ID_BYTES])
     return found;
 }
 
+/* For a fresh member: the peer of its model and layers furthest ahead (round 1 or later; a
+ * cohort still at round 0 holds the seed's weights, which this node has too). */
+static bool pick_ahead(ns_diloco *d, uint8_t out[NS_NODE_ID_BYTES])
+{
+    const cohort_peer *from = NULL;
+    uint64_t now = now_ms(d);
+    for (size_t i = 0; i < d->peer_count; i++) {
+        const cohort_peer *p = &d->peers[i];
+        if (now - p->seen_ms > DILOCO_FRESH_MS || p->resyncing || !same_model(d, p) ||
+            p->round == 0)
+            continue;
+        if (from == NULL || p->round > from->round ||
+            (p->round == from->round && memcmp(p->id, from->id, NS_NODE_ID_BYTES) < 0))
+            from = p;
+    }
+    if (from != NULL)
+        memcpy(out, from->id, NS_NODE_ID_BYTES);
+    return from != NULL;
+}
+
 static void fetch_end(ns_diloco *d, bool ok)
 {
     if (d->fetch_timer != 0)
         ns_env_timer_cancel(&d->cfg.uvenv->env, d->fetch_timer);
     d->fetch_timer = 0;
     d->fetch.on = false;
-    bool was_resync = d->resync, was_joining = d->joining;
+    bool was_resync = d->resync || d->fresh_join, was_joining = d->joining;
     d->resync = false;
+    d->fresh_join = false;
     /* a member's first download makes it sit the next round out, its second ends that */
     d->joining = !d->cfg.async && ok && was_resync && !was_joining;
     hello_soon(d);
@@ -837,6 +862,16 @@ static void fold_contributions(ns_diloco *d)
 static void take_held(ns_diloco *d);
 
 /* Starts the round the trainer asked for (loop thread). */
+static void start_round(ns_diloco *d);
+
+static void join_fired(void *arg, uint64_t now)
+{
+    (void)now;
+    ns_diloco *d = arg;
+    d->join_timer = 0;
+    start_round(d);
+}
+
 static void start_round(ns_diloco *d)
 {
     pthread_mutex_lock(&d->mu);
@@ -853,11 +888,41 @@ static void start_round(ns_diloco *d)
         uint8_t from[NS_NODE_ID_BYTES];
         if (d->resync)
             memcpy(from, d->resync_from, NS_NODE_ID_BYTES);
-        if (d->resync || pick_member(d, from)) {
+        bool fresh = !has_delta && !d->resync && !d->joining && !d->cfg.async;
+        if (d->resync || (fresh ? pick_ahead(d, from) : pick_member(d, from))) {
+            if (fresh) {
+                char who[17];
+                ns_hex_encode(who, sizeof who, from, 8);
+                NS_LOG_I("sync",
+                         "a fresh start: this node downloads the cohort's weights from "
+                         "%s… before its first step",
+                         who);
+                d->fresh_join = true;
+                d->join_waited = false;
+            }
             download(d, from);
             return;
         }
         d->joining = false; /* nobody to download from: meet whoever is there */
+        if (!has_delta && !d->join_waited && d->peer_count == 0 &&
+            (d->cfg.expect_peers || ns_dht_contact_count(ns_net_dht(d->cfg.net)) > 0)) {
+            /* a fresh member with peers but no cohort heard yet: listen one HELLO period */
+            d->join_waited = true;
+            pthread_mutex_lock(&d->mu);
+            d->req_pending = true;
+            pthread_mutex_unlock(&d->mu);
+            d->join_timer = ns_env_timer(&d->cfg.uvenv->env, now_ms(d) + DILOCO_FRESH_MS / 2 + 500,
+                                         join_fired, d);
+            return;
+        }
+        if (!has_delta) { /* nobody heard: it trains from its own weights */
+            d->join_waited = false;
+            NS_LOG_I("sync", "a fresh start and no cohort heard: this node trains from its own "
+                             "weights");
+            if (*d->cfg.trainer != NULL)
+                ns_trainer_sync_result(*d->cfg.trainer, d->req_round, NULL, 0);
+            return;
+        }
     }
     uint8_t(*ids)[NS_NODE_ID_BYTES] = malloc((DILOCO_PEERS_MAX + 1) * NS_NODE_ID_BYTES);
     size_t m = ids != NULL ? cohort_members(d, ids, d->req_round) : 0;
@@ -1103,6 +1168,8 @@ void ns_diloco_stop(ns_diloco *d)
         ns_env_timer_cancel(&d->cfg.uvenv->env, d->fetch_timer);
     if (d->hello_soon_timer != 0)
         ns_env_timer_cancel(&d->cfg.uvenv->env, d->hello_soon_timer);
+    if (d->join_timer != 0)
+        ns_env_timer_cancel(&d->cfg.uvenv->env, d->join_timer);
     ns_cohort_free(d->cohort); /* cancels its timers */
     d->cohort = NULL;
     pthread_mutex_lock(&d->mu);

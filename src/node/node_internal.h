@@ -456,6 +456,7 @@ typedef struct ns_diloco_config {
     char data_dir[PATH_MAX];
     const char *cheat;           /* NEUROSHARD_TEST_CHEAT */
     struct ns_econ *const *econ; /* the daemon's: where cohort fraud becomes a challenge */
+    bool expect_peers; /* seeds or LAN discovery: a fresh member listens for its cohort first */
 } ns_diloco_config;
 NS_MUST_USE int ns_diloco_start(ns_diloco **out, const ns_diloco_config *cfg);
 void ns_diloco_stop(ns_diloco *d); /* NULL is a no-op; after the trainer stopped */

@@ -24,7 +24,8 @@
  * QUORUM_INFO and pulls that stage's newest aligned checkpoint (every stage writes one at the same
  * steps) over CKPT_GET/CKPT_PART. When a member's link goes down and does not come back within
  * SWARM_DEAD_MS, or its heartbeats stop for SWARM_FRESH_MS (4 beats), the smallest live member
- * picks the replica of its stage with the newest copy, at step c, and sends every member and the
+ * picks the replica of its stage with the newest copy (then the best S6 score: round trips are
+ * measured with SWARM_PING/PONG every heartbeat), at step c, and sends every member and the
  * replica QUORUM_RESTORE: the next generation, step c, the members by stage. Each stops its stage,
  * forgets its checkpoints after c (the replica installs the one it pulled) and starts again from
  * c: the steps after c are recomputed, identically, and never applied twice. Pipeline frames
@@ -101,6 +102,8 @@ typedef struct peer_cap {
     uint64_t ckpt_oldest;  /* its oldest checkpoint kept, as a member (a restart needs one) */
     uint32_t replica_of;   /* the stage it follows as a replica, or SWARM_NO_STAGE */
     uint64_t replica_step; /* the step of the copy it holds */
+    uint32_t queue;        /* its inbox depth (b[5]) */
+    uint64_t rtt_us;       /* round trips measured by PING/PONG, smoothed (1/8); 0: none yet */
 } peer_cap;
 
 typedef struct pending_frame {
@@ -331,7 +334,55 @@ static void on_capacity(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
     p->replica_of = b[26];
     p->replica_step = get_u64(b + 27);
     p->ckpt_oldest = get_u64(b + 35);
+    p->queue = b[5];
     p->seen_ms = now_ms(s);
+}
+
+/* ---- round trips (S6's candidate score) ----------------------------------------------------- */
+
+/* Every heartbeat, a PING to each peer heard lately; its PONG gives the round trip. A peer can
+ * only make itself look slower (it cannot answer before it is asked). */
+static void send_pings(ns_swarm *s)
+{
+    uint8_t b[8];
+    put_u64(b, uv_hrtime());
+    ns_frame f = {.type = NS_FRAME_SWARM_PING, .body = b, .body_len = sizeof b};
+    uint64_t now = now_ms(s);
+    for (size_t i = 0; i < s->peer_count; i++)
+        if (now - s->peers[i].seen_ms <= SWARM_FRESH_MS &&
+            ns_net_send_frame(s->cfg.net, s->peers[i].id, &f) != NS_OK)
+            NS_LOG_D("swarm", "a ping not sent: the link went away");
+}
+
+static void on_ping(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
+{
+    if (f->body_len != 8 || f->tensor.dtype != NS_DTYPE_NONE) {
+        s->refused_malformed++;
+        return;
+    }
+    ns_frame pong = {.type = NS_FRAME_SWARM_PONG, .body = f->body, .body_len = 8};
+    if (ns_net_send_frame(s->cfg.net, peer, &pong) != NS_OK)
+        NS_LOG_D("swarm", "a pong not sent: the link went away");
+}
+
+static void on_pong(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
+{
+    peer_cap *p = f->body_len == 8 ? peer_of(s, peer, false) : NULL;
+    uint64_t sent = f->body_len == 8 ? get_u64(f->body) : 0, now = uv_hrtime();
+    if (p == NULL || sent > now || now - sent > 60ull * 1000000000) {
+        s->refused_malformed++;
+        return;
+    }
+    uint64_t rtt = (now - sent) / 1000 + 1; /* at least 1 us: 0 means none measured */
+    p->rtt_us = p->rtt_us == 0 ? rtt : (7 * p->rtt_us + rtt) / 8;
+}
+
+/* S6's score of a candidate for a layer range, lower is better: 0.4 latency / 500 ms + 0.6
+ * queue / 100 (the latency one way, half the round trip; unmeasured counts as 500 ms). */
+static double candidate_score(const peer_cap *p)
+{
+    double latency_ms = p->rtt_us != 0 ? (double)p->rtt_us / 2000.0 : 500.0;
+    return 0.4 * latency_ms / 500.0 + 0.6 * (double)p->queue / 100.0;
 }
 
 /* A peer's announced tier; a value no tier has counts as T5, which never pipelines. */
@@ -671,7 +722,9 @@ static void maybe_propose_fixed(ns_swarm *s)
 }
 
 /* The planner's candidates: this node and the free pool-mode peers of its model that hold
- * layers, each with the tier and range it announced (latency 0: none is measured yet). */
+ * layers, each with the tier and range it announced. Latency stays 0 here although round trips
+ * are measured: each node plans from its own view and the smallest id of its plan proposes, so
+ * views that differ by latency could leave every node waiting for another to propose. */
 static size_t pool_candidates(const ns_swarm *s, ns_quorum_candidate *c)
 {
     size_t n = 0;
@@ -1572,7 +1625,8 @@ static void on_restore(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
 static void check_fired(void *arg, uint64_t now);
 
 /* The replica to take dead stage i over: the freshest copy at a step every live member keeps
- * (from floor), then the smallest id; in pool mode one that holds the stage's layers. */
+ * (from floor), then the best S6 score as this node measured it (nearest, least queued), then
+ * the smallest id; in pool mode one that holds the stage's layers. */
 static const peer_cap *best_replica(ns_swarm *s, uint32_t i, uint64_t floor, uint64_t now)
 {
     const peer_cap *best = NULL;
@@ -1584,8 +1638,10 @@ static const peer_cap *best_replica(ns_swarm *s, uint32_t i, uint64_t floor, uin
         if (s->pool_mode && (!r->pool || r->held.layer_first > s->ranges[i].layer_first ||
                              r->held.layer_last < s->ranges[i].layer_last))
             continue;
+        double score = candidate_score(r), best_score = best != NULL ? candidate_score(best) : 0;
         if (best == NULL || r->replica_step > best->replica_step ||
-            (r->replica_step == best->replica_step && cmp_id(r->id, best->id) < 0))
+            (r->replica_step == best->replica_step &&
+             (score < best_score || (score == best_score && cmp_id(r->id, best->id) < 0))))
             best = r;
     }
     return best;
@@ -1794,6 +1850,12 @@ static void on_frame(void *arg, const uint8_t peer[NS_NODE_ID_BYTES], const ns_f
     case NS_FRAME_PIPE_RESEND:
         on_pipe(s, peer, f);
         return;
+    case NS_FRAME_SWARM_PING:
+        on_ping(s, peer, f);
+        return;
+    case NS_FRAME_SWARM_PONG:
+        on_pong(s, peer, f);
+        return;
     default:
         return;
     }
@@ -1941,6 +2003,7 @@ static void heartbeat_fired(void *arg, uint64_t now)
     if (s->pool_mode)
         pool_update(s);
     send_capacity(s, NULL);
+    send_pings(s);
     maybe_propose(s);
     if (s->in_quorum)
         send_info(s);
@@ -2085,11 +2148,13 @@ json_t *ns_swarm_json(ns_swarm *s)
         const char *health = i == s->stage || age <= SWARM_DEGRADED_MS ? "healthy"
                              : age <= SWARM_FRESH_MS                   ? "degraded"
                                                                        : "stale";
-        json_array_append_new(
-            members, json_pack("{s:s, s:I, s:s, s:I, s:I, s:b, s:s, s:I}", "node_id", hex, "stage",
-                               (json_int_t)i, "role", role, "layer_first", (json_int_t)first,
-                               "layer_last", (json_int_t)last, "self", i == s->stage, "health",
-                               health, "heard_ms_ago", (json_int_t)age));
+        json_t *m = json_pack("{s:s, s:I, s:s, s:I, s:I, s:b, s:s, s:I}", "node_id", hex, "stage",
+                              (json_int_t)i, "role", role, "layer_first", (json_int_t)first,
+                              "layer_last", (json_int_t)last, "self", i == s->stage, "health",
+                              health, "heard_ms_ago", (json_int_t)age);
+        if (p != NULL && p->rtt_us != 0) /* the round trip this node measured to it */
+            json_object_set_new(m, "rtt_ms", json_real((double)p->rtt_us / 1000.0));
+        json_array_append_new(members, m);
     }
     uint64_t now = now_ms(s);
     json_int_t known = 0;

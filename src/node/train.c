@@ -1395,7 +1395,7 @@ static bool sync_round(ns_trainer *t, uint64_t step)
     float *w = ns_stage_param_buffer(t->stage, &n);
     uint64_t round = t->outer.round + 1; /* every member of a meeting is on the same round */
     ns_outer_delta(&t->outer, w, t->delta);
-    bool fetch_only = t->cfg.sync_async && step == 0 && t->outer.round == 0;
+    bool fetch_only = step == 0 && t->outer.round == 0; /* a fresh start: the cohort's weights */
     uint8_t h[NS_SHA256_BYTES];
     ns_outer_w0_hash(&t->outer, h);
     const ns_stage_config *sc = ns_stage_config_of(t->stage);
@@ -1439,6 +1439,8 @@ static bool sync_round(ns_trainer *t, uint64_t step)
     } else if (!stepped) {
         ns_outer_rebase(&t->outer, w, false);
     }
+    if (fetch_only && !installed && !t->cfg.sync_async)
+        round = 0; /* a fresh member that heard no cohort: nothing happened, round 0 stands */
     t->outer.round = round;
     if (!installed)
         t->round_ms = epoch_ms();
@@ -1450,7 +1452,7 @@ static bool sync_round(ns_trainer *t, uint64_t step)
         t->sync_status.downloads++;
     else if (stepped)
         t->sync_status.rounds++;
-    else if (got == 0)
+    else if (got == 0 && !(fetch_only && !t->cfg.sync_async))
         t->sync_status.rounds_alone++;
     else
         t->sync_status.rounds_failed++;
@@ -1744,9 +1746,10 @@ static void *trainer_main(void *arg)
         memcpy(t->sync_status.w0_hash, t->w0_hash, NS_SHA256_BYTES);
     }
     pthread_mutex_unlock(&t->lock);
-    /* an asynchronous contributor that starts afresh asks for the cohort's weights first (the
-     * checkpoint of step 0 below then holds them) */
-    if (t->outer_on && t->cfg.sync_async && ns_stage_optim_step(t->stage) == 0) {
+    /* a member or an asynchronous contributor that starts afresh asks for the cohort's
+     * weights first (S3: a new holder fetches its layers' current weights; the checkpoint of
+     * step 0 below then holds them) */
+    if (t->outer_on && ns_stage_optim_step(t->stage) == 0 && t->outer.round == 0) {
         pthread_mutex_lock(&t->lock);
         t->status.layers = a->layers;
         t->status.hidden = a->hidden;

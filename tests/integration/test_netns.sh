@@ -258,6 +258,15 @@ members=$(echo "$q" | grep -cE '^(quorum)? +[0-9]+ [a-z]+ +layers ')
 check "neuroctl quorum (run in the finisher's namespace) lists 3 members ($members)" test "$members" -eq 3
 check "  ... the finisher among them" contains "$q" "finisher"
 [ "$members" -eq 3 ] || echo "$q" | sed 's/^/    /' >&2
+if [ "$NETEM_OFF" != 1 ]; then # every pair is at least 20 + 50 ms apart each way
+    rtts=$(ip netns exec "$(ns_of "$FIN")" curl -s "http://$(api_of "$FIN")/training_status" |
+        grep -o '"rtt_ms":[0-9.]*' | cut -d: -f2 | tr '\n' ' ')
+    at_least_100() {
+        [ -n "$1" ] || return 1
+        for r in $1; do awk "BEGIN { exit !($r >= 100) }" || return 1; done
+    }
+    check "  ... and the round trips it measured to the others across the links ($rtts ms) are >= 100 ms" at_least_100 "$rtts"
+fi
 MS_NS=$(ms_per_step "$CSV")
 T_NS=$(($(date +%s) - T0))
 stop_nodes 1

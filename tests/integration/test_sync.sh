@@ -140,16 +140,19 @@ for n in c q; do # the contributors are done: fewer processes for the slow build
     check "contributor $n stops cleanly" test "$EXIT_RC" -eq 0
 done
 
-# a member that starts late is rounds behind: it downloads the cohort's weights, then meets it
+# a member that starts late (a new holder of the layers) downloads the cohort's weights before
+# its first step (S3), sits one round out, downloads again, then meets the cohort
 new_wallet "$TMP_ROOT/l" >/dev/null
 # shellcheck disable=SC2086
 start_node "$TMP_ROOT/l" $COMMON --bootstrap "$SEED" || exit 1
 PID_l=$NODE_PID API_l=$API
 caught_up() {
-    grep -q "are not the cohort's: it downloads" "$TMP_ROOT/l.log" &&
+    grep -q "installed the cohort's weights" "$TMP_ROOT/l.log" &&
         [ "$(sync_field "$API_l" outer_steps)" -ge 1 ] 2>/dev/null
 }
 check "a member that starts late downloads the cohort's weights and then meets it" wait_for 900 caught_up
+first_line() { grep -n "$1" "$TMP_ROOT/l.log" | head -1 | cut -d: -f1; }
+check "  ... before its first step" test "$(first_line "installed the cohort's weights")" -lt "$(first_line "train: step=1 ")"
 same_as_a() {
     r_a=$(status_of "$API_a") r_l=$(status_of "$API_l")
     [ "$(echo "$r_a" | json_field outer_round)" = "$(echo "$r_l" | json_field outer_round)" ] &&
