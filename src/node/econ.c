@@ -508,6 +508,7 @@ void ns_econ_accuse(ns_econ *e, const uint8_t accused[NS_NODE_ID_BYTES], uint64_
         NS_LOG_W("sync", "the fraud bundle was not kept: %s", ns_strerror(rc));
         return;
     }
+    ns_evidence_prejudge(e->evidence, bundle, len, a->bundle, accused, round);
     /* the accused's proof of that period may be here already */
     uint8_t *env = NULL;
     size_t env_len = 0;

@@ -7,15 +7,18 @@
  * challenge must judge it: it fetches the bundle from the challenger in parts of up to
  * EVIDENCE_PART_BYTES (EVIDENCE_GET: hash, offset; EVIDENCE_PART: hash, offset, total size, the
  * bytes as a U8 tensor), checks its hash, keeps it, and runs the screen again (ns_cohort_judge).
- * The verdict is a pure function of the bundle, so every node that has it decides alike. A
+ * The verdict is a pure function of the bundle, so every node that has it decides alike; the
+ * reading and judging run on a libuv worker, and the challenge waits until they are done. A
  * challenger that does not serve its bundle within EVIDENCE_TRIES x EVIDENCE_WAIT_MS has made
  * an accusation it cannot back: its challenge is judged false (as verify.c judges a prover that
  * does not serve its checkpoint).
  */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "neuroshard/sync.h"
 #include "node_internal.h"
@@ -43,8 +46,21 @@ typedef struct verdict {
     ns_judgement judgement;
 } verdict;
 
+/* A bundle being judged on a libuv worker: the loop never reads or judges one itself. */
+typedef struct judge_job {
+    uv_work_t work;
+    struct ns_evidence *ev;
+    uint8_t hash[NS_SHA256_BYTES], accused[NS_NODE_ID_BYTES];
+    uint64_t round;
+    char path[PATH_MAX + 160];
+    int rc; /* of ns_cohort_judge; NS_ENOENT: no such bundle here */
+    ns_cohort_judgement cj;
+} judge_job;
+
 struct ns_evidence {
     ns_evidence_config cfg;
+    uint32_t jobs; /* judge_jobs in flight */
+    bool closing;  /* freed when the last job ends */
     fetch fetches[EVIDENCE_FETCH_MAX];
     verdict verdicts[EVIDENCE_VERDICTS];
     size_t verdict_next;
@@ -92,8 +108,14 @@ void ns_evidence_free(ns_evidence *ev)
 {
     if (ev == NULL)
         return;
-    for (size_t i = 0; i < EVIDENCE_FETCH_MAX; i++)
+    for (size_t i = 0; i < EVIDENCE_FETCH_MAX; i++) {
         free(ev->fetches[i].buf);
+        ev->fetches[i].buf = NULL;
+    }
+    if (ev->jobs > 0) { /* a judge is still at work: the last one frees */
+        ev->closing = true;
+        return;
+    }
     free(ev);
 }
 
@@ -108,11 +130,9 @@ int ns_evidence_keep(ns_evidence *ev, const uint8_t *bundle, size_t len,
     return ns_file_write_atomic(path, bundle, len, 0600);
 }
 
-/* The bundle with this hash, read and checked; NULL when it is not here (or damaged). */
-static uint8_t *load(const ns_evidence *ev, const uint8_t hash[NS_SHA256_BYTES], size_t *len)
+/* The bundle at path, read and checked against hash; NULL when it is not there (or damaged). */
+static uint8_t *load(const char *path, const uint8_t hash[NS_SHA256_BYTES], size_t *len)
 {
-    char path[PATH_MAX + 160];
-    path_of(ev, hash, path, sizeof path);
     uint8_t *buf = NULL;
     if (ns_file_read(path, NS_COHORT_BUNDLE_MAX, &buf, len) != NS_OK)
         return NULL;
@@ -174,6 +194,44 @@ static void remember(ns_evidence *ev, const uint8_t hash[NS_SHA256_BYTES],
     v->judgement = j;
 }
 
+static void judge_work(uv_work_t *w)
+{
+    judge_job *job = w->data;
+    size_t len = 0;
+    uint8_t *bundle = load(job->path, job->hash, &len);
+    job->rc = bundle == NULL ? NS_ENOENT : ns_cohort_judge(bundle, len, job->accused, &job->cj);
+    free(bundle);
+}
+
+static void judged(ns_evidence *ev, const judge_job *job);
+
+static void judge_done(uv_work_t *w, int status)
+{
+    judge_job *job = w->data;
+    ns_evidence *ev = job->ev;
+    ev->jobs--;
+    if (ev->closing) {
+        if (ev->jobs == 0)
+            free(ev);
+    } else if (status == 0) {
+        judged(ev, job);
+    }
+    free(job);
+}
+
+static bool judging(const ns_evidence *ev, const uint8_t hash[NS_SHA256_BYTES],
+                    const uint8_t accused[NS_NODE_ID_BYTES], uint64_t round)
+{
+    for (size_t i = 0; i < EVIDENCE_VERDICTS; i++) {
+        const verdict *v = &ev->verdicts[i];
+        if (v->judgement == NS_JUDGE_UNKNOWN && v->round == round &&
+            memcmp(v->hash, hash, NS_SHA256_BYTES) == 0 &&
+            memcmp(v->accused, accused, NS_NODE_ID_BYTES) == 0)
+            return true;
+    }
+    return false;
+}
+
 ns_judgement ns_evidence_verdict(ns_evidence *ev, const uint8_t hash[NS_SHA256_BYTES],
                                  const uint8_t accused[NS_NODE_ID_BYTES], uint64_t round,
                                  const uint8_t holder[NS_NODE_ID_BYTES])
@@ -185,13 +243,15 @@ ns_judgement ns_evidence_verdict(ns_evidence *ev, const uint8_t hash[NS_SHA256_B
             memcmp(v->accused, accused, NS_NODE_ID_BYTES) == 0)
             return v->judgement;
     }
-    char who[17];
-    ns_hex_encode(who, sizeof who, accused, 8);
-    size_t len = 0;
-    uint8_t *bundle = load(ev, hash, &len);
-    if (bundle == NULL) {
+    if (judging(ev, hash, accused, round))
+        return NS_JUDGE_UNKNOWN;
+    char path[PATH_MAX + 160];
+    path_of(ev, hash, path, sizeof path);
+    if (access(path, R_OK) != 0) {
         fetch *f = fetch_of(ev, hash);
         if (f != NULL && f->failed) {
+            char who[17];
+            ns_hex_encode(who, sizeof who, accused, 8);
             NS_LOG_W("sync", "the evidence against %s… was never served: the challenge is false",
                      who);
             ev->judged_honest++;
@@ -202,11 +262,45 @@ ns_judgement ns_evidence_verdict(ns_evidence *ev, const uint8_t hash[NS_SHA256_B
             start_fetch(ev, hash, holder);
         return NS_JUDGE_UNKNOWN;
     }
-    ns_cohort_judgement cj;
-    int rc = ns_cohort_judge(bundle, len, accused, &cj);
-    free(bundle);
-    if (rc == NS_ENOMEM)
+    judge_job *job = calloc(1, sizeof *job);
+    if (job == NULL)
         return NS_JUDGE_UNKNOWN;
+    job->ev = ev;
+    memcpy(job->hash, hash, NS_SHA256_BYTES);
+    memcpy(job->accused, accused, NS_NODE_ID_BYTES);
+    job->round = round;
+    memcpy(job->path, path, sizeof job->path);
+    job->work.data = job;
+    if (uv_queue_work(ev->cfg.uvenv->loop, &job->work, judge_work, judge_done) != 0) {
+        free(job);
+        return NS_JUDGE_UNKNOWN;
+    }
+    ev->jobs++;
+    remember(ev, hash, accused, round, NS_JUDGE_UNKNOWN); /* judging: asked again, it waits */
+    return NS_JUDGE_UNKNOWN;
+}
+
+/* A judge came back: the verdict is kept and the challenge waiting on it tried again. */
+static void judged(ns_evidence *ev, const judge_job *job)
+{
+    for (size_t i = 0; i < EVIDENCE_VERDICTS; i++) { /* the placeholder goes */
+        verdict *v = &ev->verdicts[i];
+        if (v->judgement == NS_JUDGE_UNKNOWN && v->round == job->round &&
+            memcmp(v->hash, job->hash, NS_SHA256_BYTES) == 0 &&
+            memcmp(v->accused, job->accused, NS_NODE_ID_BYTES) == 0)
+            memset(v, 0, sizeof *v);
+    }
+    if (job->rc == NS_ENOMEM || job->rc == NS_ENOENT) {
+        if (ev->cfg.fetched != NULL) /* asked again: a fetch, or another try */
+            ev->cfg.fetched(ev->cfg.arg);
+        return;
+    }
+    const uint8_t *accused = job->accused;
+    uint64_t round = job->round;
+    int rc = job->rc;
+    const ns_cohort_judgement cj = job->cj;
+    char who[17];
+    ns_hex_encode(who, sizeof who, accused, 8);
     ns_judgement j = rc == NS_OK && cj.round == round && cj.verdict == NS_AGG_FRAUD
                          ? NS_JUDGE_FRAUD
                          : NS_JUDGE_HONEST;
@@ -222,8 +316,23 @@ ns_judgement ns_evidence_verdict(ns_evidence *ev, const uint8_t hash[NS_SHA256_B
                  (unsigned long long)round,
                  rc != NS_OK ? "not a valid bundle" : ns_agg_verdict_name(cj.verdict));
     }
-    remember(ev, hash, accused, round, j);
-    return j;
+    remember(ev, job->hash, accused, round, j);
+    if (ev->cfg.fetched != NULL)
+        ev->cfg.fetched(ev->cfg.arg);
+}
+
+void ns_evidence_prejudge(ns_evidence *ev, const uint8_t *bundle, size_t len,
+                          const uint8_t hash[NS_SHA256_BYTES],
+                          const uint8_t accused[NS_NODE_ID_BYTES], uint64_t round)
+{
+    judge_job job = {.ev = ev, .round = round};
+    memcpy(job.hash, hash, NS_SHA256_BYTES);
+    memcpy(job.accused, accused, NS_NODE_ID_BYTES);
+    job.rc = ns_cohort_judge(bundle, len, accused, &job.cj);
+    void (*fetched)(void *) = ev->cfg.fetched;
+    ev->cfg.fetched = NULL; /* the caller goes on at once; nothing waits yet */
+    judged(ev, &job);
+    ev->cfg.fetched = fetched;
 }
 
 static void on_get(ns_evidence *ev, const uint8_t *peer, const ns_frame *f)
@@ -233,24 +342,37 @@ static void on_get(ns_evidence *ev, const uint8_t *peer, const ns_frame *f)
         return;
     }
     uint64_t offset = get_u64be(f->body + NS_SHA256_BYTES);
-    size_t len = 0;
-    uint8_t *bundle = load(ev, f->body, &len);
+    char path[PATH_MAX + 160];
+    path_of(ev, f->body, path, sizeof path);
+    /* the part asked for, read alone (a bundle is hash-checked by whoever fetches it) */
+    uint8_t *bytes = malloc(EVIDENCE_PART_BYTES);
+    uint64_t total = 0;
+    size_t n = 0;
+    int fd = bytes != NULL ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size > 0 &&
+        (uint64_t)st.st_size <= NS_COHORT_BUNDLE_MAX) {
+        total = (uint64_t)st.st_size;
+        size_t want = offset < total ? (size_t)(total - offset) : 0;
+        if (want > EVIDENCE_PART_BYTES)
+            want = EVIDENCE_PART_BYTES;
+        ssize_t got = want > 0 ? pread(fd, bytes, want, (off_t)offset) : 0;
+        n = got == (ssize_t)want ? want : 0;
+        if (got != (ssize_t)want)
+            total = 0;
+    }
+    if (fd >= 0)
+        close(fd);
     uint8_t head[EVIDENCE_PART_HEAD];
     memcpy(head, f->body, EVIDENCE_GET_BYTES);
-    put_u64be(head + EVIDENCE_GET_BYTES, bundle != NULL ? len : 0);
-    size_t n = bundle != NULL && offset < len ? len - offset : 0;
-    if (n > EVIDENCE_PART_BYTES)
-        n = EVIDENCE_PART_BYTES;
+    put_u64be(head + EVIDENCE_GET_BYTES, total);
     ns_frame part = {.type = NS_FRAME_EVIDENCE_PART, .body = head, .body_len = sizeof head};
     if (n > 0)
-        part.tensor = (ns_wire_tensor){.dtype = NS_DTYPE_U8,
-                                       .ndim = 1,
-                                       .shape = {(uint32_t)n},
-                                       .data = bundle + offset,
-                                       .bytes = n};
+        part.tensor = (ns_wire_tensor){
+            .dtype = NS_DTYPE_U8, .ndim = 1, .shape = {(uint32_t)n}, .data = bytes, .bytes = n};
     if (ns_net_send_frame(ev->cfg.net, peer, &part) == NS_OK)
         ev->served++;
-    free(bundle);
+    free(bytes);
 }
 
 static void on_part(ns_evidence *ev, const uint8_t *peer, const ns_frame *f)

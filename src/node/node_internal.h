@@ -506,6 +506,11 @@ NS_MUST_USE int ns_evidence_keep(ns_evidence *ev, const uint8_t *bundle, size_t 
 ns_judgement ns_evidence_verdict(ns_evidence *ev, const uint8_t hash[NS_SHA256_BYTES],
                                  const uint8_t accused[NS_NODE_ID_BYTES], uint64_t round,
                                  const uint8_t holder[NS_NODE_ID_BYTES]);
+/* The challenger's own judgement of the bundle it keeps, before it appends the challenge (which
+ * its own ledger must apply at once): the same ns_cohort_judge, on the calling thread. */
+void ns_evidence_prejudge(ns_evidence *ev, const uint8_t *bundle, size_t len,
+                          const uint8_t hash[NS_SHA256_BYTES],
+                          const uint8_t accused[NS_NODE_ID_BYTES], uint64_t round);
 void ns_evidence_on_frame(ns_evidence *ev, const uint8_t peer[NS_NODE_ID_BYTES], const ns_frame *f);
 void ns_evidence_tick(ns_evidence *ev); /* retries and gives up fetches; every few seconds */
 json_t *ns_evidence_json(const ns_evidence *ev);

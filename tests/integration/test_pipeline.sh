@@ -89,6 +89,7 @@ check "  ... and the loss falls (steps 1-5: $first, $((LONG - 4))-$LONG: $last)"
 s=$(status_of "$API_f")
 check "/training_status shows the pipeline's stages, bubble and refusals" contains "$s" '"bubble_1f1b":'
 check "  ... and the quorum's members" contains "$s" '"role":"initiator"'
+check "  ... each with the round trip this node measured to it (SWARM_PING)" contains "$s" '"rtt_ms":'
 benchmarked() {
     _s=$(status_of "$API_f")
     echo "$_s" | grep -q '"tier":"T[1-5]"' && echo "$_s" | grep -q '"layer_latency_us":[1-9]'

@@ -9,14 +9,16 @@
 # the fewest free holders that cover layers 0..7, and the smallest of them proposes. They must
 # form one quorum of three on their own, each member running layers it holds, and train: the
 # finisher's loss falls. D, a fourth 256 MB node that comes later, takes layers that a stage
-# runs and follows that stage as a replica. A node in pool mode without --model is refused.
+# runs and follows that stage as a replica. Then the member running that stage is killed with -9:
+# D takes its stage over from the checkpoint it pulled and the pipeline trains on. A node in pool
+# mode without --model is refused.
 
 . "$(dirname "$0")/lib.sh"
 
 TXT=$TMP_ROOT/text
 text_dir "$TXT"
 COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --threads 1 --train on --ponw-interval-s 1 --sync-every off --quorum-size auto"
-POOL="$COMMON --model 8x512 --memory-mb 256"
+POOL="$COMMON --model 8x512 --memory-mb 256 --checkpoint-every 2"
 STEPS=3
 NODES="a b c"
 for n in a b c d e; do new_wallet "$TMP_ROOT/$n" >/dev/null; done
@@ -123,11 +125,42 @@ echo "# d holds layers $1 $2 and follows stage $st ($3 $4)"
 check "  ... whose layers it holds" test $# -eq 4 -a "$1" -le "$3" -a "$4" -le "$2"
 check "  ... and is not in the quorum" contains "$s" '"in_quorum":false'
 
-for n in a b c d; do
+# pool-mode failover: the member running that stage dies; D takes its layers over
+copied() { [ "$(status_of "$API_d" | grep -o '"replica":{"stage":[0-9]*,"step":[0-9]*' | sed 's/.*://')" -ge 2 ] 2>/dev/null; }
+check "  ... and pulls a checkpoint of that stage (step >= 2)" wait_for 600 copied
+ids=$(status_of "$API_a" | grep -o '"node_id":"[0-9a-f]*","stage":[0-9]*' | sed 's/"node_id":"\([0-9a-f]*\)","stage":\([0-9]*\)/\2 \1/')
+victim_id=$(echo "$ids" | awk -v st="$st" '$1 == st { print $2 }')
+VICTIM=""
+LIVE=""
+for n in a b c; do
+    eval "api=\$API_$n"
+    if [ "$(curl -s "http://$api/api/stats" | json_field node_id)" = "$victim_id" ]; then VICTIM=$n; else LIVE="$LIVE $n"; fi
+done
+check "  ... the member running stage $st is found ($VICTIM)" test -n "$VICTIM"
+eval "kill -9 \$PID_$VICTIM"
+step_now=$(status_of "$API_d" | grep -o '"replica":{"stage":[0-9]*,"step":[0-9]*' | sed 's/.*://')
+took_over() { case "$(status_of "$API_d")" in *'"in_quorum":true'*'"generation":2'* | *'"generation":2'*'"in_quorum":true'*) return 0 ;; esac; return 1; }
+check "after kill -9 of $VICTIM, the replica D joins the quorum in its place (generation 2)" wait_for 120 took_over
+FIN2=""
+finisher2() {
+    for n in $LIVE d; do
+        eval "api=\$API_$n"
+        case "$(status_of "$api")" in *'"role":"finisher (head, loss)"'*) FIN2=$n ;; esac
+    done
+    [ -n "$FIN2" ]
+}
+check "  ... with a finisher again" wait_for 120 finisher2
+[ -n "$FIN2" ] || exit 1
+eval "API_f2=\$API_$FIN2"
+target=$((step_now + 2))
+trains_on() { [ "$(status_of "$API_f2" | json_field step)" -ge $target ] 2>/dev/null; }
+check "  ... and the pipeline trains on from its copy (step $step_now) to step $target" wait_for 600 trains_on
+
+for n in $LIVE d; do
     eval "pid=\$PID_$n"
     kill -TERM "$pid"
 done
-for n in a b c d; do
+for n in $LIVE d; do
     eval "pid=\$PID_$n"
     wait_exit "$pid" 60
     check "node $n stops cleanly" test "$EXIT_RC" -eq 0
