@@ -197,6 +197,20 @@ static bool own_round(ns_diloco *d, uint64_t *round, uint8_t prefix[8])
     return ss.on;
 }
 
+/* The cohort is every holder of this node's layers: besides the peers it is linked to, it links
+ * to the holders of the same range that the DHT names (swarm.c publishes a LAYER_HOLDER record
+ * under each held layer, its body starting with the range). */
+static void want_cohort(ns_diloco *d, uint32_t layers, uint32_t hidden, uint32_t first,
+                        uint32_t last)
+{
+    char topic[48];
+    snprintf(topic, sizeof topic, "%ux%u/%u", layers, hidden, first);
+    uint8_t range[4];
+    put_be(range, first, 2);
+    put_be(range + 2, last, 2);
+    ns_net_want_holders(d->cfg.net, NS_RECORD_LAYER_HOLDER, topic, range, sizeof range);
+}
+
 static void send_hello(ns_diloco *d)
 {
     uint32_t layers, hidden, first, last;
@@ -205,6 +219,7 @@ static void send_hello(ns_diloco *d)
     if (d->cfg.async || !own_place(d, &layers, &hidden, &first, &last, &step) ||
         !own_round(d, &round, prefix))
         return; /* a contributor is no member of the rounds */
+    want_cohort(d, layers, hidden, first, last);
     uint8_t b[DILOCO_HELLO_BYTES];
     b[0] = 2; /* version */
     put_be(b + 1, layers, 2);

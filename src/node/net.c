@@ -44,8 +44,10 @@
 #define NET_CHECK_INTERVAL_MS        (10 * 60 * 1000)
 #define NET_PROBES_MAX               8 /* connect-back probes this node runs for others at once */
 #define NET_SEED_ADDRS_MAX           4
-#define NET_PEER_LINKS               6    /* peer links kept open for gossip (ledger, proofs) */
-#define NET_PEER_LINKS_MS            5000 /* how often to top them up */
+#define NET_PEER_LINKS               6     /* peer links kept open for gossip (ledger, proofs) */
+#define NET_PEER_LINKS_MS            5000  /* how often to top them up */
+#define NET_WANT_MS                  15000 /* how often to look up the holders a node wants */
+#define NET_WANT_DIALS_MAX           16    /* holders dialled after one lookup */
 
 typedef enum {
     CONN_PEER = 0,  /* an ordinary link */
@@ -100,6 +102,19 @@ typedef struct reach_state {
     ns_addr tested;
 } reach_state;
 
+/* The holders of a topic this node wants links to (its layer cohort), found in the DHT. */
+typedef struct net_want {
+    bool on, busy;
+    uint32_t type;
+    char topic[NS_RECORD_TOPIC_BYTES_MAX + 1];
+    uint8_t prefix[16]; /* the records' bodies must start with it */
+    size_t prefix_len;
+    uint64_t next_ms;
+    uint64_t found, dialled;
+    uint8_t finding[NET_WANT_DIALS_MAX][NS_ID_BYTES]; /* holders whose address is looked up */
+    size_t finding_count;
+} net_want;
+
 struct ns_net {
     uv_loop_t *loop;
     ns_uv_env *uvenv;
@@ -126,6 +141,8 @@ struct ns_net {
     uint64_t backoff_ms;
     uint64_t bootstrap_timer, lan_timer, health_timer, resign_timer, save_timer, check_timer,
         links_timer;
+    net_want want;
+    size_t peer_links_max; /* NET_PEER_LINKS, or the test hook's */
     struct {
         ns_net_frame_fn frame; /* frames of type >= NS_FRAME_APP on peer links */
         ns_net_link_fn link;   /* a peer link came up */
@@ -891,12 +908,106 @@ static bool linked_or_dialing(const ns_net *net, const uint8_t id[NS_ID_BYTES])
     return false;
 }
 
+/* A holder found in the DHT: dialled at its address in the routing table, else found first. */
+static void found_holder(void *arg, const ns_dht_result *r)
+{
+    ns_net *net = arg;
+    net_want *w = &net->want;
+    for (size_t i = 0; r->status == NS_OK && i < r->contact_count; i++) {
+        const ns_dht_contact *c = &r->contacts[i];
+        for (size_t k = 0; k < w->finding_count; k++) {
+            if (memcmp(w->finding[k], c->node_id, NS_ID_BYTES) != 0)
+                continue;
+            if (!linked_or_dialing(net, c->node_id)) {
+                dial(net, &c->addr, c->node_id, CONN_PEER, NULL, 0);
+                w->dialled++;
+            }
+            memmove(w->finding[k], w->finding[k + 1], (w->finding_count - k - 1) * NS_ID_BYTES);
+            w->finding_count--;
+            break;
+        }
+    }
+}
+
+static void want_got(void *arg, const ns_dht_result *r)
+{
+    ns_net *net = arg;
+    net_want *w = &net->want;
+    w->busy = false;
+    if (r->status != NS_OK)
+        return;
+    ns_dht_contact contacts[64];
+    size_t n = ns_dht_contacts(net->dht, contacts, 64), dials = 0;
+    for (size_t i = 0; i < r->record_count && dials < NET_WANT_DIALS_MAX; i++) {
+        ns_record rec;
+        if (ns_record_verify(r->records[i], r->record_lens[i], ns_env_now(&net->uvenv->env),
+                             &rec) != NS_OK ||
+            rec.type != w->type || rec.topic_len != strlen(w->topic) ||
+            memcmp(rec.topic, w->topic, rec.topic_len) != 0 || rec.body_len < w->prefix_len ||
+            memcmp(rec.body, w->prefix, w->prefix_len) != 0 ||
+            memcmp(rec.author, net->key->node_id, NS_ID_BYTES) == 0)
+            continue;
+        w->found++;
+        if (linked_or_dialing(net, rec.author))
+            continue;
+        dials++;
+        bool known = false;
+        for (size_t k = 0; k < n && !known; k++) {
+            if (memcmp(contacts[k].node_id, rec.author, NS_ID_BYTES) == 0) {
+                dial(net, &contacts[k].addr, rec.author, CONN_PEER, NULL, 0);
+                w->dialled++;
+                known = true;
+            }
+        }
+        if (!known && w->finding_count < NET_WANT_DIALS_MAX &&
+            ns_dht_find_node(net->dht, rec.author, found_holder, net) == NS_OK)
+            memcpy(w->finding[w->finding_count++], rec.author, NS_ID_BYTES);
+    }
+}
+
+void ns_net_want_holders(ns_net *net, uint32_t type, const char *topic, const uint8_t *prefix,
+                         size_t prefix_len)
+{
+    net_want *w = &net->want;
+    if (topic == NULL || strlen(topic) > NS_RECORD_TOPIC_BYTES_MAX ||
+        prefix_len > sizeof w->prefix) {
+        w->on = false;
+        return;
+    }
+    bool same = w->on && w->type == type && strcmp(w->topic, topic) == 0 &&
+                w->prefix_len == prefix_len && memcmp(w->prefix, prefix, prefix_len) == 0;
+    if (same)
+        return;
+    w->on = true;
+    w->type = type;
+    snprintf(w->topic, sizeof w->topic, "%s", topic);
+    memcpy(w->prefix, prefix, prefix_len);
+    w->prefix_len = prefix_len;
+    w->next_ms = 0; /* at the next links round */
+}
+
+/* Looks the wanted holders up every NET_WANT_MS. */
+static void want_round(ns_net *net, uint64_t now_ms)
+{
+    net_want *w = &net->want;
+    if (!w->on || w->busy || now_ms < w->next_ms || net->dht == NULL)
+        return;
+    w->next_ms = now_ms + NET_WANT_MS;
+    w->finding_count = 0; /* lookups of the last round that found nothing */
+    ns_record rec = {.type = w->type, .topic_len = strlen(w->topic)};
+    memcpy(rec.topic, w->topic, rec.topic_len);
+    uint8_t key[NS_SHA256_BYTES];
+    ns_record_key(&rec, key);
+    w->busy = ns_dht_get(net->dht, key, want_got, net) == NS_OK;
+}
+
 /* Dials contacts of the routing table, in random order, until NET_PEER_LINKS links are open or
- * being opened, so that gossip reaches the swarm. */
+ * being opened, so that gossip reaches the swarm; and the holders this node wants. */
 static void links_timer_fired(void *arg, uint64_t now_ms)
 {
     ns_net *net = arg;
     net->links_timer = 0;
+    want_round(net, now_ms);
     ns_dht_contact contacts[64];
     size_t n = ns_dht_contacts(net->dht, contacts, 64);
     for (size_t i = n; i > 1; i--) { /* Fisher-Yates */
@@ -905,7 +1016,7 @@ static void links_timer_fired(void *arg, uint64_t now_ms)
         contacts[i - 1] = contacts[j];
         contacts[j] = t;
     }
-    for (size_t i = 0; i < n && peer_links(net) < NET_PEER_LINKS; i++) {
+    for (size_t i = 0; i < n && peer_links(net) < net->peer_links_max; i++) {
         if (contacts[i].fails == 0 && !linked_or_dialing(net, contacts[i].node_id))
             dial(net, &contacts[i].addr, contacts[i].node_id, CONN_PEER, NULL, 0);
     }
@@ -1167,6 +1278,10 @@ int ns_net_start(ns_net **out, uv_loop_t *loop, ns_uv_env *uvenv, const ns_confi
     net->memory_mb = memory_mb;
     net->reach.status = -1;
     net->backoff_ms = NET_BOOTSTRAP_BACKOFF_MIN_MS;
+    net->peer_links_max = NET_PEER_LINKS;
+    const char *links = getenv("NEUROSHARD_TEST_PEER_LINKS"); /* tests: a sparser swarm */
+    if (links != NULL && atoi(links) > 0 && atoi(links) < 64)
+        net->peer_links_max = (size_t)atoi(links);
     net->ident.key = key;
     derive_link_key(net);
     ns_network_id(net->ident.network_id, cfg->network);
@@ -1406,7 +1521,10 @@ void ns_net_metrics(ns_net *net, char **text, int *len)
         "neuroshard_dht_lookups_total{result=\"ok\"} %llu\n"
         "neuroshard_dht_lookups_total{result=\"failed\"} %llu\n"
         "# TYPE neuroshard_dht_rpc_timeouts_total counter\n"
-        "neuroshard_dht_rpc_timeouts_total %llu\n",
+        "neuroshard_dht_rpc_timeouts_total %llu\n"
+        "# TYPE neuroshard_cohort_holders_total counter\n"
+        "neuroshard_cohort_holders_total{event=\"found\"} %llu\n"
+        "neuroshard_cohort_holders_total{event=\"dialed\"} %llu\n",
         ns_dht_contact_count(net->dht), net->conn_count, (unsigned long long)net->udp_in,
         (unsigned long long)net->udp_out, (unsigned long long)net->udp_dropped_queue,
         (unsigned long long)net->links_accepted, (unsigned long long)net->links_dialed,
@@ -1417,5 +1535,6 @@ void ns_net_metrics(ns_net *net, char **text, int *len)
         (unsigned long long)st.records_oversize, (unsigned long long)st.identity_rejected,
         (unsigned long long)st.store_bad_token, (unsigned long long)st.records_stored,
         (unsigned long long)st.lookups_succeeded, (unsigned long long)st.lookups_failed,
-        (unsigned long long)st.timeouts);
+        (unsigned long long)st.timeouts, (unsigned long long)net->want.found,
+        (unsigned long long)net->want.dialled);
 }

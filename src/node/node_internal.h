@@ -142,6 +142,11 @@ void ns_net_set_app(ns_net *net, ns_net_app app, ns_net_frame_fn on_frame, ns_ne
                     ns_net_link_fn on_down, void *arg);
 /* Whether an established peer link to peer_id is up. */
 bool ns_net_has_link(ns_net *net, const uint8_t peer_id[NS_NODE_ID_BYTES]);
+/* Links to the holders of a topic (a layer cohort): every 15 s the records of `type` under
+ * `topic` are looked up in the DHT and their authors whose bodies start with prefix dialled,
+ * beyond the peer links kept for gossip. topic NULL: none wanted. */
+void ns_net_want_holders(ns_net *net, uint32_t type, const char *topic, const uint8_t *prefix,
+                         size_t prefix_len);
 /* Sends f on every established peer link but except's (may be NULL); how many took it. */
 size_t ns_net_broadcast(ns_net *net, const ns_frame *f, const uint8_t *except);
 /* NS_ENOENT when no link to that peer is up. */

@@ -16,6 +16,9 @@
 TXT=$TMP_ROOT/text
 text_dir "$TXT"
 RULES="--ponw-interval-s 10 --ponw-window-s 30 --ponw-bond 0.01"
+# one outbound peer link a node (a sparse swarm): the cohort is found through the DHT's
+# layer-holder records (ns_net_want_holders), not by being linked to everyone
+export NEUROSHARD_TEST_PEER_LINKS=1
 COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 2x64 --threads 1 --train on --sync-every 8 --sync-timeout-s 5 $RULES"
 nano_of() { echo "${1:-0}" | awk -F. '{ printf "%d\n", $1 * 1000000000 + $2 }'; }
 for n in a b p c q; do new_wallet "$TMP_ROOT/$n" >/dev/null; done
@@ -49,7 +52,14 @@ cohort_of_three() {
         [ "$(sync_field "$api" cohort)" = 3 ] || return 1
     done
 }
-check "three nodes training the same model find each other as one cohort" wait_for 60 cohort_of_three
+check "three nodes training the same model find each other as one cohort" wait_for 120 cohort_of_three
+dialed=0
+for n in a b p; do
+    eval "api=\$API_$n"
+    v=$(curl -s "http://$api/metrics" | sed -n 's/^neuroshard_cohort_holders_total{event="dialed"} //p')
+    dialed=$((dialed + ${v:-0}))
+done
+check "  ... linked through the DHT's layer-holder records, not by chance ($dialed holders dialed)" test "$dialed" -gt 0
 
 stepped() {
     for n in a b p; do
