@@ -1338,6 +1338,13 @@ static int node_start(node *n)
     n->started_ms = ns_env_now(&n->uvenv.env);
     watch_signals(n);
     start_chores(n);
+    if (n->cfg.train && n->cfg.sync_every != 0 && n->cfg.sync_every != NS_SYNC_EVERY_AUTO &&
+        n->cfg.sync_every < 50)
+        NS_LOG_W("sync",
+                 "--sync-every %u: with so few inner steps the outer Nesterov step (S7: momentum "
+                 "0.9, lr 0.7) moves about 7 times as far as the inner steps did, and long runs "
+                 "can diverge; S7 uses 100 to 1000",
+                 n->cfg.sync_every);
     if (n->cfg.train && n->cfg.sync_every != 0) {
         ns_diloco_config dc = {.uvenv = &n->uvenv,
                                .net = n->net,
