@@ -8,7 +8,10 @@
 #   wire_bytes_per_token: activation, gradient and norm bytes the stages sent per trained token,
 #     against the activation bytes of one token at the stage boundary (C floats forward and C
 #     back): the frames' overhead;
-#   bubble: the share of time the stages waited for each other, against 1F1B's (S-1)/(m+S-1).
+#   bubble: the share of time the stages waited for each other, against 1F1B's (S-1)/(m+S-1);
+#   pipeline_lossy_tokens_per_s: the same pipeline when one stage loses every 20th frame it sends
+#     (NEUROSHARD_TEST_DROP_PIPE=20: 5 % loss, recovered by RESEND after 200 ms), against the
+#     lossless pipeline (BENCH_SKIP_LOSSY=1 skips).
 # The Genesis tokenizer and dataset are copied from BUILD/bench-node when bench-train.sh made
 # them (else each node builds its own once, in BUILD/bench-pipe/).
 set -eu
@@ -23,6 +26,30 @@ trap 'for p in $pids; do kill -TERM $p 2>/dev/null; done; wait 2>/dev/null || tr
 num() { sed -n "s/.*\"$1\":\([0-9.e+-]*\).*/\1/p" | head -1; }
 status() { curl -s "http://$(cat "$1/api.addr")/training_status"; }
 
+# pipeline NAME1 NAME2 [N]: starts a 2-stage pipeline (NAME1 losing every N-th frame it sends)
+# and waits for its finisher (into $fin)
+pipeline() {
+    drop=${3:-0}
+    start "$1" --threads 1 --quorum-size 2
+    drop=0
+    seed=$(curl -s "http://$(cat "$root/$1/api.addr")/api/stats" | sed -n 's/.*"listen":"\([^"]*\)".*/\1/p')
+    start "$2" --threads 1 --quorum-size 2 --bootstrap "$seed"
+    fin=""
+    i=0
+    while [ -z "$fin" ]; do
+        for n in "$1" "$2"; do
+            case "$(status "$root/$n")" in *'"role":"finisher (head, loss)"'*) fin=$n ;; esac
+        done
+        i=$((i + 1))
+        if [ $i -gt 900 ]; then
+            echo "bench-pipeline: no quorum formed; see $root/$1.log" >&2
+            exit 1
+        fi
+        sleep 1
+    done
+    wait_steps "$root/$fin" 3
+}
+
 # start NAME FLAGS...: a fresh model in root/NAME (tokenizer and dataset kept or copied)
 start() {
     d=$root/$1
@@ -34,7 +61,8 @@ start() {
     if [ ! -f "$d/tokenizer.bpe" ] && [ -f "$src/tokenizer.bpe" ]; then
         cp "$src/tokenizer.bpe" "$d/" && cp -r "$src/dataset" "$d/" 2>/dev/null || true
     fi
-    "$build/neuroshardd" --data-dir "$d" --api-listen 127.0.0.1:0 --listen 127.0.0.1:0 \
+    NEUROSHARD_TEST_DROP_PIPE=${drop:-0} "$build/neuroshardd" --data-dir "$d" \
+        --api-listen 127.0.0.1:0 --listen 127.0.0.1:0 \
         --lan-discovery off --train on --model "$model" "$@" >"$d.log" 2>&1 &
     pids="$pids $!"
     i=0
@@ -78,23 +106,7 @@ solo=$(rate "$root/solo")
 stop_all
 
 echo "bench-pipeline: a 2-stage pipeline, 1 thread a stage" >&2
-start s1 --threads 1 --quorum-size 2
-seed=$(curl -s "http://$(cat "$root/s1/api.addr")/api/stats" | sed -n 's/.*"listen":"\([^"]*\)".*/\1/p')
-start s2 --threads 1 --quorum-size 2 --bootstrap "$seed"
-fin=""
-i=0
-while [ -z "$fin" ]; do
-    for n in s1 s2; do
-        case "$(status "$root/$n")" in *'"role":"finisher (head, loss)"'*) fin=$n ;; esac
-    done
-    i=$((i + 1))
-    if [ $i -gt 900 ]; then
-        echo "bench-pipeline: no quorum formed; see $root/s1.log" >&2
-        exit 1
-    fi
-    sleep 1
-done
-wait_steps "$root/$fin" 3
+pipeline s1 s2
 b0=$(($(status "$root/s1" | num bytes_out) + $(status "$root/s2" | num bytes_out)))
 tok0=$(status "$root/$fin" | num tokens_seen)
 pipe=$(rate "$root/$fin")
@@ -110,6 +122,15 @@ bubble_other=$(status "$root/$other" | num bubble)
 hidden=${model#*x}
 stop_all
 
+lossy=""
+if [ "${BENCH_SKIP_LOSSY:-0}" != 1 ]; then
+    echo "bench-pipeline: the same pipeline, one stage losing every 20th frame it sends" >&2
+    pipeline l1 l2 20
+    lossy=$(rate "$root/$fin")
+    asked=$(($(status "$root/l1" | num resend_asked) + $(status "$root/l2" | num resend_asked)))
+    stop_all
+fi
+
 awk -v solo="$solo" -v pipe="$pipe" -v b0="$b0" -v b1="$b1" -v t0="$tok0" -v t1="$tok1" \
     -v c="$hidden" -v m="$m" -v bf="$bubble" -v bo="$bubble_other" -v th="$theory" 'BEGIN {
     printf "bench pipeline_tokens_per_s=%.0f solo_2_threads_tokens_per_s=%.0f ratio=%.2f goal=>=0.8\n",
@@ -122,3 +143,10 @@ awk -v solo="$solo" -v pipe="$pipe" -v b0="$b0" -v b1="$b1" -v t0="$tok0" -v t1=
     printf "bench bubble_finisher=%.3f bubble_1f1b_m%d=%.3f ratio=%.2f goal=-\n",
         bf, m, th, (th > 0 ? bf / th : 0)
 }'
+if [ -n "$lossy" ]; then
+    awk -v l="$lossy" -v p="$pipe" -v a="${asked:-0}" 'BEGIN {
+        printf "bench pipeline_lossy_tokens_per_s=%.0f pipeline_tokens_per_s=%.0f ratio=%.2f goal=-\n",
+            l, p, l / p
+        printf "bench-pipeline: at 5 %% loss the stages asked for %d resends\n", a > "/dev/stderr"
+    }'
+fi

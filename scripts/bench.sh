@@ -138,6 +138,8 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
     echo "  the stages sent (activations with their targets, gradients, norm and scale) per trained"
     echo "  token, against 2 C floats (one activation row forward, its gradient back). bubble: the"
     echo "  share of a stage's time spent waiting for its neighbour, against 1F1B's (S-1)/(m+S-1)."
+    echo "  pipeline_lossy: the same pipeline with one stage losing every 20th frame it sends"
+    echo "  (NEUROSHARD_TEST_DROP_PIPE=20), recovered by RESEND after 200 ms, against the lossless one."
     echo "- failover (scripts/bench-failover.sh): six daemons (3x64), three in the quorum and three"
     echo "  replicas; the processor is killed with -9. failover_ms: from the finisher's first sign"
     echo "  of the death (its link closing) to its restart in the next generation; kill_to_next_step:"
