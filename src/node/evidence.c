@@ -290,11 +290,14 @@ static void judged(ns_evidence *ev, const judge_job *job)
             memcmp(v->accused, job->accused, NS_NODE_ID_BYTES) == 0)
             memset(v, 0, sizeof *v);
     }
-    if (job->rc == NS_ENOMEM || job->rc == NS_ENOENT) {
-        if (ev->cfg.fetched != NULL) /* asked again: a fetch, or another try */
+    if (job->rc == NS_ENOENT) { /* unreadable or damaged: gone, so that it is fetched again */
+        (void)unlink(job->path);
+        if (ev->cfg.fetched != NULL)
             ev->cfg.fetched(ev->cfg.arg);
         return;
     }
+    if (job->rc == NS_ENOMEM)
+        return; /* the next retry of the ledger's waiting entries tries again */
     const uint8_t *accused = job->accused;
     uint64_t round = job->round;
     int rc = job->rc;
