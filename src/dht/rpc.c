@@ -157,7 +157,9 @@ static uint64_t rpc_soft_timeout_ms(const ns_dht *dht)
 
 static void rtt_sample(ns_dht *dht, uint64_t rtt_ms)
 {
-    NS_ASSERT(rtt_ms <= NS_DHT_RPC_TIMEOUT_MS);
+    if (rtt_ms > NS_DHT_RPC_TIMEOUT_MS)
+        return; /* its deadline passed while this process was busy (the timer had not run yet):
+                   no sample of the network */
     int64_t sample = rtt_ms > 0 ? (int64_t)rtt_ms : 1;
     if (dht->srtt_ms == 0) {
         dht->srtt_ms = sample;

@@ -1462,6 +1462,42 @@ static void test_dht_reports_observed_address_and_clock_skew(void **state)
     sim_free(s);
 }
 
+/* A process that was busy (a stopped loop, a slow build) may read an answer after its request's
+ * deadline and before the deadline's timer ran: the answer is taken, and no round trip longer
+ * than the timeout is learned (this once stopped a node with an assertion). */
+static void test_dht_answer_read_after_its_deadline_is_taken_without_a_sample(void **state)
+{
+    (void)state;
+    sim *s = sim_new();
+    sim_node *core = sim_add_core(s, 1);
+    sim_node *p = sim_add(s, 30, true);
+    assert_int_equal(ns_dht_ping(core->dht, &p->addr), NS_OK);
+    sim_run(s, 100);
+    ns__dht_packet q;
+    ns_addr from;
+    assert_true(puppet_take(p, NS__DHT_PING, false, &q, &from));
+    s->now_ms += NS_DHT_RPC_TIMEOUT_MS + 2000; /* the clock moved on; no timer has run */
+    ns__dht_packet r = {0};
+    memcpy(r.sender_id, p->key.node_id, NS_ID_BYTES);
+    r.sender_record = p->record;
+    r.sender_record_len = p->record_len;
+    r.txid = q.txid;
+    r.response = true;
+    r.kind = q.kind;
+    r.time_ms = node_now(p);
+    r.has_observed = true;
+    r.observed = from;
+    ns__dht_packet_release(&q);
+    uint8_t buf[NS_DHT_PACKET_BYTES_MAX];
+    size_t len;
+    assert_int_equal(ns__dht_packet_encode(&r, s->network_id, buf, sizeof buf, &len), NS_OK);
+    ns_dht_on_datagram(core->dht, &p->addr, buf, len);
+    assert_true(table_has(core->dht, p->key.node_id));
+    sim_run(s, 1000); /* the deadline's timer finds nothing left to time out */
+    assert_true(table_has(core->dht, p->key.node_id));
+    sim_free(s);
+}
+
 static void test_dht_lookups_succeed_after_a_fifth_of_nodes_vanish(void **state)
 {
     (void)state;
@@ -1563,6 +1599,7 @@ int main(void)
         cmocka_unit_test(test_dht_save_load_round_trips),
         cmocka_unit_test(test_dht_load_refuses_malformed_input_whole),
         cmocka_unit_test(test_dht_reports_observed_address_and_clock_skew),
+        cmocka_unit_test(test_dht_answer_read_after_its_deadline_is_taken_without_a_sample),
         cmocka_unit_test(test_dht_lookups_succeed_after_a_fifth_of_nodes_vanish),
         cmocka_unit_test(test_dht_free_cancels_timers_and_calls_no_callback),
         cmocka_unit_test(test_dht_lookup_on_empty_table_reports_enoent_later),
