@@ -184,10 +184,27 @@ static void start_fetch(ns_evidence *ev, const uint8_t hash[NS_SHA256_BYTES],
     ask(ev, f);
 }
 
+/* The entry kept for the accused of a round by a bundle: its verdict, or NS_JUDGE_UNKNOWN while a
+ * judge is at work on it; NULL when there is none. */
+static verdict *entry_of(ns_evidence *ev, const uint8_t hash[NS_SHA256_BYTES],
+                         const uint8_t accused[NS_NODE_ID_BYTES], uint64_t round)
+{
+    for (size_t i = 0; i < EVIDENCE_VERDICTS; i++) {
+        verdict *v = &ev->verdicts[i];
+        if (v->round == round && memcmp(v->hash, hash, NS_SHA256_BYTES) == 0 &&
+            memcmp(v->accused, accused, NS_NODE_ID_BYTES) == 0)
+            return v;
+    }
+    return NULL;
+}
+
+/* Keeps j for it, in its entry when it has one (a judge's placeholder), else in the oldest. */
 static void remember(ns_evidence *ev, const uint8_t hash[NS_SHA256_BYTES],
                      const uint8_t accused[NS_NODE_ID_BYTES], uint64_t round, ns_judgement j)
 {
-    verdict *v = &ev->verdicts[ev->verdict_next++ % EVIDENCE_VERDICTS];
+    verdict *v = entry_of(ev, hash, accused, round);
+    if (v == NULL)
+        v = &ev->verdicts[ev->verdict_next++ % EVIDENCE_VERDICTS];
     memcpy(v->hash, hash, NS_SHA256_BYTES);
     memcpy(v->accused, accused, NS_NODE_ID_BYTES);
     v->round = round;
@@ -219,32 +236,13 @@ static void judge_done(uv_work_t *w, int status)
     free(job);
 }
 
-static bool judging(const ns_evidence *ev, const uint8_t hash[NS_SHA256_BYTES],
-                    const uint8_t accused[NS_NODE_ID_BYTES], uint64_t round)
-{
-    for (size_t i = 0; i < EVIDENCE_VERDICTS; i++) {
-        const verdict *v = &ev->verdicts[i];
-        if (v->judgement == NS_JUDGE_UNKNOWN && v->round == round &&
-            memcmp(v->hash, hash, NS_SHA256_BYTES) == 0 &&
-            memcmp(v->accused, accused, NS_NODE_ID_BYTES) == 0)
-            return true;
-    }
-    return false;
-}
-
 ns_judgement ns_evidence_verdict(ns_evidence *ev, const uint8_t hash[NS_SHA256_BYTES],
                                  const uint8_t accused[NS_NODE_ID_BYTES], uint64_t round,
                                  const uint8_t holder[NS_NODE_ID_BYTES])
 {
-    for (size_t i = 0; i < EVIDENCE_VERDICTS; i++) {
-        const verdict *v = &ev->verdicts[i];
-        if (v->judgement != NS_JUDGE_UNKNOWN && v->round == round &&
-            memcmp(v->hash, hash, NS_SHA256_BYTES) == 0 &&
-            memcmp(v->accused, accused, NS_NODE_ID_BYTES) == 0)
-            return v->judgement;
-    }
-    if (judging(ev, hash, accused, round))
-        return NS_JUDGE_UNKNOWN;
+    const verdict *known = entry_of(ev, hash, accused, round);
+    if (known != NULL) /* judged, or being judged (unknown yet) */
+        return known->judgement;
     char path[PATH_MAX + 160];
     path_of(ev, hash, path, sizeof path);
     if (access(path, R_OK) != 0) {
@@ -283,11 +281,9 @@ ns_judgement ns_evidence_verdict(ns_evidence *ev, const uint8_t hash[NS_SHA256_B
 /* A judge came back: the verdict is kept and the challenge waiting on it tried again. */
 static void judged(ns_evidence *ev, const judge_job *job)
 {
-    for (size_t i = 0; i < EVIDENCE_VERDICTS; i++) { /* the placeholder goes */
-        verdict *v = &ev->verdicts[i];
-        if (v->judgement == NS_JUDGE_UNKNOWN && v->round == job->round &&
-            memcmp(v->hash, job->hash, NS_SHA256_BYTES) == 0 &&
-            memcmp(v->accused, job->accused, NS_NODE_ID_BYTES) == 0)
+    if (job->rc == NS_ENOENT || job->rc == NS_ENOMEM) { /* no verdict: the placeholder goes */
+        verdict *v = entry_of(ev, job->hash, job->accused, job->round);
+        if (v != NULL)
             memset(v, 0, sizeof *v);
     }
     if (job->rc == NS_ENOENT) { /* unreadable or damaged: gone, so that it is fetched again */

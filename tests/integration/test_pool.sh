@@ -75,14 +75,16 @@ done
 check "  ... each member runs layers it holds, and none holds the whole model" test $fits -eq 3
 
 FIN=""
-finisher() {
-    for n in $NODES; do
+finisher() { # NODE...: the one of them that is the finisher, into FIN
+    FIN=""
+    for n in "$@"; do
         eval "api=\$API_$n"
         case "$(status_of "$api")" in *'"role":"finisher (head, loss)"'*) FIN=$n ;; esac
     done
     [ -n "$FIN" ]
 }
-check "  ... one of them is the finisher" wait_for 120 finisher
+# shellcheck disable=SC2086
+check "  ... one of them is the finisher" wait_for 120 finisher $NODES
 [ -n "$FIN" ] || exit 1
 eval "API_f=\$API_$FIN"
 steps_done() { [ "$(status_of "$API_f" | json_field step)" -ge $STEPS ] 2>/dev/null; }
@@ -141,17 +143,10 @@ eval "kill -9 \$PID_$VICTIM"
 step_now=$(status_of "$API_d" | grep -o '"replica":{"stage":[0-9]*,"step":[0-9]*' | sed 's/.*://')
 took_over() { case "$(status_of "$API_d")" in *'"in_quorum":true'*'"generation":2'* | *'"generation":2'*'"in_quorum":true'*) return 0 ;; esac; return 1; }
 check "after kill -9 of $VICTIM, the replica D joins the quorum in its place (generation 2)" wait_for 120 took_over
-FIN2=""
-finisher2() {
-    for n in $LIVE d; do
-        eval "api=\$API_$n"
-        case "$(status_of "$api")" in *'"role":"finisher (head, loss)"'*) FIN2=$n ;; esac
-    done
-    [ -n "$FIN2" ]
-}
-check "  ... with a finisher again" wait_for 120 finisher2
-[ -n "$FIN2" ] || exit 1
-eval "API_f2=\$API_$FIN2"
+# shellcheck disable=SC2086
+check "  ... with a finisher again" wait_for 120 finisher $LIVE d
+[ -n "$FIN" ] || exit 1
+eval "API_f2=\$API_$FIN"
 target=$((step_now + 2))
 trains_on() { [ "$(status_of "$API_f2" | json_field step)" -ge $target ] 2>/dev/null; }
 check "  ... and the pipeline trains on from its copy (step $step_now) to step $target" wait_for 600 trains_on
