@@ -133,6 +133,20 @@ wait_for() {
     return 1
 }
 
+# finisher NODE...: the one of them whose /training_status names it the pipeline's finisher, into
+# FIN (API_<node> holds each one's API address). A member is in its quorum a moment before its
+# trainer takes its stage, so callers wait for this rather than test it once.
+finisher() {
+    FIN=""
+    for _fn in "$@"; do
+        eval "_fa=\$API_$_fn"
+        case "$(curl -s "http://$_fa/training_status")" in
+        *'"role":"finisher (head, loss)"'*) FIN=$_fn ;;
+        esac
+    done
+    [ -n "$FIN" ]
+}
+
 # json_field FIELD: the value of "FIELD" (a string or a number) in the JSON on stdin; its last
 # occurrence when it occurs more than once.
 json_field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p"; }

@@ -37,14 +37,19 @@ two_quorums() {
     [ $_q -eq 4 ]
 }
 check "six nodes that ask for quorums of two form two (and two replicas)" wait_for 240 two_quorums
-INIT="" FIN=""
-for n in $NODES; do
-    eval "api=\$API_$n"
-    case "$(status_of "$api")" in
-    *'"role":"initiator (data, embedding)"'*) INIT="$INIT $n" ;;
-    *'"role":"finisher (head, loss)"'*) FIN="$FIN $n" ;;
-    esac
-done
+roles() { # INIT and FIN: the members that are initiators and finishers; true once both are two
+    INIT="" FIN=""
+    for n in $NODES; do
+        eval "api=\$API_$n"
+        case "$(status_of "$api")" in
+        *'"role":"initiator (data, embedding)"'*) INIT="$INIT $n" ;;
+        *'"role":"finisher (head, loss)"'*) FIN="$FIN $n" ;;
+        esac
+    done
+    # shellcheck disable=SC2086
+    [ "$(echo $INIT | wc -w)" -eq 2 ] && [ "$(echo $FIN | wc -w)" -eq 2 ]
+}
+wait_for 60 roles # a member is in its quorum a moment before its trainer takes its stage
 # shellcheck disable=SC2086
 set -- $INIT
 check "  ... two initiators ($INIT)" test $# -eq 2

@@ -44,14 +44,11 @@ in_quorum() {
     done
 }
 check "three nodes that ask for a quorum of three form one" wait_for 120 in_quorum
-FIN=""
-for n in a b c; do
-    eval "api=\$API_$n"
-    s=$(status_of "$api")
-    case "$s" in *'"role":"finisher (head, loss)"'*) FIN=$n ;; esac
-done
-check "  ... one of them is the finisher" test -n "$FIN"
-roles=$(for n in a b c; do eval "api=\$API_$n"; status_of "$api" | grep -o '"role":"[a-z]*' | head -1; done | sort | tr '\n' ',')
+check "  ... one of them is the finisher" wait_for 60 finisher a b c
+[ -n "$FIN" ] || exit 1
+roles_of() { for n in a b c; do eval "api=\$API_$n"; status_of "$api" | grep -o '"role":"[a-z]*' | head -1; done | sort | tr '\n' ','; }
+all_roles() { roles=$(roles_of) && case "$roles" in *initiator*processor*) return 0 ;; esac && return 1; }
+wait_for 60 all_roles
 check "  ... with an initiator and a processor" contains "$roles" "initiator"
 check "  ... and a processor" contains "$roles" "processor"
 

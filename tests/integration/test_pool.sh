@@ -74,15 +74,6 @@ for n in $NODES; do
 done
 check "  ... each member runs layers it holds, and none holds the whole model" test $fits -eq 3
 
-FIN=""
-finisher() { # NODE...: the one of them that is the finisher, into FIN
-    FIN=""
-    for n in "$@"; do
-        eval "api=\$API_$n"
-        case "$(status_of "$api")" in *'"role":"finisher (head, loss)"'*) FIN=$n ;; esac
-    done
-    [ -n "$FIN" ]
-}
 # shellcheck disable=SC2086
 check "  ... one of them is the finisher" wait_for 120 finisher $NODES
 [ -n "$FIN" ] || exit 1
