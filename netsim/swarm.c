@@ -39,6 +39,7 @@
 #define SW_LATENCY_MS_MAX 2000.0
 #define SW_STATE_PERCENT  75 /* of a range's pool bytes a replacement downloads: no gradients */
 #define SW_REASONS_MAX    8
+#define SW_HEAD_MILLI     1000 /* the finisher's head and loss take one layer's time */
 #define SW_NONE           UINT32_MAX
 #define SW_EXIT_USAGE     2
 #define SW_EXIT_FAIL      3
@@ -54,7 +55,7 @@ static const double tier_layer_us[SW_TIERS + 1] = {1000, 10000, 50000, 200000, 1
 typedef struct sw_cfg {
     double seed, nodes, duration_s, join_spread_s, warmup_s, churn_start_s, churn_per_hour;
     double tiers[SW_TIERS], tier_memory_mb[SW_TIERS], tier_bandwidth_mbps[SW_TIERS];
-    double arch_memory_mb, micro_batches, seq_len, update_cost;
+    double arch_memory_mb, micro_batches, run_ahead, seq_len, update_cost;
     double latency_median_ms, latency_sigma, retry_s;
     double goal_first_quorum_s, goal_share, goal_utilisation, goal_churn_share,
         goal_churn_utilisation;
@@ -81,6 +82,7 @@ static const sw_key keys[] = {
     {AT(tier_bandwidth_mbps), SW_TIERS, 1, 100000, false},
     {AT(arch_memory_mb), 1, NS_ARCH_MEMORY_MB_MIN, NS_ARCH_MEMORY_MB_MAX, true},
     {AT(micro_batches), 1, 1, NS_PIPE_MICRO_MAX, true},
+    {AT(run_ahead), 1, 0, NS_PIPE_MICRO_MAX, true},
     {AT(seq_len), 1, 1, NS_PIPE_SEQ_MAX, true},
     {AT(update_cost), 1, 0, 100, false},
     {AT(latency_median_ms), 1, SW_LATENCY_MS_MIN, SW_LATENCY_MS_MAX, false},
@@ -484,6 +486,7 @@ static void cand_add(sw *s, size_t *count, const sw_node *self, const sw_node *n
     c->node.layer_first = n->range.layer_first;
     c->node.layer_last = n->range.layer_last;
     c->latency_ms = (uint32_t)lround(latency_ms(s, self->serial, n->serial));
+    c->layer_us = (uint32_t)n->layer_us; /* S2: announced with its capacity */
 }
 
 /* A free node plans over itself and the free holders of the tiers it can share a band with. */
@@ -732,8 +735,10 @@ static void quorum_try_start(sw_quorum *q)
             return;
     }
     for (uint32_t i = 0; i < q->stages; i++) {
-        ns_pipe_config c = {
-            .stage = i, .stages = q->stages, .micro_batches = (uint32_t)s->cfg.micro_batches};
+        ns_pipe_config c = {.stage = i,
+                            .stages = q->stages,
+                            .micro_batches = (uint32_t)s->cfg.micro_batches,
+                            .run_ahead = (uint32_t)s->cfg.run_ahead};
         NS_ASSERT(ns_pipe_new(&q->st[i].pipe, &c, q->steps_done) == NS_OK);
         q->st[i].forward_us = stage_forward_us(s, q, i);
     }
@@ -1078,7 +1083,7 @@ static void attempt_fired(void *arg, uint64_t now)
     size_t count = pool_to_plan(s, n);
     ns_quorum_proposal plan;
     s->st.plans++;
-    if (ns_quorum_plan(s->cands, count, s->arch.layers, now, &plan) != NS_OK) {
+    if (ns_quorum_plan(s->cands, count, s->arch.layers, SW_HEAD_MILLI, now, &plan) != NS_OK) {
         s->st.plans_empty++;
     } else if (!plan_names(&plan, n->id)) {
         s->st.plans_without_self++;
@@ -1118,6 +1123,7 @@ static sw_node *node_make(sw *s)
     ns__sim_rng_seed(&n->rng, (uint64_t)s->cfg.seed, 1000 + n->serial);
     n->env = (ns_env){env_now, env_timer, env_timer_cancel, env_send, env_random, n};
     ns_quorum_config c = {.layers = s->arch.layers,
+                          .head_milli = SW_HEAD_MILLI,
                           .arg = n,
                           .propose = on_propose,
                           .formed = on_formed,

@@ -11,7 +11,10 @@
 #   bubble: the share of time the stages waited for each other, against 1F1B's (S-1)/(m+S-1);
 #   pipeline_lossy_tokens_per_s: the same pipeline when one stage loses every 20th frame it sends
 #     (NEUROSHARD_TEST_DROP_PIPE=20: 5 % loss, recovered by RESEND after 200 ms), against the
-#     lossless pipeline (BENCH_SKIP_LOSSY=1 skips).
+#     lossless pipeline (BENCH_SKIP_LOSSY=1 skips);
+#   pipeline_run_ahead_tokens_per_s: the pipeline as it runs by default (a stage whose gradient
+#     is late runs the next forwards ahead, pipeline.h) against the same pipeline in strict 1F1B
+#     (--run-ahead 0), with each one's initiator bubble (BENCH_SKIP_STRICT=1 skips).
 # The Genesis tokenizer and dataset are copied from BUILD/bench-node when bench-train.sh made
 # them (else each node builds its own once, in BUILD/bench-pipe/).
 set -eu
@@ -21,6 +24,7 @@ measure_s=${BENCH_PIPE_SECONDS:-60}
 root=$PWD/$build/bench-pipe
 mkdir -p "$root"
 pids=""
+pipe_flags="" # more flags for both stages of the next pipeline
 trap 'for p in $pids; do kill -TERM $p 2>/dev/null; done; wait 2>/dev/null || true' EXIT
 
 num() { sed -n "s/.*\"$1\":\([0-9.e+-]*\).*/\1/p" | head -1; }
@@ -30,10 +34,12 @@ status() { curl -s "http://$(cat "$1/api.addr")/training_status"; }
 # and waits for its finisher (into $fin)
 pipeline() {
     drop=${3:-0}
-    start "$1" --threads 1 --quorum-size 2
+    # shellcheck disable=SC2086
+    start "$1" --threads 1 --quorum-size 2 $pipe_flags
     drop=0
     seed=$(curl -s "http://$(cat "$root/$1/api.addr")/api/stats" | sed -n 's/.*"listen":"\([^"]*\)".*/\1/p')
-    start "$2" --threads 1 --quorum-size 2 --bootstrap "$seed"
+    # shellcheck disable=SC2086
+    start "$2" --threads 1 --quorum-size 2 --bootstrap "$seed" $pipe_flags
     fin=""
     i=0
     while [ -z "$fin" ]; do
@@ -131,6 +137,20 @@ if [ "${BENCH_SKIP_LOSSY:-0}" != 1 ]; then
     stop_all
 fi
 
+strict=""
+if [ "${BENCH_SKIP_STRICT:-0}" != 1 ]; then
+    echo "bench-pipeline: the same pipeline in strict 1F1B (--run-ahead 0)" >&2
+    pipe_flags="--run-ahead 0"
+    pipeline r1 r2
+    pipe_flags=""
+    strict=$(rate "$root/$fin")
+    other=r1
+    [ "$fin" = r1 ] && other=r2
+    strict_bubble=$(status "$root/$other" | num bubble)
+    ahead=$(status "$root/$other" | num ran_ahead)
+    stop_all
+fi
+
 awk -v solo="$solo" -v pipe="$pipe" -v b0="$b0" -v b1="$b1" -v t0="$tok0" -v t1="$tok1" \
     -v c="$hidden" -v m="$m" -v bf="$bubble" -v bo="$bubble_other" -v th="$theory" 'BEGIN {
     printf "bench pipeline_tokens_per_s=%.0f solo_2_threads_tokens_per_s=%.0f ratio=%.2f goal=>=0.8\n",
@@ -149,4 +169,13 @@ if [ -n "$lossy" ]; then
             l, p, l / p
         printf "bench-pipeline: at 5 %% loss the stages asked for %d resends\n", a > "/dev/stderr"
     }'
+fi
+if [ -n "$strict" ]; then
+    awk -v r="$pipe" -v st="$strict" -v bo="$bubble_other" -v sb="$strict_bubble" 'BEGIN {
+        printf "bench pipeline_run_ahead_tokens_per_s=%.0f pipeline_strict_1f1b_tokens_per_s=%.0f ratio=%.2f goal=-\n",
+            r, st, r / st
+        printf "bench bubble_initiator_run_ahead=%.3f bubble_initiator_strict_1f1b=%.3f ratio=%.2f goal=-\n",
+            bo, sb, (sb > 0 ? bo / sb : 0)
+    }'
+    echo "bench-pipeline: strict 1F1B ran ${ahead:-?} forwards ahead (0 expected)" >&2
 fi

@@ -60,6 +60,8 @@ typedef struct ns_config {
     uint32_t quorum_size;      /* 1: train alone; N: as one of a pipeline of N (S5, S6);
                                   NS_QUORUM_SIZE_AUTO: the layer pool and planner decide */
     uint32_t micro_batches;    /* a step's micro-batches; 0: automatic */
+    uint32_t run_ahead;        /* forwards a stage may run beyond 1F1B's while a gradient is late
+                                  (pipeline.h); NS_RUN_AHEAD_AUTO: as many as memory holds */
     uint32_t checkpoint_every; /* steps between checkpoints; 0: NS_TRAIN_CKPT_EVERY */
     uint32_t sync_every;       /* DiLoCo's H (S7): 0 off, NS_SYNC_EVERY_AUTO by swarm size */
     uint32_t sync_aggregator;  /* ns_agg_kind of the cohort's robust aggregation (S8) */
@@ -69,6 +71,7 @@ typedef struct ns_config {
 } ns_config;
 
 #define NS_SYNC_EVERY_AUTO  UINT32_MAX
+#define NS_RUN_AHEAD_AUTO   UINT32_MAX
 #define NS_QUORUM_SIZE_AUTO 0 /* --quorum-size auto: pool mode (S3's pool, S5's planner) */
 
 /* Parses "HOST:PORT" ("127.0.0.1:8421", "[::1]:8421", "localhost:0"). */

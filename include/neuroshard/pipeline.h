@@ -6,6 +6,11 @@
  * training step is m micro-batches. Each stage runs the one-forward-one-backward (1F1B) order:
  * min(S-1-s, m) forwards to fill the pipe, then a forward and a backward in turn, then the
  * remaining backwards, so that stage s never holds more than S-s micro-batches' activations.
+ * With run_ahead > 0 a stage whose next backward waits for its gradient does not idle: it runs
+ * the next forward instead (in micro-batch order, while its input is there), holding up to
+ * run_ahead more micro-batches than 1F1B does. This is S6's "interleaved" 1F1B of the
+ * whitepaper (forwards run ahead of backwards to hide the links' latency behind compute): the
+ * forwards and the backwards each still run in micro-batch order, so the bits do not change.
  * After its last backward a stage adds its squared gradients to the running sum it receives
  * from stage s-1 and passes it on (NORM); the finisher turns the whole model's sum into the
  * clipping scale, which travels back stage to stage (SCALE) and lets every stage update. The sum
@@ -37,6 +42,8 @@ typedef struct ns_pipe_config {
     uint32_t stage;         /* s, 0..stages-1 */
     uint32_t stages;        /* S, 1..NS_PIPE_STAGES_MAX */
     uint32_t micro_batches; /* m, 1..NS_PIPE_MICRO_MAX */
+    uint32_t run_ahead;     /* micro-batches a stage may hold beyond 1F1B's min(S-s, m) while
+                               its next backward waits; 0: strict 1F1B */
 } ns_pipe_config;
 
 typedef enum ns_pipe_op_kind {
@@ -109,8 +116,10 @@ uint64_t ns_pipe_refused(const ns_pipe *p, ns_pipe_refusal why);
 const char *ns_pipe_refusal_name(ns_pipe_refusal why);
 /* Micro-batches whose activations this stage holds (forward done, backward not yet). */
 uint32_t ns_pipe_in_flight(const ns_pipe *p);
-/* The most a stage ever holds under 1F1B: min(S - s, m). */
+/* The most a stage ever holds: min(S - s + run_ahead, m) (1F1B's min(S - s, m) plus the run). */
 uint32_t ns_pipe_in_flight_max(const ns_pipe_config *cfg);
+/* Forwards this stage ran ahead of the 1F1B order because a gradient was late, since it began. */
+uint64_t ns_pipe_ran_ahead(const ns_pipe *p);
 
 /* Rows of a micro-batch for S6: min(memory_bytes / 10 / activation bytes a row,
  * 64 KiB / (seq_len * hidden * 4)), at least 1, at most batch, and a divisor of batch. */

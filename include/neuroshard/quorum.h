@@ -43,11 +43,13 @@
 #define NS_QUORUM_DEGRADED_MISSED     2 /* heartbeats missed in a row */
 #define NS_QUORUM_STALE_MISSED        4
 
-/* A layer holder as the planner sees it: its announcement and the latency this node measured
- * to it (0 for itself). */
+/* A layer holder as the planner sees it: its announcement, the latency this node measured to it
+ * (0 for itself) and the forward time of one layer it announced (S2's self-benchmark; 0: not
+ * known, its tier's nominal time stands in). */
 typedef struct ns_quorum_candidate {
     ns_pool_node node;
     uint32_t latency_ms;
+    uint32_t layer_us;
 } ns_quorum_candidate;
 
 typedef struct ns_quorum_member {
@@ -68,20 +70,26 @@ typedef struct ns_quorum_proposal {
     uint32_t layers;
     uint32_t member_count;
     uint64_t latency_ms_sum;
+    uint64_t slowest_stage_us; /* the plan's slowest stage: a forward of its layers (and head) */
     ns_quorum_member members[NS_QUORUM_MEMBERS_MAX];
 } ns_quorum_proposal;
 
-/* Plans a quorum over candidates (any order) for a model of `layers` layers: for each band of
- * compatible tiers, the full cover with the smallest sum of member latencies (then the fewest
- * members, then the first found scanning layers upward and candidates by id); over the bands, the
- * smallest sum again, then the faster band. Each member runs its held range from where the
- * previous member stops. Candidates with an empty or out-of-range held range, or of tier T5, are
- * skipped. Fills everything but out->proposer (zero). NS_ENOENT when no full cover exists within
- * NS_QUORUM_MEMBERS_MAX members (the node trains asynchronously); NS_EINVAL for layers 0 or above
- * NS_POOL_LAYERS_MAX, NULL candidates with n > 0, or two candidates with one id; NS_ETOOBIG for
- * n > NS_QUORUM_CANDIDATES_MAX. */
+/* Plans a quorum over candidates (any order) for a model of `layers` layers whose head (and
+ * loss) costs head_milli thousandths of a layer at the finisher: for each band of compatible
+ * tiers, the full cover with the smallest sum of member latencies (then the fewest members, then
+ * the first found scanning layers upward and candidates by id); over the bands, the smallest sum
+ * again, then the faster band. Then, with those members in that order, the split of the layers
+ * that makes the slowest stage fastest (S6: a pipeline runs at its pace), each member within
+ * what it holds and taking layer_us per layer (its tier's nominal time if 0): where neighbours'
+ * held ranges overlap, the faster takes more layers. Candidates with an empty or out-of-range
+ * held range, or of tier T5, are skipped. Fills everything but out->proposer (zero). NS_ENOENT
+ * when no full cover exists within NS_QUORUM_MEMBERS_MAX members (the node trains
+ * asynchronously); NS_EINVAL for layers 0 or above NS_POOL_LAYERS_MAX, NULL candidates with
+ * n > 0, two candidates with one id, or head_milli above 1,000,000; NS_ETOOBIG for
+ * n > NS_QUORUM_CANDIDATES_MAX; NS_ENOMEM when the split's 100 KB table cannot be had. */
 NS_MUST_USE int ns_quorum_plan(const ns_quorum_candidate *candidates, size_t n, uint32_t layers,
-                               uint64_t session_start_ms, ns_quorum_proposal *out);
+                               uint32_t head_milli, uint64_t session_start_ms,
+                               ns_quorum_proposal *out);
 /* The quorum id of the proposal's members and session start. */
 void ns_quorum_id(const ns_quorum_proposal *p, uint8_t out[NS_SHA256_BYTES]);
 /* True when every tier can pipeline and all lie within two adjacent tiers. */
@@ -122,7 +130,8 @@ typedef struct ns_quorum ns_quorum;
 /* What the core asks of its owner. arg is config.arg. Pointers are valid during the call only. */
 typedef struct ns_quorum_config {
     uint8_t self_id[NS_ID_BYTES];
-    uint32_t layers; /* of the current architecture */
+    uint32_t layers;     /* of the current architecture */
+    uint32_t head_milli; /* its head and loss, in thousandths of a layer (ns_quorum_plan) */
     void *arg;
     /* Send proposal p to member `to` (never called for this node itself). It must not call back
      * into the core: the answer comes later through ns_quorum_on_answer. */

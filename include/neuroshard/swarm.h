@@ -57,6 +57,9 @@ typedef enum {
 
 ns_tier ns_tier_for_latency_us(uint64_t layer_latency_us);
 const char *ns_tier_name(ns_tier tier); /* "T1".."T5" */
+/* A layer's forward time that stands for a tier when a node's own is not known: the geometric
+ * middle of its band (T1 3.2 ms, T2 22 ms, T3 100 ms, T4 447 ms, T5 3 s), in microseconds. */
+uint64_t ns_tier_nominal_us(ns_tier tier);
 /* Pipeline mode needs T1-T4 (S2); every tier may train asynchronously. */
 bool ns_tier_can_pipeline(ns_tier tier);
 

@@ -49,6 +49,7 @@ static const setting settings[] = {
     {"threads", "--threads", "NEUROSHARD_THREADS"},
     {"quorum_size", "--quorum-size", "NEUROSHARD_QUORUM_SIZE"},
     {"micro_batches", "--micro-batches", "NEUROSHARD_MICRO_BATCHES"},
+    {"run_ahead", "--run-ahead", "NEUROSHARD_RUN_AHEAD"},
     {"checkpoint_every", "--checkpoint-every", "NEUROSHARD_CHECKPOINT_EVERY"},
     {"sync_every", "--sync-every", "NEUROSHARD_SYNC_EVERY"},
     {"aggregator", "--aggregator", "NEUROSHARD_AGGREGATOR"},
@@ -89,6 +90,9 @@ static const char usage[] =
     "                       renews if it trained 1000 steps in it (at most 4 sessions), else\n"
     "                       dissolves, saving its weights, and forms again\n"
     "  --micro-batches N    micro-batches a step (default: 1 alone, S6's rule in a pipeline)\n"
+    "  --run-ahead N        forwards a pipeline stage may run ahead of 1F1B while a gradient\n"
+    "                       is late, hiding the links' latency (0: strict 1F1B; default auto:\n"
+    "                       as many as the step has and memory holds)\n"
     "  --checkpoint-every N steps between checkpoints (default 100; a pipeline's stages write\n"
     "                       theirs at the same steps, its failover restarts from one)\n"
     "  --sync-every N       DiLoCo: meet the other holders of this node's layers every N steps\n"
@@ -356,6 +360,14 @@ static int config_set(ns_config *cfg, const char *key, const char *value, char *
             cfg->micro_batches = (uint32_t)v;
         snprintf(why, why_size, "%s '%s' is not a number in %s", key, value,
                  quorum ? "1..16 or auto" : "0..64 (0: automatic)");
+    } else if (strcmp(key, "run_ahead") == 0) {
+        uint64_t v = 0;
+        rc = strcmp(value, "auto") == 0 ? NS_OK : parse_u64(value, &v);
+        if (rc == NS_OK && v > 64)
+            rc = NS_EINVAL;
+        if (rc == NS_OK)
+            cfg->run_ahead = strcmp(value, "auto") == 0 ? NS_RUN_AHEAD_AUTO : (uint32_t)v;
+        snprintf(why, why_size, "run_ahead '%s' is not auto or a number in 0..64", value);
     } else if (strcmp(key, "checkpoint_every") == 0) {
         uint64_t v = 0;
         rc = parse_u64(value, &v);
@@ -555,6 +567,7 @@ static void config_defaults(ns_config *cfg)
     cfg->ponw_window_s = 600;
     cfg->verify_ppm = -1;
     cfg->quorum_size = 1;
+    cfg->run_ahead = NS_RUN_AHEAD_AUTO;
     cfg->sync_every = NS_SYNC_EVERY_AUTO;
     cfg->sync_aggregator = NS_AGG_TRIMMED_MEAN;
     cfg->sync_timeout_s = 30;

@@ -284,6 +284,7 @@ static void train_config(const node *n, ns_train_config *tc)
     tc->window_ms = n->cfg.ponw_window_s * 1000;
     tc->interval_ms = n->cfg.ponw_interval_s * 1000;
     tc->micro_batches = n->cfg.micro_batches;
+    tc->run_ahead = n->cfg.run_ahead;
     tc->checkpoint_every = n->cfg.checkpoint_every;
     tc->sync_every =
         n->cfg.sync_every == NS_SYNC_EVERY_AUTO
@@ -810,6 +811,9 @@ static void answer_training_status(node *n, ns_api_request *req)
                       ns_pipe_bubble_fraction(ps.stages, ps.micro_batches), "refused", refused,
                       "resend_asked", (json_int_t)ps.resend_asked, "resent",
                       (json_int_t)ps.resent));
+        json_t *pj = json_object_get(o, "pipeline");
+        json_object_set_new(pj, "run_ahead", json_integer((json_int_t)ps.run_ahead));
+        json_object_set_new(pj, "ran_ahead", json_integer((json_int_t)ps.ran_ahead));
     }
     if (n->swarm != NULL)
         json_object_set_new(o, "quorum", ns_swarm_json(n->swarm));

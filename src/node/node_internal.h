@@ -179,6 +179,9 @@ typedef struct ns_train_config {
      * pipeline, 1 alone). send hands a frame for the stage before (dir -1) or after (+1) to the
      * network; it is called on the trainer thread and must copy what it keeps. */
     uint32_t stage, stages, layer_first, layer_last, micro_batches;
+    /* forwards a stage may run beyond 1F1B's while its next backward's gradient is late
+     * (pipeline.h); NS_RUN_AHEAD_AUTO: up to the step's micro-batches, as memory allows */
+    uint32_t run_ahead;
     uint32_t generation; /* of the quorum's membership, stamped on every pipeline frame */
     /* names the quorum and generation in this stage's proofs, so neighbours' proofs cross-check
      * (SHA-256 of the members by stage and the generation) */
@@ -245,6 +248,8 @@ typedef struct ns_train_pipe_status {
     bool on;
     uint32_t stage, stages, layer_first, layer_last, micro_batches, rows;
     uint32_t inbox, inbox_max, in_flight;
+    uint32_t run_ahead; /* forwards it may run ahead of 1F1B (0: strict) */
+    uint64_t ran_ahead; /* forwards it ran ahead while a gradient was late */
     uint64_t refused[5], steps;
     uint64_t resend_asked; /* RESENDs this stage sent after waiting 200 ms for an input */
     uint64_t resent;       /* frames it sent again when a neighbour asked */

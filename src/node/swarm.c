@@ -406,15 +406,19 @@ static int member_index(const uint8_t ids[][NS_NODE_ID_BYTES], uint32_t n, const
     return -1;
 }
 
-/* [first, last) of stage i of n: the split that makes the slowest stage fastest, counting the
- * head (and the loss) of the last stage as vocab / (12 hidden) layers (its matrix against a
- * layer's twelve hidden x hidden ones). */
+/* The head (and the loss) of the last stage in thousandths of a layer: vocab / (12 hidden)
+ * layers (its matrix against a layer's twelve hidden x hidden ones). */
+static uint32_t head_milli(const ns_swarm *s)
+{
+    return (uint32_t)(1000ull * NS_TRAIN_VOCAB /
+                      (12ull * (s->cfg.model_hidden ? s->cfg.model_hidden : 1)));
+}
+
+/* [first, last) of stage i of n: the split that makes the slowest stage fastest. */
 static void stage_layers(const ns_swarm *s, uint32_t i, uint32_t n, uint32_t *first, uint32_t *last)
 {
     uint32_t bounds[SWARM_MEMBERS_MAX + 1];
-    uint64_t head =
-        1000ull * NS_TRAIN_VOCAB / (12ull * (s->cfg.model_hidden ? s->cfg.model_hidden : 1));
-    if (ns_pipe_split(s->cfg.model_layers, n, head, 0, bounds) != NS_OK) {
+    if (ns_pipe_split(s->cfg.model_layers, n, head_milli(s), 0, bounds) != NS_OK) {
         *first =
             s->cfg.model_layers * i / n; /* (a quorum of more members than layers is refused) */
         *last = s->cfg.model_layers * (i + 1) / n;
@@ -757,7 +761,9 @@ static void maybe_propose_pool(ns_swarm *s)
     ns_quorum_candidate cands[SWARM_POOL_NODES_MAX];
     size_t n = pool_candidates(s, cands);
     ns_quorum_proposal plan;
-    if (ns_quorum_plan(cands, n, s->cfg.model_layers, 0, &plan) != NS_OK ||
+    /* every node plans from the same announcements (tiers, not its own measured speed), so
+     * the smallest member of the plan knows it is the one to propose */
+    if (ns_quorum_plan(cands, n, s->cfg.model_layers, head_milli(s), 0, &plan) != NS_OK ||
         plan.member_count > SWARM_MEMBERS_MAX)
         return; /* no full cover among the free holders yet */
     uint8_t ids[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];

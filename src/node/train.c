@@ -231,15 +231,30 @@ static int plan_model(const ns_train_config *cfg, ns_stage_config *sc, char *err
                  NS_EXEC_MICRO_BATCHES_MAX);
         return NS_EINVAL;
     }
-    sc->micro_batches_max = fill;
-    uint64_t need;
-    int rc = ns_stage_memory_bytes(sc, &need);
-    if (rc != NS_OK) {
-        snprintf(err, err_size, "cannot size the model: %s", ns_strerror(rc));
-        return rc;
-    }
+    /* Running ahead (pipeline.h) holds more micro-batches; only a stage that waits for gradients
+     * (not the finisher, not a node alone) ever does. Auto: as many as the step has, fewer if
+     * memory says so; a number asked for is kept or refused. */
+    bool waits_for_grads = pc.stages > 1 && pc.stage + 1 < pc.stages;
+    bool auto_run = cfg->run_ahead == NS_RUN_AHEAD_AUTO;
+    uint32_t run = !waits_for_grads ? 0 : auto_run ? m : cfg->run_ahead;
     uint64_t budget = cfg->memory_mb * MIB;
     uint64_t avail = available_bytes();
+    uint64_t need;
+    int rc;
+    for (;;) {
+        pc.run_ahead = run;
+        uint32_t hold = ns_pipe_in_flight_max(&pc);
+        sc->micro_batches_max = hold < NS_EXEC_MICRO_BATCHES_MAX ? hold : NS_EXEC_MICRO_BATCHES_MAX;
+        rc = ns_stage_memory_bytes(sc, &need);
+        if (rc != NS_OK) {
+            snprintf(err, err_size, "cannot size the model: %s", ns_strerror(rc));
+            return rc;
+        }
+        bool fits = need <= budget && (avail == 0 || need <= avail);
+        if (fits || !auto_run || sc->micro_batches_max <= fill)
+            break;
+        run = sc->micro_batches_max - 1 - (pc.stages - pc.stage); /* hold one fewer */
+    }
     if (need > budget) {
         snprintf(err, err_size,
                  "the model for memory_mb %llu needs %llu MiB to train, more than the budget",
@@ -948,6 +963,7 @@ static int pipe_step(ns_trainer *t, float *loss, ns_optim_report *report)
         pthread_mutex_lock(&t->lock);
         t->pipe_status.busy_s += busy;
         t->pipe_status.steps++;
+        t->pipe_status.ran_ahead = ns_pipe_ran_ahead(t->pipe);
         pthread_mutex_unlock(&t->lock);
         return NS_OK;
     }
@@ -963,6 +979,9 @@ static int open_pipe(ns_trainer *t)
         return NS_OK; /* the plain step */
     ns_pipe_config pc = {
         .stage = alone ? 0 : t->cfg.stage, .stages = alone ? 1 : t->cfg.stages, .micro_batches = m};
+    uint32_t fill = ns_pipe_in_flight_max(&pc); /* plan_model sized the stage for any run ahead */
+    if (sc->micro_batches_max > fill)
+        pc.run_ahead = sc->micro_batches_max - (pc.stages - pc.stage);
     int rc = ns_pipe_new(&t->pipe, &pc, ns_stage_optim_step(t->stage));
     if (rc != NS_OK)
         return rc;
@@ -990,13 +1009,14 @@ static int open_pipe(ns_trainer *t)
                                             .layer_first = sc->layer_first,
                                             .layer_last = sc->layer_last,
                                             .micro_batches = m,
+                                            .run_ahead = pc.run_ahead,
                                             .rows = t->rows,
                                             .inbox_max = NS_TRAIN_INBOX_MAX};
     pthread_mutex_unlock(&t->lock);
-    NS_LOG_I("pipe", "stage %u of %u: layers %u..%u%s%s, %u micro-batches of %u rows", pc.stage,
-             pc.stages, sc->layer_first, sc->layer_last,
+    NS_LOG_I("pipe", "stage %u of %u: layers %u..%u%s%s, %u micro-batches of %u rows, %u run ahead",
+             pc.stage, pc.stages, sc->layer_first, sc->layer_last,
              ns_stage_has_embedding(t->stage) ? " +embedding" : "",
-             ns_stage_has_head(t->stage) ? " +head" : "", m, t->rows);
+             ns_stage_has_head(t->stage) ? " +head" : "", m, t->rows, pc.run_ahead);
     return NS_OK;
 }
 

@@ -5,6 +5,8 @@
  * forward or a backward, 2m the NORM and 2m+1 the UPDATE. Inputs are kept in two slots, one for
  * the step in progress and one for the next (a faster neighbour may already be there); an input
  * is a flag, since the caller holds the tensors. Nothing here allocates after ns_pipe_new.
+ * Running ahead (cfg.run_ahead) leaves the sequence as it is: a forward done early is skipped
+ * when the sequence reaches it.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +29,8 @@ struct ns_pipe {
     uint32_t pos; /* the next op of this step's sequence */
     bool fwd_done[NS_PIPE_MICRO_MAX];
     bool bwd_done[NS_PIPE_MICRO_MAX];
+    uint32_t fwd_count; /* forwards done this step: they run in order, so the next is this one */
+    uint64_t ran_ahead;
     step_inputs slots[2]; /* by step & 1 */
     bool own_scale_set;
     float own_scale;
@@ -44,7 +48,7 @@ int ns_pipe_new(ns_pipe **out, const ns_pipe_config *cfg, uint64_t first_step)
     *out = NULL;
     if (cfg->stages == 0 || cfg->stages > NS_PIPE_STAGES_MAX || cfg->stage >= cfg->stages ||
         cfg->micro_batches == 0 || cfg->micro_batches > NS_PIPE_MICRO_MAX ||
-        first_step == UINT64_MAX)
+        cfg->run_ahead > NS_PIPE_MICRO_MAX || first_step == UINT64_MAX)
         return NS_EINVAL;
     ns_pipe *p = calloc(1, sizeof *p);
     if (p == NULL)
@@ -84,8 +88,13 @@ static bool is_last(const ns_pipe *p)
 
 uint32_t ns_pipe_in_flight_max(const ns_pipe_config *cfg)
 {
-    uint32_t fill = cfg->stages - cfg->stage;
+    uint32_t fill = cfg->stages - cfg->stage + cfg->run_ahead;
     return fill < cfg->micro_batches ? fill : cfg->micro_batches;
+}
+
+uint64_t ns_pipe_ran_ahead(const ns_pipe *p)
+{
+    return p->ran_ahead;
 }
 
 /* The op at position pos of the step's 1F1B sequence: w = min(S-1-s, m) forwards to fill the
@@ -143,6 +152,14 @@ void ns_pipe_next(const ns_pipe *p, ns_pipe_op *op)
         *op = want;
         return;
     }
+    /* the backward's gradient is late: the next forward instead, if its input is here and the
+     * stage may hold one more (in strict 1F1B it never may at a backward: in flight is the max) */
+    uint32_t f = p->fwd_count;
+    if (want.kind == NS_PIPE_BACKWARD && f < p->cfg.micro_batches && (is_first(p) || in->act[f]) &&
+        ns_pipe_in_flight(p) < ns_pipe_in_flight_max(&p->cfg)) {
+        *op = (ns_pipe_op){.kind = NS_PIPE_FORWARD, .step = p->step, .micro = f};
+        return;
+    }
     static const ns_pipe_input awaited[] = {
         [NS_PIPE_FORWARD] = NS_PIPE_IN_ACT,
         [NS_PIPE_BACKWARD] = NS_PIPE_IN_GRAD,
@@ -175,15 +192,30 @@ void ns_pipe_done(ns_pipe *p, const ns_pipe_op *op)
 {
     ns_pipe_op want;
     op_at(p, p->pos, &want);
+    NS_ASSERT(op->step == p->step);
+    if (op->kind == NS_PIPE_FORWARD && want.kind == NS_PIPE_BACKWARD) { /* run ahead */
+        NS_ASSERT(op->micro == p->fwd_count);
+        p->fwd_done[op->micro] = true;
+        p->fwd_count++;
+        p->ran_ahead++;
+        return;
+    }
     NS_ASSERT(op->kind == want.kind);
     NS_ASSERT(op->micro == want.micro);
-    NS_ASSERT(op->step == p->step);
-    if (op->kind == NS_PIPE_FORWARD)
+    if (op->kind == NS_PIPE_FORWARD) {
         p->fwd_done[op->micro] = true;
+        p->fwd_count++;
+    }
     if (op->kind == NS_PIPE_BACKWARD)
         p->bwd_done[op->micro] = true;
     if (op->kind != NS_PIPE_UPDATE) {
         p->pos++;
+        for (;;) { /* past the forwards that ran ahead */
+            op_at(p, p->pos, &want);
+            if (want.kind != NS_PIPE_FORWARD || !p->fwd_done[want.micro])
+                break;
+            p->pos++;
+        }
         return;
     }
     /* the step is over: the next one's slot may hold inputs already; this one's is reused */
@@ -195,6 +227,7 @@ void ns_pipe_done(ns_pipe *p, const ns_pipe_op *op)
     p->pos = 0;
     memset(p->fwd_done, 0, sizeof p->fwd_done);
     memset(p->bwd_done, 0, sizeof p->bwd_done);
+    p->fwd_count = 0;
     p->own_scale_set = false;
 }
 

@@ -8,6 +8,11 @@
  * path over a DAG: one pass over positions in order, O(L x candidates), for each band of two
  * adjacent tiers. Candidates are scanned in id order and only a strictly better path replaces a
  * found one, so the answer depends on the set of announcements, never on their order.
+ *
+ * The path fixes the members and their order; where neighbours' held ranges overlap, where one
+ * stops and the next starts is free. A pipeline runs at the pace of its slowest stage, so the
+ * boundaries are then moved to make the slowest stage fastest (`balance`: a member takes
+ * layer_us per layer, the finisher also the head), an O(members x L^2) pass.
  */
 #include <assert.h>
 #include <stdlib.h>
@@ -21,6 +26,15 @@
 #define PLAN_ID_BYTES_MAX (NS_QUORUM_MEMBERS_MAX * NS_ID_BYTES + 8)
 
 static_assert(NS_QUORUM_MEMBERS_MAX >= 1, "a quorum has at least one member");
+
+/* A forward through layers [from, to) of a model of `layers` on candidate c, with the head
+ * (head_milli thousandths of a layer) when to is the last layer. */
+static uint64_t stage_us(const ns_quorum_candidate *c, uint32_t from, uint32_t to, uint32_t layers,
+                         uint32_t head_milli)
+{
+    uint64_t us = c->layer_us != 0 ? c->layer_us : ns_tier_nominal_us(c->node.tier);
+    return us * (to - from) + (to == layers ? us * head_milli / 1000 : 0);
+}
 
 /* The cheapest known path from position 0 to each position. */
 typedef struct cover {
@@ -80,8 +94,57 @@ static void cover_band(cover *c, const ns_quorum_candidate *const *sorted, size_
     }
 }
 
-static void cover_to_proposal(const cover *c, uint32_t layers, ns_quorum_proposal *out)
+/* The table of balance: best[i][q], the slowest stage of members 0..i when member i ends at q,
+ * and start[i][q], where member i then starts. */
+typedef struct split_table {
+    uint64_t best[NS_QUORUM_MEMBERS_MAX][NS_POOL_LAYERS_MAX + 1];
+    uint32_t start[NS_QUORUM_MEMBERS_MAX][NS_POOL_LAYERS_MAX + 1];
+} split_table;
+
+/* Moves the boundaries between out's members, each within what it holds (by[i]), so that the
+ * slowest stage is as fast as it can be; among equal ones the first found (each boundary as early
+ * as it can be). */
+static void balance(ns_quorum_proposal *out, const ns_quorum_candidate *const *by, uint32_t layers,
+                    uint32_t head_milli, split_table *tab)
 {
+    uint64_t(*best)[NS_POOL_LAYERS_MAX + 1] = tab->best;
+    uint32_t(*start)[NS_POOL_LAYERS_MAX + 1] = tab->start;
+    uint32_t k = out->member_count;
+    NS_ASSERT(k >= 1 && k <= NS_QUORUM_MEMBERS_MAX);
+    for (uint32_t i = 0; i < k; i++) {
+        for (uint32_t q = 0; q <= layers; q++)
+            best[i][q] = PLAN_UNREACHED;
+        const ns_pool_node *h = &by[i]->node;
+        for (uint32_t q = h->layer_first + 1; q <= h->layer_last; q++) {
+            uint32_t p_lo = i == 0 ? 0 : h->layer_first, p_hi = i == 0 ? 0 : q - 1;
+            for (uint32_t p = p_lo; p <= p_hi; p++) {
+                uint64_t before = i == 0 ? 0 : best[i - 1][p];
+                if (before == PLAN_UNREACHED)
+                    continue;
+                uint64_t t = stage_us(by[i], p, q, layers, head_milli);
+                t = t > before ? t : before;
+                if (t < best[i][q]) {
+                    best[i][q] = t;
+                    start[i][q] = p;
+                }
+            }
+        }
+    }
+    NS_ASSERT(best[k - 1][layers] != PLAN_UNREACHED); /* the cover itself is one such split */
+    out->slowest_stage_us = best[k - 1][layers];
+    uint32_t at = layers;
+    for (uint32_t i = k; i-- > 0;) {
+        out->members[i].layer_last = at;
+        out->members[i].layer_first = start[i][at];
+        at = start[i][at];
+    }
+    NS_ASSERT(at == 0);
+}
+
+static void cover_to_proposal(const cover *c, uint32_t layers, uint32_t head_milli,
+                              split_table *tab, ns_quorum_proposal *out)
+{
+    const ns_quorum_candidate *members_by[NS_QUORUM_MEMBERS_MAX];
     NS_ASSERT(c->cost[layers] != PLAN_UNREACHED);
     NS_ASSERT(c->hops[layers] >= 1 && c->hops[layers] <= NS_QUORUM_MEMBERS_MAX);
     out->member_count = c->hops[layers];
@@ -95,16 +158,19 @@ static void cover_to_proposal(const cover *c, uint32_t layers, ns_quorum_proposa
         m->layer_last = at;
         m->tier = by->node.tier;
         m->latency_ms = by->latency_ms;
+        members_by[i] = by;
         at = c->from[at];
     }
     NS_ASSERT(at == 0);
+    balance(out, members_by, layers, head_milli, tab);
 }
 
 int ns_quorum_plan(const ns_quorum_candidate *candidates, size_t n, uint32_t layers,
-                   uint64_t session_start_ms, ns_quorum_proposal *out)
+                   uint32_t head_milli, uint64_t session_start_ms, ns_quorum_proposal *out)
 {
     NS_ASSERT(out != NULL);
-    if (layers == 0 || layers > NS_POOL_LAYERS_MAX || (n > 0 && candidates == NULL))
+    if (layers == 0 || layers > NS_POOL_LAYERS_MAX || (n > 0 && candidates == NULL) ||
+        head_milli > 1000000)
         return NS_EINVAL;
     if (n > NS_QUORUM_CANDIDATES_MAX)
         return NS_ETOOBIG;
@@ -134,10 +200,14 @@ int ns_quorum_plan(const ns_quorum_candidate *candidates, size_t n, uint32_t lay
     if (best.cost[layers] == PLAN_UNREACHED)
         return NS_ENOENT;
 
+    split_table *tab = malloc(sizeof *tab);
+    if (tab == NULL)
+        return NS_ENOMEM;
     memset(out, 0, sizeof *out);
     out->session_start_ms = session_start_ms;
     out->layers = layers;
-    cover_to_proposal(&best, layers, out);
+    cover_to_proposal(&best, layers, head_milli, tab, out);
+    free(tab);
     ns_quorum_id(out, out->id);
     return NS_OK;
 }

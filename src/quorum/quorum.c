@@ -250,7 +250,8 @@ int ns_quorum_propose(ns_quorum *q)
         return NS_EEXIST;
     uint64_t now = ns_env_now(q->env);
     ns_quorum_proposal plan;
-    int err = ns_quorum_plan(q->pool, q->pool_count, q->config.layers, now, &plan);
+    int err =
+        ns_quorum_plan(q->pool, q->pool_count, q->config.layers, q->config.head_milli, now, &plan);
     if (err != NS_OK)
         return err;
     memcpy(plan.proposer, q->config.self_id, NS_ID_BYTES);

@@ -25,6 +25,23 @@ ns_tier ns_tier_for_latency_us(uint64_t layer_latency_us)
     return NS_TIER_T5;
 }
 
+uint64_t ns_tier_nominal_us(ns_tier tier)
+{
+    switch (tier) {
+    case NS_TIER_T1:
+        return 3162; /* sqrt(1 ms x 10 ms) */
+    case NS_TIER_T2:
+        return 22361;
+    case NS_TIER_T3:
+        return 100000;
+    case NS_TIER_T4:
+        return 447214;
+    case NS_TIER_T5:
+        break;
+    }
+    return 3000000;
+}
+
 const char *ns_tier_name(ns_tier tier)
 {
     switch (tier) {

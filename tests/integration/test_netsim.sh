@@ -138,6 +138,12 @@ check "  ... reports the first full quorum and the windows" \
 check "  ... with the measured and 1F1B bubbles" contains "$(cat "$T/w1.out")" ",bubble_1f1b,"
 run_netsim w2 --swarm "$SWARM"
 check "  ... and replays exactly" test "$(report_of w1)" = "$(report_of w2)"
+sed 's/^run_ahead = .*/run_ahead = 0/' "$SWARM" >"$T/strict.ini"
+run_netsim w4 --swarm "$T/strict.ini"
+calm_tps() { awk -F, '/^calm,/ { print $NF }' "$T/$1.out"; }
+ahead=$(calm_tps w1) strict=$(calm_tps w4)
+check "  ... stages that run forwards ahead of a late gradient train faster than strict 1F1B ($ahead vs $strict tokens/s)" \
+    test "${ahead:-0}" -gt "${strict:-0}"
 printf '[swarm]\nnodes = 40\ntiers = 0.5, 0.5\n' >"$T/bad-swarm.ini"
 run_netsim w3 --swarm "$T/bad-swarm.ini"
 check "a bad swarm scenario gives exit 2 naming the line (rc $RC)" \

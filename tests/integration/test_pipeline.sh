@@ -73,6 +73,12 @@ sum_of() {
 }
 asked=$(sum_of resend_asked)
 resent=$(sum_of resent)
+ahead=$(sum_of ran_ahead)
+echo "# forwards run ahead of 1F1B while a gradient was late: $ahead"
+runs=$(for n in a b c; do eval "api=\$API_$n"; status_of "$api" | json_field run_ahead; echo; done | sort | tr '\n' ' ')
+# 4 micro-batches: 1F1B holds 3, 2 and 1 of them; each stage that waits for gradients may hold all 4
+check "  ... the stages may run 1 and 2 forwards ahead of 1F1B, the finisher none ($runs)" \
+    test "$runs" = "0 1 2 "
 check "  ... though C lost every 7th frame: its neighbours asked again ($asked) and got them ($resent)" test "$asked" -gt 0 -a "$resent" -gt 0
 # each step's loss is of another batch, and the first steps' learning rate is tiny (warm-up):
 # over 30 steps the mean of the last five falls below that of the first five

@@ -92,6 +92,67 @@ static void test_each_stage_runs_one_forward_one_backward(void **state)
     assert_string_equal(order, "F0 B0 F1 B1 F2 B2 N0 U0");
 }
 
+/* Stage 0 of 2, six micro-batches, each gradient handed over only once the stage waits for it:
+ * strict 1F1B idles at every backward; with run_ahead 2 the stage fills that wait with the next
+ * forwards (the whitepaper's "F0 F1 F2 F3 B0 F4 B1 F5 ..."), holding at most 2 + 2. */
+static void late_gradients_order(uint32_t run_ahead, char *out, size_t size, uint32_t *held)
+{
+    ns_pipe_config cfg = {.stage = 0, .stages = 2, .micro_batches = 6, .run_ahead = run_ahead};
+    ns_pipe *p;
+    assert_int_equal(ns_pipe_new(&p, &cfg, 0), NS_OK);
+    out[0] = '\0';
+    *held = 0;
+    for (int guard = 0; guard < 100; guard++) {
+        ns_pipe_op op;
+        ns_pipe_next(p, &op);
+        if (op.kind == NS_PIPE_WAIT) {
+            if (op.awaits == NS_PIPE_IN_GRAD) {
+                assert_int_equal(ns_pipe_on_gradient(p, 0, op.micro, NULL), NS_OK);
+            } else {
+                assert_int_equal(op.awaits, NS_PIPE_IN_SCALE);
+                assert_int_equal(ns_pipe_on_scale(p, 0, 1.0f, NULL), NS_OK);
+            }
+            continue;
+        }
+        char word[16];
+        snprintf(word, sizeof word, "%s%s%u", out[0] != '\0' ? " " : "",
+                 op.kind == NS_PIPE_FORWARD    ? "F"
+                 : op.kind == NS_PIPE_BACKWARD ? "B"
+                 : op.kind == NS_PIPE_NORM     ? "N"
+                                               : "U",
+                 op.kind <= NS_PIPE_BACKWARD ? op.micro : 0);
+        strncat(out, word, size - strlen(out) - 1);
+        ns_pipe_done(p, &op);
+        if (ns_pipe_in_flight(p) > *held)
+            *held = ns_pipe_in_flight(p);
+        if (op.kind == NS_PIPE_UPDATE)
+            break;
+    }
+    assert_int_equal(ns_pipe_step(p), 1);
+    assert_int_equal(ns_pipe_ran_ahead(p), run_ahead == 0 ? 0 : 4);
+    ns_pipe_free(p);
+}
+
+static void test_forwards_run_ahead_of_a_late_gradient(void **state)
+{
+    (void)state;
+    char order[256];
+    uint32_t held;
+    late_gradients_order(0, order, sizeof order, &held);
+    assert_string_equal(order, "F0 F1 B0 F2 B1 F3 B2 F4 B3 F5 B4 B5 N0 U0");
+    assert_int_equal(held, 2);
+    late_gradients_order(2, order, sizeof order, &held);
+    assert_string_equal(order, "F0 F1 F2 F3 B0 F4 B1 F5 B2 B3 B4 B5 N0 U0");
+    assert_int_equal(held, 4);
+    ns_pipe_config cfg = {.stage = 0, .stages = 2, .micro_batches = 6, .run_ahead = 2};
+    assert_int_equal(ns_pipe_in_flight_max(&cfg), 4);
+    cfg.run_ahead = 9; /* never more than the step's micro-batches */
+    assert_int_equal(ns_pipe_in_flight_max(&cfg), 6);
+    cfg.run_ahead = NS_PIPE_MICRO_MAX + 1;
+    ns_pipe *p;
+    assert_int_equal(ns_pipe_new(&p, &cfg, 0), NS_EINVAL);
+}
+
 /* Every (s, S, m) up to 6 x 6: each micro-batch forward once then backward once, backwards in
  * order, never more in flight than min(S - s, m). */
 static void test_every_shape_keeps_its_bounds(void **state)
@@ -393,7 +454,7 @@ static void test_frames_round_trip_and_refuse_what_would_poison_a_stage(void **s
 #define T     8
 #define V     67
 #define C     64
-#define M     2 /* micro-batches a step */
+#define M     4 /* micro-batches a step: more than stages, so forwards can run ahead */
 #define ROWS  (B / M)
 #define STEPS 3
 
@@ -547,8 +608,10 @@ static void deliver(member *mb, msg *m)
     assert_int_equal(rc, NS_OK);
 }
 
-/* Three stages on one executor, messages delivered in an order drawn from seed. */
-static void run_pipeline(ns_exec *ex, uint64_t seed, float *losses, ns_stage *out[3])
+/* Three stages on one executor, messages delivered in an order drawn from seed; each stage may
+ * run run_ahead forwards beyond 1F1B's. *ran_ahead: how many forwards did. */
+static void run_pipeline(ns_exec *ex, uint64_t seed, uint32_t run_ahead, float *losses,
+                         ns_stage *out[3], uint64_t *ran_ahead)
 {
     const uint32_t S = 3;
     member mb[3];
@@ -558,7 +621,7 @@ static void run_pipeline(ns_exec *ex, uint64_t seed, float *losses, ns_stage *ou
         ns_stage_config cfg = stage_cfg(s, s + 1, M);
         assert_int_equal(ns_stage_new(&mb[s].st, ex, &cfg), NS_OK);
         ns_stage_init(mb[s].st, 7);
-        ns_pipe_config pc = {.stage = s, .stages = S, .micro_batches = M};
+        ns_pipe_config pc = {.stage = s, .stages = S, .micro_batches = M, .run_ahead = run_ahead};
         assert_int_equal(ns_pipe_new(&mb[s].p, &pc, 0), NS_OK);
     }
     msg q[MSGS_MAX];
@@ -588,8 +651,10 @@ static void run_pipeline(ns_exec *ex, uint64_t seed, float *losses, ns_stage *ou
         ns_pipe_done(mb[s].p, &op);
     }
     assert_int_equal(n, 0);
+    *ran_ahead = 0;
     for (uint32_t s = 0; s < S; s++) {
         assert_int_equal(ns_pipe_step(mb[s].p), STEPS);
+        *ran_ahead += ns_pipe_ran_ahead(mb[s].p);
         ns_pipe_free(mb[s].p);
         out[s] = mb[s].st;
     }
@@ -635,10 +700,16 @@ static void test_three_stages_train_like_one_process_bit_for_bit(void **state)
     assert_true(whole_loss[STEPS - 1] < whole_loss[0]); /* it learns */
     size_t whole_n;
     const ns_named_tensor *wp = ns_stage_params(whole, &whole_n);
-    for (uint64_t seed = 1; seed <= 4; seed++) {
+    uint64_t ran_ahead_total = 0;
+    for (uint64_t seed = 1; seed <= 8; seed++) {
         float pipe_loss[STEPS];
         ns_stage *parts[3];
-        run_pipeline(ex, seed, pipe_loss, parts);
+        uint64_t ran_ahead = 0;
+        uint32_t run_ahead = seed % 2 == 0 ? M : 0; /* strict 1F1B, then running ahead */
+        run_pipeline(ex, seed, run_ahead, pipe_loss, parts, &ran_ahead);
+        if (run_ahead == 0)
+            assert_int_equal(ran_ahead, 0);
+        ran_ahead_total += ran_ahead;
         assert_memory_equal(pipe_loss, whole_loss, sizeof pipe_loss);
         size_t matched = 0;
         for (int s = 0; s < 3; s++) {
@@ -659,6 +730,7 @@ static void test_three_stages_train_like_one_process_bit_for_bit(void **state)
         }
         assert_int_equal(matched, whole_n);
     }
+    assert_true(ran_ahead_total > 0); /* the random orders did make gradients late */
     ns_stage_free(whole);
     ns_exec_free(ex);
 }
@@ -668,6 +740,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_each_stage_runs_one_forward_one_backward),
         cmocka_unit_test(test_every_shape_keeps_its_bounds),
+        cmocka_unit_test(test_forwards_run_ahead_of_a_late_gradient),
         cmocka_unit_test(test_inputs_that_do_not_belong_are_refused),
         cmocka_unit_test(test_a_wait_names_the_input_awaited),
         cmocka_unit_test(test_resend_frames_round_trip_and_refuse_what_names_nothing),

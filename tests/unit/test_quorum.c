@@ -53,7 +53,7 @@ static void test_plan_covers_the_layers_with_the_cheapest_members(void **state)
     ns_quorum_candidate pool[] = {cand(A, NS_TIER_T2, 0, 4, 10), cand(B, NS_TIER_T2, 3, 8, 10),
                                   cand(C, NS_TIER_T2, 0, 8, 50), cand(D, NS_TIER_T5, 0, 8, 1)};
     ns_quorum_proposal p;
-    assert_int_equal(ns_quorum_plan(pool, 4, LAYERS, T0_MS, &p), NS_OK);
+    assert_int_equal(ns_quorum_plan(pool, 4, LAYERS, 0, T0_MS, &p), NS_OK);
     assert_int_equal(p.member_count, 2);
     assert_member(&p.members[0], A, 0, 4); /* initiator: embedding */
     assert_member(&p.members[1], B, 4, 8); /* finisher: head; runs from where A stops */
@@ -77,8 +77,8 @@ static void test_plan_without_full_cover_is_enoent(void **state)
                                   cand(C, NS_TIER_T5, 4, 5, 10),  /* T5 never pipelines */
                                   cand(D, NS_TIER_T2, 4, 9, 10)}; /* past the last layer */
     ns_quorum_proposal p;
-    assert_int_equal(ns_quorum_plan(pool, 4, LAYERS, T0_MS, &p), NS_ENOENT);
-    assert_int_equal(ns_quorum_plan(NULL, 0, LAYERS, T0_MS, &p), NS_ENOENT);
+    assert_int_equal(ns_quorum_plan(pool, 4, LAYERS, 0, T0_MS, &p), NS_ENOENT);
+    assert_int_equal(ns_quorum_plan(NULL, 0, LAYERS, 0, T0_MS, &p), NS_ENOENT);
 }
 
 static void test_plan_keeps_tiers_within_two_adjacent(void **state)
@@ -87,8 +87,8 @@ static void test_plan_keeps_tiers_within_two_adjacent(void **state)
     ns_quorum_candidate pool[] = {cand(A, NS_TIER_T1, 0, 4, 1), cand(B, NS_TIER_T3, 4, 8, 1),
                                   cand(C, NS_TIER_T2, 4, 8, 30)};
     ns_quorum_proposal p;
-    assert_int_equal(ns_quorum_plan(pool, 2, LAYERS, T0_MS, &p), NS_ENOENT); /* T1 with T3 */
-    assert_int_equal(ns_quorum_plan(pool, 3, LAYERS, T0_MS, &p), NS_OK);
+    assert_int_equal(ns_quorum_plan(pool, 2, LAYERS, 0, T0_MS, &p), NS_ENOENT); /* T1 with T3 */
+    assert_int_equal(ns_quorum_plan(pool, 3, LAYERS, 0, T0_MS, &p), NS_OK);
     assert_int_equal(p.member_count, 2);
     assert_member(&p.members[0], A, 0, 4);
     assert_member(&p.members[1], C, 4, 8); /* slower, but T1-T2 */
@@ -108,14 +108,60 @@ static void test_plan_prefers_the_lowest_latency_sum(void **state)
                                   cand(E, NS_TIER_T3, 0, 4, 5), cand(B, NS_TIER_T3, 4, 8, 1),
                                   cand(F, NS_TIER_T2, 0, 8, 4)};
     ns_quorum_proposal p;
-    assert_int_equal(ns_quorum_plan(pool, 4, LAYERS, T0_MS, &p), NS_OK);
+    assert_int_equal(ns_quorum_plan(pool, 4, LAYERS, 0, T0_MS, &p), NS_OK);
     assert_int_equal(p.member_count, 2);
     assert_member(&p.members[0], E, 0, 4);
     assert_member(&p.members[1], B, 4, 8);
     assert_int_equal(p.latency_ms_sum, 6);
-    assert_int_equal(ns_quorum_plan(pool, 5, LAYERS, T0_MS, &p), NS_OK);
+    assert_int_equal(ns_quorum_plan(pool, 5, LAYERS, 0, T0_MS, &p), NS_OK);
     assert_int_equal(p.member_count, 1); /* one node: initiator and finisher */
     assert_member(&p.members[0], F, 0, 8);
+}
+
+/* The members are chosen as above; where neighbours' holdings overlap, the boundary goes where
+ * the slowest stage is fastest: by layer counts for equal nodes, by speed for unequal ones, with
+ * the head at the finisher. */
+static void test_plan_splits_the_layers_by_speed(void **state)
+{
+    (void)state;
+    ns_quorum_proposal p;
+    /* equal T2 nodes (22.361 ms a layer, the tier's nominal): four layers each */
+    ns_quorum_candidate even[] = {cand(A, NS_TIER_T2, 0, 6, 1), cand(B, NS_TIER_T2, 2, 8, 1)};
+    assert_int_equal(ns_quorum_plan(even, 2, LAYERS, 0, T0_MS, &p), NS_OK);
+    assert_int_equal(p.member_count, 2);
+    assert_member(&p.members[0], A, 0, 4);
+    assert_member(&p.members[1], B, 4, 8);
+    assert_int_equal(p.slowest_stage_us, 4 * 22361);
+    /* A is three times as fast as B: 6 x 10 ms against 2 x 30 ms */
+    ns_quorum_candidate uneven[] = {cand(A, NS_TIER_T2, 0, 7, 1), cand(B, NS_TIER_T2, 1, 8, 1)};
+    uneven[0].layer_us = 10000;
+    uneven[1].layer_us = 30000;
+    assert_int_equal(ns_quorum_plan(uneven, 2, LAYERS, 0, T0_MS, &p), NS_OK);
+    assert_member(&p.members[0], A, 0, 6);
+    assert_member(&p.members[1], B, 6, 8);
+    assert_int_equal(p.slowest_stage_us, 60000);
+    /* with a head as costly as a layer, B runs one layer and the head: 7 x 10 against 2 x 30 */
+    assert_int_equal(ns_quorum_plan(uneven, 2, LAYERS, 1000, T0_MS, &p), NS_OK);
+    assert_member(&p.members[0], A, 0, 7);
+    assert_member(&p.members[1], B, 7, 8);
+    assert_int_equal(p.slowest_stage_us, 70000);
+    /* three equal nodes holding 0..3, 3..7 and 5..8 of an 8-layer model whose head costs 4/3 of a
+     * layer (test_pool.sh's pool): 3, 3 and 2 layers + head, not 3, 4 and 1 + head */
+    ns_quorum_candidate three[] = {cand(A, NS_TIER_T3, 0, 3, 0), cand(B, NS_TIER_T3, 3, 7, 0),
+                                   cand(C, NS_TIER_T3, 5, 8, 0)};
+    assert_int_equal(ns_quorum_plan(three, 3, LAYERS, 1333, T0_MS, &p), NS_OK);
+    assert_int_equal(p.member_count, 3);
+    assert_member(&p.members[0], A, 0, 3);
+    assert_member(&p.members[1], B, 3, 6);
+    assert_member(&p.members[2], C, 6, 8);
+    assert_int_equal(p.slowest_stage_us, 2 * 100000 + 133300);
+    /* no overlap: nothing to move */
+    ns_quorum_candidate fixed[] = {cand(A, NS_TIER_T2, 0, 2, 0), cand(B, NS_TIER_T2, 2, 8, 0)};
+    assert_int_equal(ns_quorum_plan(fixed, 2, LAYERS, 0, T0_MS, &p), NS_OK);
+    assert_member(&p.members[0], A, 0, 2);
+    assert_member(&p.members[1], B, 2, 8);
+    /* a head cost beyond a thousand layers is refused */
+    assert_int_equal(ns_quorum_plan(fixed, 2, LAYERS, 1000001, T0_MS, &p), NS_EINVAL);
 }
 
 static void test_plan_ties_go_to_the_lowest_id(void **state)
@@ -124,7 +170,7 @@ static void test_plan_ties_go_to_the_lowest_id(void **state)
     ns_quorum_candidate pool[] = {cand(G, NS_TIER_T2, 0, 8, 7), cand(C, NS_TIER_T2, 0, 8, 7),
                                   cand(E, NS_TIER_T2, 0, 8, 7)};
     ns_quorum_proposal p;
-    assert_int_equal(ns_quorum_plan(pool, 3, LAYERS, T0_MS, &p), NS_OK);
+    assert_int_equal(ns_quorum_plan(pool, 3, LAYERS, 0, T0_MS, &p), NS_OK);
     assert_int_equal(p.member_count, 1);
     assert_member(&p.members[0], C, 0, 8);
 }
@@ -137,14 +183,14 @@ static void test_plan_is_the_same_for_any_input_order(void **state)
                                    cand(E, NS_TIER_T3, 6, 8, 4), cand(F, NS_TIER_T2, 2, 6, 5),
                                    cand(G, NS_TIER_T3, 0, 2, 5), cand(Z, NS_TIER_T2, 6, 8, 4)};
     ns_quorum_proposal want, got;
-    assert_int_equal(ns_quorum_plan(pool, 8, LAYERS, T0_MS, &want), NS_OK);
+    assert_int_equal(ns_quorum_plan(pool, 8, LAYERS, 0, T0_MS, &want), NS_OK);
     const size_t perms[3][8] = {
         {7, 6, 5, 4, 3, 2, 1, 0}, {2, 3, 4, 5, 6, 7, 0, 1}, {1, 3, 5, 7, 0, 2, 4, 6}};
     for (int k = 0; k < 3; k++) {
         ns_quorum_candidate shuffled[8];
         for (int i = 0; i < 8; i++)
             shuffled[i] = pool[perms[k][i]];
-        assert_int_equal(ns_quorum_plan(shuffled, 8, LAYERS, T0_MS, &got), NS_OK);
+        assert_int_equal(ns_quorum_plan(shuffled, 8, LAYERS, 0, T0_MS, &got), NS_OK);
         assert_memory_equal(&got, &want, sizeof want);
     }
 }
@@ -155,11 +201,11 @@ static void test_plan_refuses_bad_input(void **state)
     static ns_quorum_candidate many[NS_QUORUM_CANDIDATES_MAX + 1];
     ns_quorum_candidate twice[] = {cand(A, NS_TIER_T2, 0, 8, 1), cand(A, NS_TIER_T2, 0, 4, 1)};
     ns_quorum_proposal p;
-    assert_int_equal(ns_quorum_plan(twice, 1, 0, T0_MS, &p), NS_EINVAL);
-    assert_int_equal(ns_quorum_plan(twice, 1, NS_POOL_LAYERS_MAX + 1, T0_MS, &p), NS_EINVAL);
-    assert_int_equal(ns_quorum_plan(NULL, 1, LAYERS, T0_MS, &p), NS_EINVAL);
-    assert_int_equal(ns_quorum_plan(twice, 2, LAYERS, T0_MS, &p), NS_EINVAL);
-    assert_int_equal(ns_quorum_plan(many, NS_QUORUM_CANDIDATES_MAX + 1, LAYERS, T0_MS, &p),
+    assert_int_equal(ns_quorum_plan(twice, 1, 0, 0, T0_MS, &p), NS_EINVAL);
+    assert_int_equal(ns_quorum_plan(twice, 1, NS_POOL_LAYERS_MAX + 1, 0, T0_MS, &p), NS_EINVAL);
+    assert_int_equal(ns_quorum_plan(NULL, 1, LAYERS, 0, T0_MS, &p), NS_EINVAL);
+    assert_int_equal(ns_quorum_plan(twice, 2, LAYERS, 0, T0_MS, &p), NS_EINVAL);
+    assert_int_equal(ns_quorum_plan(many, NS_QUORUM_CANDIDATES_MAX + 1, LAYERS, 0, T0_MS, &p),
                      NS_ETOOBIG);
 }
 
@@ -380,7 +426,7 @@ static void test_solo_node_forms_its_quorum_at_once(void **state)
 static ns_quorum_proposal plan_from_a(void)
 {
     ns_quorum_proposal p;
-    assert_int_equal(ns_quorum_plan(pair_pool, 2, LAYERS, T0_MS, &p), NS_OK);
+    assert_int_equal(ns_quorum_plan(pair_pool, 2, LAYERS, 0, T0_MS, &p), NS_OK);
     id_of(p.proposer, A);
     return p;
 }
@@ -705,6 +751,7 @@ int main(void)
         cmocka_unit_test(test_plan_without_full_cover_is_enoent),
         cmocka_unit_test(test_plan_keeps_tiers_within_two_adjacent),
         cmocka_unit_test(test_plan_prefers_the_lowest_latency_sum),
+        cmocka_unit_test(test_plan_splits_the_layers_by_speed),
         cmocka_unit_test(test_plan_ties_go_to_the_lowest_id),
         cmocka_unit_test(test_plan_is_the_same_for_any_input_order),
         cmocka_unit_test(test_plan_refuses_bad_input),
