@@ -141,11 +141,14 @@ double ns_pipe_bubble_fraction(uint32_t stages, uint32_t micro_batches);
 
 /* ---- messages between stages (frames NS_FRAME_PIPE_*, wire.h) ----------------------------- */
 
-/* A lost frame must not stall the pipeline (S6: resend after 200 ms without an answer). The
- * acknowledgement is implicit: a stage that has waited 200 ms for an input (ns_pipe_next's WAIT
- * names it) sends RESEND to the neighbour that owes it; the neighbour sends again every frame
- * of that step, toward the asker, from the awaited one on. The schedule refuses whatever came
- * twice (NS_PIPE_DUPLICATE), so nothing is ever applied twice. */
+/* A lost frame must not stall the pipeline (S6: resend after 200 ms without an answer). A stage
+ * that has waited 200 ms for an input (ns_pipe_next's WAIT names it) sends RESEND to the
+ * neighbour that owes it; the neighbour sends again every frame of that step, toward the asker,
+ * from the awaited one on. The schedule refuses whatever came twice (NS_PIPE_DUPLICATE), so
+ * nothing is ever applied twice. The neighbour's network thread also answers every RESEND at
+ * once with ALIVE (the same body): a neighbour that sends neither frames nor ALIVE for seconds
+ * of asking is hung or cut off, and the quorum replaces it with the next candidate for its
+ * layers (S6's "no ACK: the next candidate"; swarm.c). */
 
 #ifndef NS_PIPE_ROWS_MAX
 #define NS_PIPE_ROWS_MAX 64
@@ -164,7 +167,7 @@ typedef struct ns_frame ns_frame; /* wire.h */
 /* One message of the pipeline, as carried by a frame: pointers into the frame's bytes. Integers
  * are big-endian in the body; the tensor is float32 in the host's (little-endian) order. */
 typedef struct ns_pipe_msg {
-    uint32_t type;       /* NS_FRAME_PIPE_ACT, _GRAD, _NORM, _SCALE or _RESEND */
+    uint32_t type;       /* NS_FRAME_PIPE_ACT, _GRAD, _NORM, _SCALE, _RESEND or _ALIVE */
     uint32_t generation; /* of the quorum's membership: a restart after failover moves it on */
     uint64_t step;
     uint32_t micro;
@@ -173,7 +176,7 @@ typedef struct ns_pipe_msg {
     const float *data;              /* ACT, GRAD: the tensor (may be unaligned: copy it) */
     double norm;                    /* NORM */
     float scale;                    /* SCALE */
-    ns_pipe_input awaits;           /* RESEND: the input awaited; `micro` its micro-batch */
+    ns_pipe_input awaits;           /* RESEND, ALIVE: the input awaited; `micro` its micro-batch */
 } ns_pipe_msg;
 
 /* Bytes of the body ns_pipe_msg_frame writes for m. */

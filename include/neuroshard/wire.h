@@ -88,6 +88,10 @@ typedef enum {
                                         tensor U8: the bytes from the offset */
     NS_FRAME_SWARM_PING = 92,        /* swarm.c: 8 bytes the sender chose (its clock) */
     NS_FRAME_SWARM_PONG = 93,        /* the PING's 8 bytes back: a round trip measured */
+    NS_FRAME_PIPE_ALIVE = 94,        /* pipeline.h: a RESEND's body back, from the network
+                                        thread: the asked stage is there, if busy */
+    NS_FRAME_SWARM_SUSPECT = 95,     /* swarm.c: generation, a member's id: it answers its
+                                        neighbour's RESENDs no more; replace it */
 } ns_frame_type;
 
 struct ns_frame {

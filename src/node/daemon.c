@@ -814,6 +814,7 @@ static void answer_training_status(node *n, ns_api_request *req)
         json_t *pj = json_object_get(o, "pipeline");
         json_object_set_new(pj, "run_ahead", json_integer((json_int_t)ps.run_ahead));
         json_object_set_new(pj, "ran_ahead", json_integer((json_int_t)ps.ran_ahead));
+        json_object_set_new(pj, "suspected", json_integer((json_int_t)ps.suspected));
     }
     if (n->swarm != NULL)
         json_object_set_new(o, "quorum", ns_swarm_json(n->swarm));

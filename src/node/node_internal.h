@@ -253,6 +253,7 @@ typedef struct ns_train_pipe_status {
     uint64_t refused[5], steps;
     uint64_t resend_asked; /* RESENDs this stage sent after waiting 200 ms for an input */
     uint64_t resent;       /* frames it sent again when a neighbour asked */
+    uint64_t suspected;    /* times it told the quorum a neighbour answers nothing */
     double wait_s, busy_s; /* time waiting for neighbours and computing, since the start */
 } ns_train_pipe_status;
 void ns_trainer_pipe_status(ns_trainer *t, ns_train_pipe_status *out);

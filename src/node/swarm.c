@@ -156,6 +156,10 @@ struct ns_swarm {
     uint32_t published_generation;
     uint64_t check_timer;
     uint64_t beat_ms, woke_ms; /* this node's last heartbeat; when it found it had been stalled */
+    /* members a neighbour found unresponsive (SWARM_SUSPECT) in this generation: when, by stage */
+    uint64_t suspect_ms[SWARM_MEMBERS_MAX];
+    uint32_t suspect_generation;
+    uint64_t suspects_raised, suspects_heard;
     /* formation in two phases: the proposer waits for every accept, then says start */
     bool proposing, reserved;
     uint64_t proposed_ms, reserved_ms;
@@ -1144,8 +1148,22 @@ static void on_pipe(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
     int from = f->type == NS_FRAME_PIPE_ACT || f->type == NS_FRAME_PIPE_NORM ? -1 : +1;
     if (f->type == NS_FRAME_PIPE_RESEND)
         from = -ns_pipe_input_from(m.awaits);
+    if (f->type == NS_FRAME_PIPE_ALIVE) /* the answer of the stage that owes the input */
+        from = ns_pipe_input_from(m.awaits);
     const uint8_t *want = neighbour(s, from);
-    if (want == NULL || memcmp(want, peer, NS_NODE_ID_BYTES) != 0 || *s->cfg.trainer == NULL) {
+    if (want == NULL || memcmp(want, peer, NS_NODE_ID_BYTES) != 0) {
+        s->refused_neighbour++;
+        return;
+    }
+    if (f->type == NS_FRAME_PIPE_RESEND) {
+        /* answered here, on the network thread, whatever the trainer is busy with: this node is
+         * there; the frames asked for come from the trainer when it takes the RESEND */
+        ns_frame alive = *f;
+        alive.type = NS_FRAME_PIPE_ALIVE;
+        if (ns_net_send_frame(s->cfg.net, peer, &alive) != NS_OK)
+            NS_LOG_D("swarm", "an ALIVE not sent: the link went away");
+    }
+    if (*s->cfg.trainer == NULL) {
         s->refused_neighbour++;
         return;
     }
@@ -1629,6 +1647,64 @@ static void on_restore(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
 }
 
 static void check_fired(void *arg, uint64_t now);
+static void check_members(ns_swarm *s);
+
+/* Whether a neighbour of member i found it unresponsive in this generation, lately. */
+static bool suspected(const ns_swarm *s, uint32_t i, uint64_t now)
+{
+    return s->suspect_generation == s->generation && s->suspect_ms[i] != 0 &&
+           now - s->suspect_ms[i] <= SWARM_FRESH_MS;
+}
+
+static void mark_suspect(ns_swarm *s, uint32_t i)
+{
+    if (s->suspect_generation != s->generation) {
+        memset(s->suspect_ms, 0, sizeof s->suspect_ms);
+        s->suspect_generation = s->generation;
+    }
+    s->suspect_ms[i] = now_ms(s);
+}
+
+/* This stage's trainer asked member i (a neighbour) for an input for seconds and heard nothing,
+ * not even the ALIVE its network thread would send (S6: no ACK). Every member is told, so that
+ * all take it for dead alike and the smallest live one replaces it with the next candidate for
+ * its layers, a replica (check_members). */
+static void raise_suspect(ns_swarm *s, uint32_t i)
+{
+    if (!s->in_quorum || i >= s->member_count || i == s->stage)
+        return;
+    mark_suspect(s, i);
+    s->suspects_raised++;
+    uint8_t body[4 + NS_NODE_ID_BYTES];
+    put_u32(body, s->generation);
+    memcpy(body + 4, s->members[i], NS_NODE_ID_BYTES);
+    ns_frame f = {.type = NS_FRAME_SWARM_SUSPECT, .body = body, .body_len = sizeof body};
+    for (uint32_t k = 0; k < s->member_count; k++)
+        if (k != s->stage && k != i && ns_net_send_frame(s->cfg.net, s->members[k], &f) != NS_OK)
+            NS_LOG_D("swarm", "the suspicion did not reach stage %u", k);
+    NS_LOG_W("swarm", "stage %u answers nothing: the quorum replaces it", i);
+    check_members(s);
+}
+
+/* A member says another member answers nothing (raise_suspect): taken from members of this
+ * quorum and generation only, about another member. */
+static void on_suspect(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
+{
+    if (f->body_len != 4 + NS_NODE_ID_BYTES || f->tensor.dtype != NS_DTYPE_NONE) {
+        s->refused_malformed++;
+        return;
+    }
+    int from = s->in_quorum ? member_index(s->members, s->member_count, peer) : -1;
+    int who = s->in_quorum ? member_index(s->members, s->member_count, f->body + 4) : -1;
+    if (from < 0 || who < 0 || get_u32(f->body) != s->generation || (uint32_t)who == s->stage) {
+        s->refused_neighbour++;
+        return;
+    }
+    NS_LOG_W("swarm", "stage %d says stage %d answers nothing", from, who);
+    mark_suspect(s, (uint32_t)who);
+    s->suspects_heard++;
+    check_members(s);
+}
 
 /* The replica to take dead stage i over: the freshest copy at a step every live member keeps
  * (from floor), then the best S6 score as this node measured it (nearest, least queued), then
@@ -1670,7 +1746,8 @@ static void check_members(ns_swarm *s)
             continue;
         const peer_cap *p = peer_of(s, s->members[i], false);
         dead[i] = !ns_net_has_link(s->cfg.net, s->members[i]) ||
-                  (p != NULL && (now - p->seen_ms > SWARM_FRESH_MS || !p->in_quorum));
+                  (p != NULL && (now - p->seen_ms > SWARM_FRESH_MS || !p->in_quorum)) ||
+                  suspected(s, i, now);
         any = any || dead[i];
     }
     if (!any) {
@@ -1854,7 +1931,11 @@ static void on_frame(void *arg, const uint8_t peer[NS_NODE_ID_BYTES], const ns_f
     case NS_FRAME_PIPE_NORM:
     case NS_FRAME_PIPE_SCALE:
     case NS_FRAME_PIPE_RESEND:
+    case NS_FRAME_PIPE_ALIVE:
         on_pipe(s, peer, f);
+        return;
+    case NS_FRAME_SWARM_SUSPECT:
+        on_suspect(s, peer, f);
         return;
     case NS_FRAME_SWARM_PING:
         on_ping(s, peer, f);
@@ -1916,6 +1997,18 @@ static void drain(ns_swarm *s)
         if (it == NULL)
             return;
         const uint8_t *to = neighbour(s, it->dir);
+        if (it->f.type == NS_FRAME_SWARM_SUSPECT) { /* for the quorum, not the neighbour */
+            pthread_mutex_lock(&s->mu);
+            s->out = it->next;
+            if (s->out == NULL)
+                s->out_tail = &s->out;
+            pthread_mutex_unlock(&s->mu);
+            int dir = it->dir;
+            free(it);
+            if (to != NULL)
+                raise_suspect(s, (uint32_t)((int)s->stage + dir));
+            continue;
+        }
         bool lost = to != NULL && s->cfg.test_drop_every > 0 &&
                     it->f.type != NS_FRAME_PIPE_RESEND &&
                     ++s->test_dropped % s->cfg.test_drop_every == 0;
@@ -2194,6 +2287,8 @@ json_t *ns_swarm_json(ns_swarm *s)
     json_object_set_new(o, "failover_ms", json_integer((json_int_t)s->failover_ms));
     json_object_set_new(o, "stale_generation_frames",
                         json_integer((json_int_t)s->stale_generation));
+    json_object_set_new(o, "unresponsive_raised", json_integer((json_int_t)s->suspects_raised));
+    json_object_set_new(o, "unresponsive_heard", json_integer((json_int_t)s->suspects_heard));
     if (!s->in_quorum && s->knows_quorum)
         json_object_set_new(o, "replica",
                             json_pack("{s:I, s:I}", "stage", (json_int_t)s->replica_of, "step",

@@ -102,6 +102,9 @@ struct ns_trainer {
      * before asking; when it last answered each neighbour (by direction: [0] before, [1] after) */
     struct sent_frame *sent, **sent_tail;
     double progress_s, resend_after_s, served_s[2];
+    /* when the schedule last moved, when each neighbour was last heard from (any pipeline frame
+     * or ALIVE), and when this stage last told the quorum a neighbour is unresponsive */
+    double moved_s, heard_s[2], suspected_s;
     ns_train_pipe_status pipe_status; /* under lock */
     /* DiLoCo: the outer state (trainer thread), the pseudo-gradient handed out and the
      * cohort's answer (agg, agg_n and the flags under lock) */
@@ -646,6 +649,22 @@ int ns_trainer_pipe_input(ns_trainer *t, const ns_pipe_msg *m)
 
 static void serve_resend(ns_trainer *t, const ns_pipe_msg *m);
 
+/* The neighbour a message came from: -1 the stage before, +1 the one after. */
+static int sender_of(const ns_pipe_msg *m)
+{
+    switch (m->type) {
+    case NS_FRAME_PIPE_ACT:
+    case NS_FRAME_PIPE_NORM:
+        return -1;
+    case NS_FRAME_PIPE_RESEND: /* from the stage that awaits what this one owes */
+        return -ns_pipe_input_from(m->awaits);
+    case NS_FRAME_PIPE_ALIVE: /* from the stage this one asked */
+        return ns_pipe_input_from(m->awaits);
+    default:
+        return +1;
+    }
+}
+
 /* Hands what arrived to the schedule; what it refuses is counted and dropped. */
 static void take_inbox(ns_trainer *t)
 {
@@ -661,6 +680,7 @@ static void take_inbox(ns_trainer *t)
         inbox_msg *in = list;
         list = in->next;
         const ns_pipe_msg *m = &in->m;
+        t->heard_s[sender_of(m) > 0] = wall_s();
         ns_pipe_refusal why = NS_PIPE_UNASKED;
         int rc = NS_EINVAL;
         bool shaped = m->rows == t->rows && m->seq_len == TRAIN_SEQ &&
@@ -682,6 +702,8 @@ static void take_inbox(ns_trainer *t)
         } else if (m->type == NS_FRAME_PIPE_RESEND) {
             serve_resend(t, m);
             rc = NS_OK;
+        } else if (m->type == NS_FRAME_PIPE_ALIVE) {
+            rc = NS_OK; /* the neighbour is there (heard above) */
         } else {
             NS_LOG_W("pipe", "a %u x %u x %u tensor where this stage takes %u x %u: refused",
                      m->rows, m->seq_len, m->hidden, t->rows, TRAIN_SEQ);
@@ -709,6 +731,9 @@ typedef struct sent_frame {
 #define RESEND_FIRST_S 0.2 /* S6: ask again after 200 ms without the input awaited */
 #define RESEND_MAX_S   1.6 /* doubling while nothing comes, up to this */
 #define RESEND_SERVE_S 0.1 /* a neighbour's RESENDs are answered at most this often */
+#define SUSPECT_S                                                                                  \
+    4.0 /* asked this long with neither frames nor ALIVE: it is hung or cut                        \
+           off, and the quorum should replace it */
 
 static void keep_sent(ns_trainer *t, int dir, const ns_pipe_msg *m, const ns_frame *f)
 {
@@ -829,6 +854,23 @@ static void maybe_ask_resend(ns_trainer *t, const ns_pipe_op *op)
     pthread_mutex_lock(&t->lock);
     t->pipe_status.resend_asked++;
     pthread_mutex_unlock(&t->lock);
+    /* S6: no answer at all (not even ALIVE, which the neighbour's network thread sends at once)
+     * while this stage asked for SUSPECT_S: route around it. The swarm turns this into a
+     * failover to the next candidate for its layers (a replica); a stage computing slowly still
+     * answers, so only a hung, stopped or cut-off one is named. */
+    double since = now - t->moved_s, silent = now - t->heard_s[from > 0];
+    if (since >= SUSPECT_S && silent >= SUSPECT_S && now - t->suspected_s >= 3 * SUSPECT_S) {
+        t->suspected_s = now;
+        NS_LOG_W("pipe",
+                 "the stage %s has answered nothing for %.1f s of asking: asking the quorum "
+                 "to replace it",
+                 from < 0 ? "before" : "after", since);
+        ns_frame f = {.type = NS_FRAME_SWARM_SUSPECT};
+        t->cfg.send(t->cfg.send_arg, from, &f);
+        pthread_mutex_lock(&t->lock);
+        t->pipe_status.suspected++;
+        pthread_mutex_unlock(&t->lock);
+    }
 }
 
 /* Waits for the inbox (or a stop); false when the trainer is stopping. */
@@ -871,6 +913,7 @@ static int pipe_step(ns_trainer *t, float *loss, ns_optim_report *report)
     }
     forget_sent(t, step);
     t->progress_s = wall_s();
+    t->moved_s = t->progress_s;
     t->resend_after_s = RESEND_FIRST_S;
     double sq = 0.0, busy = 0.0;
     const float inv_m = 1.0f / (float)m;
@@ -952,6 +995,7 @@ static int pipe_step(ns_trainer *t, float *loss, ns_optim_report *report)
             return rc;
         ns_pipe_done(t->pipe, &op);
         t->progress_s = wall_s();
+        t->moved_s = t->progress_s;
         t->resend_after_s = RESEND_FIRST_S;
         busy += wall_s() - t0;
         if (op.kind != NS_PIPE_UPDATE)

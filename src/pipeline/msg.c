@@ -51,6 +51,7 @@ size_t ns_pipe_msg_body_bytes(const ns_pipe_msg *m)
         return SHAPE_BYTES;
     case NS_FRAME_PIPE_NORM:
     case NS_FRAME_PIPE_RESEND:
+    case NS_FRAME_PIPE_ALIVE:
         return HEAD_BYTES + 8;
     default:
         return HEAD_BYTES + 4;
@@ -61,11 +62,11 @@ void ns_pipe_msg_frame(const ns_pipe_msg *m, const int32_t *targets_host, uint8_
                        ns_frame *f)
 {
     NS_ASSERT((m->type >= NS_FRAME_PIPE_ACT && m->type <= NS_FRAME_PIPE_SCALE) ||
-              m->type == NS_FRAME_PIPE_RESEND);
+              m->type == NS_FRAME_PIPE_RESEND || m->type == NS_FRAME_PIPE_ALIVE);
     *f = (ns_frame){.type = m->type, .body = body_buf, .body_len = ns_pipe_msg_body_bytes(m)};
     put_u64(body_buf, m->step);
     put_u32(body_buf + 8, m->generation);
-    if (m->type == NS_FRAME_PIPE_RESEND) {
+    if (m->type == NS_FRAME_PIPE_RESEND || m->type == NS_FRAME_PIPE_ALIVE) {
         put_u32(body_buf + HEAD_BYTES, (uint32_t)m->awaits);
         put_u32(body_buf + HEAD_BYTES + 4, m->micro);
         return;
@@ -111,7 +112,7 @@ int ns_pipe_msg_parse(const ns_frame *f, ns_pipe_msg *out)
     NS_ASSERT(out != NULL);
     memset(out, 0, sizeof *out);
     out->type = f->type;
-    if (f->type == NS_FRAME_PIPE_RESEND) {
+    if (f->type == NS_FRAME_PIPE_RESEND || f->type == NS_FRAME_PIPE_ALIVE) {
         if (f->body_len != HEAD_BYTES + 8 || f->tensor.dtype != NS_DTYPE_NONE)
             return NS_EPARSE;
         out->step = get_u64(f->body);

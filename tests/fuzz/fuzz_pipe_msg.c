@@ -22,8 +22,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 5)
         return 0;
-    ns_frame f = {.type =
-                      data[0] % 6 == 5 ? NS_FRAME_PIPE_RESEND : NS_FRAME_PIPE_ACT + data[0] % 6};
+    ns_frame f = {.type = data[0] % 7 == 6   ? NS_FRAME_PIPE_ALIVE
+                          : data[0] % 7 == 5 ? NS_FRAME_PIPE_RESEND
+                                             : NS_FRAME_PIPE_ACT + data[0] % 7};
     size_t body_len = ((size_t)data[1] << 8 | data[2]) % (size - 4);
     f.body = data + 5;
     f.body_len = body_len < size - 5 ? body_len : size - 5;
@@ -48,7 +49,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         NS_ASSERT(isfinite(m.norm) && m.norm >= 0.0);
     } else if (m.type == NS_FRAME_PIPE_SCALE) {
         NS_ASSERT(m.scale > 0.0f && m.scale <= 1.0f);
-    } else if (m.type == NS_FRAME_PIPE_RESEND) {
+    } else if (m.type == NS_FRAME_PIPE_RESEND || m.type == NS_FRAME_PIPE_ALIVE) {
         NS_ASSERT(m.awaits >= NS_PIPE_IN_ACT && m.awaits <= NS_PIPE_IN_SCALE);
     } else {
         NS_ASSERT(m.rows >= 1 && m.rows <= NS_PIPE_ROWS_MAX);

@@ -7,8 +7,11 @@
 # member sees its link gone, hands stage 1 to its replica, and everyone restarts from the
 # replica's step: the steps after it are computed again, to the same losses digit for digit (so
 # none was applied twice), and training goes on past the step where the processor died. Then the
-# initiator stalls (SIGSTOP): its heartbeats stop, it is replaced the same way, and when it wakes
-# it learns it was replaced and follows the quorum as a replica.
+# initiator stalls (SIGSTOP; its links stay up): the processor waiting for its activations asks it
+# again (RESEND) and hears nothing, not even the ALIVE its network thread would send, so it tells
+# the quorum (SWARM_SUSPECT, S6's "no ACK: the next candidate") and the initiator is replaced by
+# its replica in seconds, long before its heartbeats would go stale (20 s). Woken, it learns it
+# was replaced and follows the quorum as a replica.
 
 . "$(dirname "$0")/lib.sh"
 
@@ -98,9 +101,19 @@ fresh() {
     return 1
 }
 check "the initiator's replica pulls a checkpoint of the new generation" wait_for 120 fresh
+t_stop=$(date +%s)
 kill -STOP "$PID_i"
 gen3() { case "$(status_of "$API_f")" in *'"generation":3'*) return 0 ;; esac; return 1; }
-check "a stalled initiator is replaced by its replica when its heartbeats stop" wait_for 90 gen3
+check "a stalled initiator is replaced by its replica" wait_for 90 gen3
+echo "# replaced $(($(date +%s) - t_stop)) s after it stopped (its heartbeats go stale after 20 s)"
+raised=0
+for n in $NODES; do
+    [ "$n" = "$PROC" ] || [ "$n" = "$INIT" ] && continue
+    eval "api=\$API_$n"
+    v=$(status_of "$api" | first_field unresponsive_raised)
+    raised=$((raised + ${v:-0}))
+done
+check "  ... because its neighbour found it answered nothing, not even ALIVE ($raised)" test "$raised" -gt 0
 kill -CONT "$PID_i"
 woke() { grep -q "was replaced in its quorum" "$TMP_ROOT/$INIT.log"; }
 check "  ... and, woken up, it learns it was replaced and follows" wait_for 30 woke

@@ -80,6 +80,7 @@ runs=$(for n in a b c; do eval "api=\$API_$n"; status_of "$api" | json_field run
 check "  ... the stages may run 1 and 2 forwards ahead of 1F1B, the finisher none ($runs)" \
     test "$runs" = "0 1 2 "
 check "  ... though C lost every 7th frame: its neighbours asked again ($asked) and got them ($resent)" test "$asked" -gt 0 -a "$resent" -gt 0
+check "  ... and, answered (ALIVE), took no stage for unresponsive" test "$(sum_of unresponsive_raised)" -eq 0
 # each step's loss is of another batch, and the first steps' learning rate is tiny (warm-up):
 # over 30 steps the mean of the last five falls below that of the first five
 LONG=30

@@ -369,6 +369,23 @@ static void test_resend_frames_round_trip_and_refuse_what_names_nothing(void **s
     assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_OK);
     f.body_len--;
     assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_EPARSE);
+    /* ALIVE, the answer of the asked stage's network thread: the same body, checked alike */
+    m = (ns_pipe_msg){.type = NS_FRAME_PIPE_ALIVE,
+                      .step = 78,
+                      .generation = 4,
+                      .micro = 2,
+                      .awaits = NS_PIPE_IN_ACT};
+    ns_pipe_msg_frame(&m, NULL, body, &f);
+    assert_int_equal(f.type, NS_FRAME_PIPE_ALIVE);
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_OK);
+    assert_int_equal(back.type, NS_FRAME_PIPE_ALIVE);
+    assert_true(back.step == 78);
+    assert_int_equal(back.generation, 4);
+    assert_int_equal(back.micro, 2);
+    assert_int_equal(back.awaits, NS_PIPE_IN_ACT);
+    m.awaits = NS_PIPE_IN_NONE;
+    ns_pipe_msg_frame(&m, NULL, body, &f);
+    assert_int_equal(ns_pipe_msg_parse(&f, &back), NS_EPARSE);
 }
 
 static void test_frames_round_trip_and_refuse_what_would_poison_a_stage(void **state)
