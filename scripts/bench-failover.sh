@@ -4,8 +4,11 @@
 # Six daemons on loopback ask for quorums of three (a small model, 3x64): three train, three
 # follow them as replicas. Once every replica holds a checkpoint, the processor is killed with -9
 # and the finisher's figures tell how long it took from the first sign of the death to the
-# restart of every stage (failover_ms), and from the kill to the next completed step. Prints
-# bench lines for scripts/bench.sh (goal: the flow resumes within 1 s).
+# restart of every stage (failover_ms), and from the kill to the next completed step. Then the
+# initiator is stopped with SIGSTOP (its links stay up): its neighbour hears nothing back from its
+# RESENDs, not even ALIVE, and the quorum replaces it (stall_to_next_step_ms, against the 20 s its
+# heartbeats take to go stale). Prints bench lines for scripts/bench.sh (goal: the flow resumes
+# within 1 s after a kill).
 set -eu
 build=${1:-build}
 root=$(mktemp -d "${TMPDIR:-/tmp}/ns-bench-failover.XXXXXX")
@@ -46,28 +49,57 @@ until ready; do
     [ $i -lt 300 ] || { echo "bench-failover: replicas not ready" >&2; exit 1; }
     sleep 0.5
 done
-proc="" fin=""
+proc="" fin="" init=""
 for n in 1 2 3 4 5 6; do
     case "$(status n$n | grep -o '"role":"[a-z]*' | head -1)" in
     *processor) proc=n$n ;;
     *finisher) fin=n$n ;;
+    *initiator) init=n$n ;;
     esac
 done
 eval "kill -9 \$pid_$proc"
 t0=$(date +%s.%N)
-# the finisher's restarted stage completes a step: its new trainer has seen tokens
-i=0
-while :; do
-    s=$(status "$fin")
-    gen=$(echo "$s" | grep -o '"generation":[0-9]*' | cut -d: -f2)
-    seen=$(echo "$s" | sed -n 's/.*"tokens_seen":\([0-9]*\).*/\1/p')
-    [ "${gen:-1}" -ge 2 ] && [ "${seen:-0}" -gt 0 ] && break
-    i=$((i + 1))
-    [ $i -lt 1200 ] || { echo "bench-failover: no failover" >&2; exit 1; }
-    sleep 0.05
-done
+# resumed GEN: the finisher's restarted stage completes a step (its new trainer has seen tokens)
+resumed() {
+    i=0
+    while :; do
+        s=$(status "$fin")
+        gen=$(echo "$s" | grep -o '"generation":[0-9]*' | cut -d: -f2)
+        seen=$(echo "$s" | sed -n 's/.*"tokens_seen":\([0-9]*\).*/\1/p')
+        [ "${gen:-1}" -ge "$1" ] && [ "${seen:-0}" -gt 0 ] && break
+        i=$((i + 1))
+        [ $i -lt 1200 ] || { echo "bench-failover: no failover to generation $1" >&2; exit 1; }
+        sleep 0.05
+    done
+}
+resumed 2
 t1=$(date +%s.%N)
 ms=$(echo "$s" | grep -o '"failover_ms":[0-9]*' | cut -d: -f2)
+
+# the stall: once the initiator's replica holds a copy from the new generation
+c2=$(grep -o "restarting stage [0-9] of 3 from step [0-9]*" "$root/$fin.log" | tail -1 | sed 's/.* //')
+fresh() {
+    for n in 1 2 3 4 5 6; do
+        step=$(status n$n 2>/dev/null | grep -o '"replica":{"stage":0,"step":[0-9]*' | sed 's/.*"step"://')
+        [ "${step:-0}" -gt "${c2:-0}" ] && return 0
+    done
+    return 1
+}
+i=0
+until fresh; do
+    i=$((i + 1))
+    [ $i -lt 300 ] || { echo "bench-failover: the initiator's replica has no fresh copy" >&2; exit 1; }
+    sleep 0.5
+done
+eval "kill -STOP \$pid_$init"
+t2=$(date +%s.%N)
+resumed 3
+t3=$(date +%s.%N)
+eval "kill -CONT \$pid_$init"
+awk -v t2="$t2" -v t3="$t3" 'BEGIN {
+    printf "bench stall_to_next_step_ms=%.0f heartbeats_stale_ms=20000 ratio=%.2f goal=-\n",
+        (t3 - t2) * 1000, 20 / (t3 - t2)
+}'
 awk -v ms="$ms" -v t0="$t0" -v t1="$t1" 'BEGIN {
     printf "bench failover_ms=%d goal_ms=1000 ratio=%.2f goal=1.0\n", ms, 1000 / (ms > 0 ? ms : 1)
     printf "bench kill_to_next_step_ms=%.0f goal_ms=- ratio=- goal=-\n", (t1 - t0) * 1000
