@@ -1966,7 +1966,8 @@ static void out_send(void *arg, int dir, const ns_frame *f)
     it->next = NULL;
     it->dir = dir;
     it->f = *f;
-    memcpy(it->bytes, f->body, f->body_len);
+    if (f->body_len > 0) /* SWARM_SUSPECT has no body */
+        memcpy(it->bytes, f->body, f->body_len);
     it->f.body = it->bytes;
     if (tensor > 0) {
         memcpy(it->bytes + f->body_len, f->tensor.data, tensor);
