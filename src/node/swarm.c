@@ -1,18 +1,18 @@
 /*
  * swarm.c: this node in a training swarm, on the loop thread (SPEC S5, S6).
  *
- * Every SWARM_HEARTBEAT_MS a node tells its peers what it offers in a CAPACITY frame of 43 bytes
+ * Every SWARM_HEARTBEAT_MS a node tells its peers what it offers in a CAPACITY frame of 47 bytes
  * (S6's capacity heartbeat: memory, inbox depth, layer range, GPU %, flags, tier; then the quorum
- * size it wants, the model it trains, and for failover its newest and oldest checkpoints and the
- * replica it keeps). When `quorum_size` nodes that want the same quorum and model
- * are known and free, the one with the smallest id proposes: the quorum_size smallest ids, in id
- * order, the layers split so that the slowest stage is fastest (ns_pipe_split; the first holds
- * the embedding and reads the data, the last holds the head). A member that is free and finds the
- * plan valid for itself accepts (one that is not says so); when every member accepted, the
- * proposer says start and each starts its stage. The trainer thread
- * runs the stage's 1F1B schedule (train.c, pipeline.h); its frames leave through an outbox drained
- * here (the links live on this thread), and frames from the neighbours are checked (the right
- * neighbour, a well-formed message) before they are copied to the trainer.
+ * size it wants, the model it trains, for failover its newest and oldest checkpoints and the
+ * replica it keeps, and the self-benchmark's time of a layer, which the planner splits by). When
+ * `quorum_size` nodes that want the same quorum and model are known and free, the one with the
+ * smallest id proposes: the quorum_size smallest ids, in id order, the layers split so that the
+ * slowest stage is fastest (ns_pipe_split; the first holds the embedding and reads the data, the
+ * last holds the head). A member that is free and finds the plan valid for itself accepts (one that
+ * is not says so); when every member accepted, the proposer says start and each starts its stage.
+ * The trainer thread runs the stage's 1F1B schedule (train.c, pipeline.h); its frames leave through
+ * an outbox drained here (the links live on this thread), and frames from the neighbours are
+ * checked (the right neighbour, a well-formed message) before they are copied to the trainer.
  *
  * At start and every SWARM_BENCH_MS the node times the forward of one layer of its model on a
  * libuv worker thread (S2's self-benchmark); the tier that follows, the layers it holds and its
@@ -70,7 +70,8 @@
 #define SWARM_PEERS_MAX          64
 #define SWARM_MEMBERS_MAX        16
 #define SWARM_RETRY_MS           50
-#define SWARM_CAPACITY_BYTES     43
+#define SWARM_CAPACITY_BYTES     47 /* version 3; version 2 was 43, without the layer time */
+#define SWARM_CAPACITY_V2_BYTES  43
 #define SWARM_DEAD_MS            500   /* a member's link down this long: it is gone */
 #define SWARM_FETCH_STALL_MS     10000 /* a checkpoint pull that makes no progress is dropped */
 #define SWARM_PENDING_MAX        128 /* frames of a newer generation held until this node is there */
@@ -104,6 +105,7 @@ typedef struct peer_cap {
     uint64_t replica_step; /* the step of the copy it holds */
     uint32_t queue;        /* its inbox depth (b[5]) */
     uint64_t rtt_us;       /* round trips measured by PING/PONG, smoothed (1/8); 0: none yet */
+    uint32_t layer_us;     /* its self-benchmark's forward of a layer (b[43..46]); 0: unknown */
 } peer_cap;
 
 typedef struct pending_frame {
@@ -256,13 +258,19 @@ static uint64_t oldest_checkpoint(const ns_swarm *s)
     return steps[count - 1]; /* newest first */
 }
 
+/* The time of a layer this node announces: its self-benchmark's, 0 until there is one. */
+static uint32_t own_layer_us(const ns_swarm *s)
+{
+    return s->layer_latency_us > UINT32_MAX ? UINT32_MAX : (uint32_t)s->layer_latency_us;
+}
+
 static void capacity_body(const ns_swarm *s, uint8_t b[SWARM_CAPACITY_BYTES])
 {
     ns_train_pipe_status ps = {0};
     if (*s->cfg.trainer != NULL)
         ns_trainer_pipe_status(*s->cfg.trainer, &ps);
     uint32_t mem = s->cfg.memory_mb > UINT32_MAX ? UINT32_MAX : (uint32_t)s->cfg.memory_mb;
-    b[0] = 2; /* version */
+    b[0] = 3; /* version */
     b[1] = (uint8_t)(mem >> 24);
     b[2] = (uint8_t)(mem >> 16);
     b[3] = (uint8_t)(mem >> 8);
@@ -284,6 +292,7 @@ static void capacity_body(const ns_swarm *s, uint8_t b[SWARM_CAPACITY_BYTES])
     b[26] = (uint8_t)(s->in_quorum || !s->knows_quorum ? SWARM_NO_STAGE : s->replica_of);
     put_u64(b + 27, s->in_quorum ? 0 : s->replica_step);
     put_u64(b + 35, s->in_quorum ? oldest_checkpoint(s) : 0);
+    put_u32(b + 43, own_layer_us(s));
 }
 
 static void send_capacity(ns_swarm *s, const uint8_t *to)
@@ -320,7 +329,9 @@ static peer_cap *peer_of(ns_swarm *s, const uint8_t *id, bool add)
 
 static void on_capacity(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
 {
-    if (f->body_len != SWARM_CAPACITY_BYTES || f->body[0] != 2) {
+    bool v3 = f->body_len == SWARM_CAPACITY_BYTES && f->body[0] == 3;
+    bool v2 = f->body_len == SWARM_CAPACITY_V2_BYTES && f->body[0] == 2;
+    if (!v3 && !v2) {
         s->refused_malformed++;
         return;
     }
@@ -339,6 +350,7 @@ static void on_capacity(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
     p->replica_step = get_u64(b + 27);
     p->ckpt_oldest = get_u64(b + 35);
     p->queue = b[5];
+    p->layer_us = v3 ? get_u32(b + 43) : 0;
     p->seen_ms = now_ms(s);
 }
 
@@ -739,7 +751,8 @@ static size_t pool_candidates(const ns_swarm *s, ns_quorum_candidate *c)
     c[n++] = (ns_quorum_candidate){.node = {.memory_mb = s->cfg.memory_mb,
                                             .tier = s->tier,
                                             .layer_first = s->held.layer_first,
-                                            .layer_last = s->held.layer_last}};
+                                            .layer_last = s->held.layer_last},
+                                   .layer_us = own_layer_us(s)};
     memcpy(c[0].node.id, s->cfg.key->node_id, NS_NODE_ID_BYTES);
     uint64_t now = now_ms(s);
     for (size_t i = 0; i < s->peer_count; i++) {
@@ -749,7 +762,8 @@ static size_t pool_candidates(const ns_swarm *s, ns_quorum_candidate *c)
         c[n] = (ns_quorum_candidate){.node = {.memory_mb = p->memory_mb,
                                               .tier = peer_tier(p),
                                               .layer_first = p->held.layer_first,
-                                              .layer_last = p->held.layer_last}};
+                                              .layer_last = p->held.layer_last},
+                                     .layer_us = p->layer_us};
         memcpy(c[n++].node.id, p->id, NS_NODE_ID_BYTES);
     }
     NS_ASSERT(n <= SWARM_POOL_NODES_MAX);
@@ -765,8 +779,9 @@ static void maybe_propose_pool(ns_swarm *s)
     ns_quorum_candidate cands[SWARM_POOL_NODES_MAX];
     size_t n = pool_candidates(s, cands);
     ns_quorum_proposal plan;
-    /* every node plans from the same announcements (tiers, not its own measured speed), so
-     * the smallest member of the plan knows it is the one to propose */
+    /* every node plans from the same announcements, so the smallest member of the plan knows it
+     * is the one to propose (the layer times announced move only the boundaries, never who is
+     * in the plan) */
     if (ns_quorum_plan(cands, n, s->cfg.model_layers, head_milli(s), 0, &plan) != NS_OK ||
         plan.member_count > SWARM_MEMBERS_MAX)
         return; /* no full cover among the free holders yet */
@@ -2254,6 +2269,9 @@ json_t *ns_swarm_json(ns_swarm *s)
                               health, "heard_ms_ago", (json_int_t)age);
         if (p != NULL && p->rtt_us != 0) /* the round trip this node measured to it */
             json_object_set_new(m, "rtt_ms", json_real((double)p->rtt_us / 1000.0));
+        uint32_t layer_us = i == s->stage ? own_layer_us(s) : p != NULL ? p->layer_us : 0;
+        if (layer_us != 0) /* the time of a layer it announced (the planner splits by it) */
+            json_object_set_new(m, "layer_us", json_integer((json_int_t)layer_us));
         json_array_append_new(members, m);
     }
     uint64_t now = now_ms(s);

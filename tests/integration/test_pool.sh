@@ -73,6 +73,10 @@ for n in $NODES; do
     [ $# -eq 4 ] && [ "$1" -le "$3" ] && [ "$4" -le "$2" ] && [ $(($2 - $1)) -lt 8 ] && fits=$((fits + 1))
 done
 check "  ... each member runs layers it holds, and none holds the whole model" test $fits -eq 3
+# the planner splits by the time of a layer each member announced (CAPACITY version 3)
+times=$(status_of "$API_a" | grep -o '"layer_us":[0-9]*' | cut -d: -f2 | tr '\n' ' ')
+check "  ... each member's announced time of a layer is known to the others ($times us)" \
+    test "$(echo $times | wc -w)" -eq 3
 
 # shellcheck disable=SC2086
 check "  ... one of them is the finisher" wait_for 120 finisher $NODES
