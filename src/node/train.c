@@ -731,9 +731,9 @@ typedef struct sent_frame {
 #define RESEND_FIRST_S 0.2 /* S6: ask again after 200 ms without the input awaited */
 #define RESEND_MAX_S   1.6 /* doubling while nothing comes, up to this */
 #define RESEND_SERVE_S 0.1 /* a neighbour's RESENDs are answered at most this often */
-#define SUSPECT_S                                                                                  \
-    4.0 /* asked this long with neither frames nor ALIVE: it is hung or cut                        \
-           off, and the quorum should replace it */
+/* asked this long with neither frames nor ALIVE: the neighbour is hung or cut off, and the
+ * quorum should replace it */
+#define SUSPECT_S 4.0
 
 static void keep_sent(ns_trainer *t, int dir, const ns_pipe_msg *m, const ns_frame *f)
 {
