@@ -10,7 +10,8 @@
  * thread count. Weights that do not hash to the proof's "after" (or a checkpoint that does not
  * hash to its "before") make the proof fraudulent; equal ones make it honest. Verdicts are kept
  * (by proof id) for the ledger's judge. Provers serve their checkpoints to anyone who asks.
- * One job at a time.
+ * One job at a time, the prover checked longest ago first, so that a prover whose checks are
+ * slow cannot crowd the others out.
  *
  * A prover must answer (S9): one that says it no longer has the checkpoint, or sends nothing for
  * answer_ms (half the challenge window, at most a minute) while this node asks, loses as if it
@@ -36,6 +37,7 @@
 #define VERIFY_ANSWER_MS  60000
 #define VERIFY_VERDICTS   1024
 #define VERIFY_FILES      4
+#define VERIFY_AUTHORS    64 /* provers whose last check is remembered, for fairness */
 
 static const char *const ckpt_files[VERIFY_FILES] = {NS_CKPT_MODEL_FILE, NS_CKPT_OPTIMIZER_FILE,
                                                      NS_CKPT_CONFIG_FILE, NS_CKPT_STATE_FILE};
@@ -77,6 +79,14 @@ struct ns_verifier {
     bool worker_done;
     uint64_t checked, fraud_found, failed, unanswered;
     uint64_t answer_ms;
+    /* when a check of each recent prover last began (a ring): the next job goes to the prover
+     * checked longest ago, so one whose checks are slow (a silent one makes each wait answer_ms)
+     * cannot keep the others from being checked */
+    struct {
+        uint8_t id[NS_NODE_ID_BYTES];
+        uint64_t ms;
+    } began[VERIFY_AUTHORS];
+    size_t began_next;
 };
 
 static uint64_t now_ms(const ns_verifier *v)
@@ -247,10 +257,33 @@ static void on_worker_done(uv_async_t *h)
     finish_job(v, same ? NS_JUDGE_HONEST : NS_JUDGE_FRAUD, j->after);
 }
 
+/* When a check of this prover last began, 0 if none is remembered. */
+static uint64_t last_began(const ns_verifier *v, const uint8_t *author)
+{
+    for (size_t i = 0; i < VERIFY_AUTHORS; i++)
+        if (v->began[i].ms != 0 && memcmp(v->began[i].id, author, NS_NODE_ID_BYTES) == 0)
+            return v->began[i].ms;
+    return 0;
+}
+
+static void note_began(ns_verifier *v, const uint8_t *author)
+{
+    size_t slot = v->began_next;
+    for (size_t i = 0; i < VERIFY_AUTHORS; i++)
+        if (v->began[i].ms != 0 && memcmp(v->began[i].id, author, NS_NODE_ID_BYTES) == 0)
+            slot = i;
+    if (slot == v->began_next)
+        v->began_next = (v->began_next + 1) % VERIFY_AUTHORS;
+    memcpy(v->began[slot].id, author, NS_NODE_ID_BYTES);
+    uint64_t now = now_ms(v);
+    v->began[slot].ms = now != 0 ? now : 1;
+}
+
 static void start_next(ns_verifier *v)
 {
     /* Drop spot checks whose window has closed (no challenge could follow), then take the
-     * newest proof first: its checkpoint is the likeliest to be still kept by its prover. */
+     * prover checked longest ago and its newest proof: its checkpoint is the likeliest to be
+     * still kept by its prover. */
     for (size_t i = 0; i < v->job_count;) {
         verify_job *q = v->jobs[i];
         if (q->state == JOB_QUEUED && q->spot_check &&
@@ -265,14 +298,19 @@ static void start_next(ns_verifier *v)
     }
     if (v->job_count == 0 || v->jobs[0]->state != JOB_QUEUED)
         return;
-    size_t newest = 0;
-    for (size_t i = 1; i < v->job_count; i++)
-        if (v->jobs[i]->proof.timestamp_ms > v->jobs[newest]->proof.timestamp_ms)
-            newest = i;
+    /* the prover checked longest ago (never: 0) first, then its newest proof */
+    size_t pick = 0;
+    for (size_t i = 1; i < v->job_count; i++) {
+        uint64_t a = last_began(v, v->jobs[i]->proof.author),
+                 b = last_began(v, v->jobs[pick]->proof.author);
+        if (a < b || (a == b && v->jobs[i]->proof.timestamp_ms > v->jobs[pick]->proof.timestamp_ms))
+            pick = i;
+    }
     verify_job *first = v->jobs[0];
-    v->jobs[0] = v->jobs[newest];
-    v->jobs[newest] = first;
+    v->jobs[0] = v->jobs[pick];
+    v->jobs[pick] = first;
     verify_job *j = v->jobs[0];
+    note_began(v, j->proof.author);
     if (memcmp(j->proof.author, v->cfg.self, NS_NODE_ID_BYTES) == 0) {
         /* judging a challenge of this node's own proof: its checkpoint is here already */
         snprintf(j->dir, sizeof j->dir, "%.3000s/checkpoints/" NS_CKPT_DIR_PREFIX "%llu",

@@ -7,7 +7,8 @@
 # previous one: steps or weights that do not follow on are fraud shown by the two signed proofs,
 # which every node checks alike, so the cheaters are slashed everywhere and V is paid. V also
 # recomputes a sample of proofs from the prover's checkpoint, with one thread where the provers
-# use two, and finds the honest node's work bit for bit; H never loses anything. A prover that
+# use two, and finds the honest node's work bit for bit (it checks the prover checked longest ago
+# first, so C's unanswered requests, each a wait, cannot crowd H out); H never loses anything. A prover that
 # does not serve its checkpoint (C) loses as if it cheated (S9). Short proof
 # intervals, window and bond make it quick (rules of this test swarm).
 
