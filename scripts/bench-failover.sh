@@ -13,7 +13,7 @@ set -eu
 build=${1:-build}
 root=$(mktemp -d "${TMPDIR:-/tmp}/ns-bench-failover.XXXXXX")
 pids=""
-trap 'for p in $pids; do kill -9 $p 2>/dev/null; done; wait 2>/dev/null || true; rm -rf "$root"' EXIT
+trap 'for p in $pids; do kill -9 $p 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$root"' EXIT
 mkdir -p "$root/text"
 cat README.md docs/design.md >"$root/text/a.txt"
 cat docs/operator.md docs/ledger.md >"$root/text/b.txt"

@@ -25,7 +25,7 @@ root=$PWD/$build/bench-pipe
 mkdir -p "$root"
 pids=""
 pipe_flags="" # more flags for both stages of the next pipeline
-trap 'for p in $pids; do kill -TERM $p 2>/dev/null; done; wait 2>/dev/null || true' EXIT
+trap 'for p in $pids; do kill -TERM $p 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
 
 num() { sed -n "s/.*\"$1\":\([0-9.e+-]*\).*/\1/p" | head -1; }
 status() { curl -s "http://$(cat "$1/api.addr")/training_status"; }
