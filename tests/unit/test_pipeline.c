@@ -28,6 +28,19 @@ static ns_pipe *pipe_of(uint32_t s, uint32_t S, uint32_t m)
     return p;
 }
 
+/* Appends op to out as "F0", "B3", "N0" or "U0", after a space unless out is empty. */
+static void append_op(char *out, size_t size, const ns_pipe_op *op)
+{
+    char word[16];
+    snprintf(word, sizeof word, "%s%s%u", out[0] != '\0' ? " " : "",
+             op->kind == NS_PIPE_FORWARD    ? "F"
+             : op->kind == NS_PIPE_BACKWARD ? "B"
+             : op->kind == NS_PIPE_NORM     ? "N"
+                                            : "U",
+             op->kind <= NS_PIPE_BACKWARD ? op->micro : 0);
+    strncat(out, word, size - strlen(out) - 1);
+}
+
 /* Runs one step of stage s with every input there when asked; writes "F0 F1 B0 ..." to out. */
 static void one_step_order(uint32_t s, uint32_t S, uint32_t m, char *out, size_t size)
 {
@@ -52,14 +65,7 @@ static void one_step_order(uint32_t s, uint32_t S, uint32_t m, char *out, size_t
             assert_int_not_equal(want.kind, NS_PIPE_WAIT);
             continue;
         }
-        char word[16];
-        snprintf(word, sizeof word, "%s%s%u", out[0] != '\0' ? " " : "",
-                 op.kind == NS_PIPE_FORWARD    ? "F"
-                 : op.kind == NS_PIPE_BACKWARD ? "B"
-                 : op.kind == NS_PIPE_NORM     ? "N"
-                                               : "U",
-                 op.kind <= NS_PIPE_BACKWARD ? op.micro : 0);
-        strncat(out, word, size - strlen(out) - 1);
+        append_op(out, size, &op);
         if (op.kind == NS_PIPE_NORM && s + 1 == S)
             ns_pipe_scale(p, 0.5f);
         ns_pipe_done(p, &op);
@@ -114,14 +120,7 @@ static void late_gradients_order(uint32_t run_ahead, char *out, size_t size, uin
             }
             continue;
         }
-        char word[16];
-        snprintf(word, sizeof word, "%s%s%u", out[0] != '\0' ? " " : "",
-                 op.kind == NS_PIPE_FORWARD    ? "F"
-                 : op.kind == NS_PIPE_BACKWARD ? "B"
-                 : op.kind == NS_PIPE_NORM     ? "N"
-                                               : "U",
-                 op.kind <= NS_PIPE_BACKWARD ? op.micro : 0);
-        strncat(out, word, size - strlen(out) - 1);
+        append_op(out, size, &op);
         ns_pipe_done(p, &op);
         if (ns_pipe_in_flight(p) > *held)
             *held = ns_pipe_in_flight(p);
