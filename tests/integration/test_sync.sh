@@ -112,7 +112,7 @@ slashed_on() {
 ID_a=$(curl -s "http://$API_a/api/stats" | json_field node_id)
 ID_b=$(curl -s "http://$API_b/api/stats" | json_field node_id)
 slashed_everywhere() { slashed_on "$API_a" && slashed_on "$API_b" && slashed_on "$API_p"; }
-check "a member challenges the poisoner's proof with the sealed parts; every node judges it fraud" wait_for 300 slashed_everywhere
+check "a member challenges the poisoner's proof with the sealed parts; every node judges it fraud" wait_for 600 slashed_everywhere
 check "  ... after fetching the bundle and running the screen again" grep -q "beyond 5 sigma .* signed parts): fraud" "$TMP_ROOT/a.log" "$TMP_ROOT/b.log" "$TMP_ROOT/p.log"
 j=$(curl -s "http://$API_a/api/ledger")
 check "  ... and no challenge was false" not_contains "$j" '"verdict":"honest"'
