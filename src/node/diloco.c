@@ -17,7 +17,9 @@
  *
  * An asynchronous contributor (--sync-role async: a slow machine, or one that cannot keep a
  * cohort's pace) is no member of the rounds. It downloads the weights of a member's last meeting
- * (SYNC_WEIGHTS_GET / SYNC_WEIGHTS_PART, F32 parts checked against the announced SHA-256), trains
+ * (SYNC_WEIGHTS_GET / SYNC_WEIGHTS_PART, F32 parts checked against the announced SHA-256; a
+ * part awaited 2.5 s is asked for again, a download that gets nothing for 15 s is given up, and
+ * one whose member meets again between two parts starts over, at most 3 times), trains
  * H steps from them, submits its compressed Δ to that member (SYNC_SUBMIT, with the round and the
  * time of the weights it started from) and downloads again. The member keeps the latest
  * submission of each contributor and, at its next round, checks each against its own Δ (S8's
@@ -53,6 +55,8 @@
 #define DILOCO_SUBS_MAX       8 /* asynchronous contributions a member keeps for its next round */
 #define DILOCO_PART_FLOATS    (4u << 20) /* floats of w0 in one SYNC_WEIGHTS_PART */
 #define DILOCO_FETCH_MS       15000      /* a download that stops for this long is given up */
+#define DILOCO_REASK_MS       2500       /* a part awaited this long is asked for again */
+#define DILOCO_RESTARTS_MAX   3 /* a download restarted after the member's weights moved on */
 #define DILOCO_GET_BYTES      17
 #define DILOCO_PART_BYTES     65
 #define DILOCO_SUBMIT_BYTES   29
@@ -106,6 +110,8 @@ struct ns_diloco {
         float *w;
         size_t n, got;
         uint64_t round, round_ms, trainer_round;
+        uint64_t progress_ms; /* the last part taken (or the start) */
+        uint32_t restarts;
         uint8_t hash[NS_SHA256_BYTES];
     } fetch;
     uint64_t fetch_timer, base_round, base_ms, hello_soon_timer, join_timer;
@@ -130,7 +136,8 @@ struct ns_diloco {
     size_t sub_count;
     /* figures */
     uint64_t rounds, rounds_alone, rejected, fraud, dropped_out, frames_refused;
-    uint64_t async_accepted, async_refused, submitted, downloads, served, seals_refused;
+    uint64_t async_accepted, async_refused, submitted, downloads, served, seals_refused, reasks;
+    uint64_t gets_seen; /* tests only: NEUROSHARD_TEST_CHEAT=drop-weights-get */
     ns_cohort_report last;
     /* the seals of the cohort messages received lately, by the message's SHA-256 (a ring) */
     struct {
@@ -514,6 +521,14 @@ static bool cheats_poison(const ns_diloco *d)
     return c != NULL && strstr(c, "poison") != NULL;
 }
 
+/* NEUROSHARD_TEST_CHEAT=drop-weights-get: a member that loses every other SYNC_WEIGHTS_GET, so
+ * that tests see downloads ask again. */
+static bool drops_this_get(ns_diloco *d)
+{
+    const char *c = d->cfg.cheat;
+    return c != NULL && strstr(c, "drop-weights-get") != NULL && d->gets_seen++ % 2 == 0;
+}
+
 /* ---- asynchronous contributors and downloads ------------------------------------------------ */
 
 /* The model and layers this node trains, as 8 bytes of GET and SUBMIT bodies. */
@@ -604,15 +619,26 @@ static void fetch_end(ns_diloco *d, bool ok)
     }
 }
 
+static void fetch_ask(ns_diloco *d);
+
+/* No part for DILOCO_REASK_MS: the GET or the part was lost (a link that closed, a queue that
+ * was full, a member between two trainers), so ask again; after DILOCO_FETCH_MS without a part
+ * the member is given up. */
 static void fetch_fired(void *arg, uint64_t now)
 {
-    (void)now;
     ns_diloco *d = arg;
     d->fetch_timer = 0;
-    if (d->fetch.on)
+    if (!d->fetch.on)
+        return;
+    if (now - d->fetch.progress_ms >= DILOCO_FETCH_MS) {
         fetch_end(d, false);
+        return;
+    }
+    d->reasks++;
+    fetch_ask(d);
 }
 
+/* Asks for the part at `got`; a GET that cannot be sent now is sent again by the timer. */
 static void fetch_ask(ns_diloco *d)
 {
     uint8_t b[DILOCO_GET_BYTES];
@@ -623,13 +649,12 @@ static void fetch_ask(ns_diloco *d)
     }
     put_be(b + 9, d->fetch.got, 8);
     ns_frame f = {.type = NS_FRAME_SYNC_WEIGHTS_GET, .body = b, .body_len = sizeof b};
-    if (ns_net_send_frame(d->cfg.net, d->fetch.from, &f) != NS_OK) {
-        fetch_end(d, false);
-        return;
-    }
+    if (ns_net_send_frame(d->cfg.net, d->fetch.from, &f) != NS_OK)
+        NS_LOG_D("sync", "no link for a weights request now: asked again in %u ms",
+                 DILOCO_REASK_MS);
     if (d->fetch_timer != 0)
         ns_env_timer_cancel(&d->cfg.uvenv->env, d->fetch_timer);
-    d->fetch_timer = ns_env_timer(&d->cfg.uvenv->env, now_ms(d) + DILOCO_FETCH_MS, fetch_fired, d);
+    d->fetch_timer = ns_env_timer(&d->cfg.uvenv->env, now_ms(d) + DILOCO_REASK_MS, fetch_fired, d);
 }
 
 /* Asks `member` for the weights of its last meeting, to answer the trainer's round with. */
@@ -648,6 +673,8 @@ static void download(ns_diloco *d, const uint8_t member[NS_NODE_ID_BYTES])
     d->fetch.got = 0;
     d->fetch.on = true;
     d->fetch.trainer_round = d->req_round;
+    d->fetch.progress_ms = now_ms(d);
+    d->fetch.restarts = 0;
     memcpy(d->fetch.from, member, NS_NODE_ID_BYTES);
     fetch_ask(d);
 }
@@ -722,11 +749,27 @@ static void on_weights_part(ns_diloco *d, const uint8_t *peer, const ns_frame *f
     const uint8_t *b = f->body;
     uint64_t round = get_be(b + 1, 8), round_ms = get_be(b + 9, 8), n = get_be(b + 17, 8);
     uint64_t offset = get_be(b + 25, 8), count = f->tensor.shape[0];
-    if (n != d->fetch.n || offset != d->fetch.got || count == 0 || count > n - offset ||
-        (offset > 0 &&
-         (round != d->fetch.round || memcmp(b + 33, d->fetch.hash, NS_SHA256_BYTES) != 0))) {
+    if (n != d->fetch.n || count == 0 || offset > n || count > n - offset) {
         d->frames_refused++;
-        fetch_end(d, false); /* the member's weights changed under the download, or it lies */
+        fetch_end(d, false); /* not the weights of this node's model: the member lies */
+        return;
+    }
+    if (offset < d->fetch.got)
+        return; /* an answer to a GET asked again, whose part came already: no news */
+    if (offset > d->fetch.got) {
+        d->frames_refused++; /* never asked for */
+        return;
+    }
+    if (offset > 0 &&
+        (round != d->fetch.round || memcmp(b + 33, d->fetch.hash, NS_SHA256_BYTES) != 0)) {
+        /* the member met again between two parts: its weights moved on, start over */
+        if (++d->fetch.restarts > DILOCO_RESTARTS_MAX) {
+            fetch_end(d, false);
+            return;
+        }
+        d->fetch.got = 0;
+        d->fetch.progress_ms = now_ms(d);
+        fetch_ask(d);
         return;
     }
     d->fetch.round = round;
@@ -734,6 +777,7 @@ static void on_weights_part(ns_diloco *d, const uint8_t *peer, const ns_frame *f
     memcpy(d->fetch.hash, b + 33, NS_SHA256_BYTES);
     memcpy(d->fetch.w + offset, f->tensor.data, count * sizeof(float));
     d->fetch.got += count;
+    d->fetch.progress_ms = now_ms(d);
     if (d->fetch.got < d->fetch.n) {
         fetch_ask(d);
         return;
@@ -758,6 +802,8 @@ static void on_weights_get(ns_diloco *d, const uint8_t *peer, const ns_frame *f)
         d->frames_refused++;
         return;
     }
+    if (drops_this_get(d))
+        return;
     uint64_t offset = get_be(f->body + 9, 8), round, round_ms;
     size_t n = 0;
     uint8_t hash[NS_SHA256_BYTES];
@@ -1204,20 +1250,20 @@ json_t *ns_diloco_json(ns_diloco *d)
             refused, ns_cohort_refusal_text((ns_cohort_refusal)r),
             json_integer((json_int_t)ns_cohort_refusals(d->cohort, (ns_cohort_refusal)r)));
     json_object_set_new(refused, "bad seal", json_integer((json_int_t)d->seals_refused));
-    return json_pack("{s:I, s:s, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, "
-                     "s:I, s:I}, s:o, s:I, s:s, s:b, s:{s:I, s:I, s:I, s:I, s:I}}",
-                     "every", (json_int_t)d->cfg.sync_every, "aggregator",
-                     ns_agg_name(d->cfg.aggregator), "cohort", (json_int_t)members, "rounds",
-                     (json_int_t)d->rounds, "rounds_alone", (json_int_t)d->rounds_alone, "running",
-                     d->running, "rejected", (json_int_t)d->rejected, "fraud", (json_int_t)d->fraud,
-                     "frames_refused", (json_int_t)d->frames_refused, "last_round", "round",
-                     (json_int_t)d->last.round, "members", (json_int_t)d->last.members, "phases",
-                     (json_int_t)d->last.phases, "contributions", (json_int_t)d->last.contributions,
-                     "missing_chunks", (json_int_t)d->last.missing_chunks, "bytes_sent",
-                     (json_int_t)d->last.bytes_sent, "bytes_received",
-                     (json_int_t)d->last.bytes_received, "refused", refused, "messages_dropped",
-                     (json_int_t)d->dropped_out, "role", d->cfg.async ? "async" : "member",
-                     "resyncing", d->resync, "async", "accepted", (json_int_t)d->async_accepted,
-                     "refused", (json_int_t)d->async_refused, "submitted", (json_int_t)d->submitted,
-                     "downloads", (json_int_t)d->downloads, "served", (json_int_t)d->served);
+    return json_pack(
+        "{s:I, s:s, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, "
+        "s:I, s:I}, s:o, s:I, s:s, s:b, s:{s:I, s:I, s:I, s:I, s:I, s:I}}",
+        "every", (json_int_t)d->cfg.sync_every, "aggregator", ns_agg_name(d->cfg.aggregator),
+        "cohort", (json_int_t)members, "rounds", (json_int_t)d->rounds, "rounds_alone",
+        (json_int_t)d->rounds_alone, "running", d->running, "rejected", (json_int_t)d->rejected,
+        "fraud", (json_int_t)d->fraud, "frames_refused", (json_int_t)d->frames_refused,
+        "last_round", "round", (json_int_t)d->last.round, "members", (json_int_t)d->last.members,
+        "phases", (json_int_t)d->last.phases, "contributions", (json_int_t)d->last.contributions,
+        "missing_chunks", (json_int_t)d->last.missing_chunks, "bytes_sent",
+        (json_int_t)d->last.bytes_sent, "bytes_received", (json_int_t)d->last.bytes_received,
+        "refused", refused, "messages_dropped", (json_int_t)d->dropped_out, "role",
+        d->cfg.async ? "async" : "member", "resyncing", d->resync, "async", "accepted",
+        (json_int_t)d->async_accepted, "refused", (json_int_t)d->async_refused, "submitted",
+        (json_int_t)d->submitted, "downloads", (json_int_t)d->downloads, "reasks",
+        (json_int_t)d->reasks, "served", (json_int_t)d->served);
 }

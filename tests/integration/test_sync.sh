@@ -7,6 +7,7 @@
 # all three still end each round with the same weights. C and Q are asynchronous contributors
 # (--sync-role async): each downloads a member's weights, trains 8 steps, submits its update and
 # downloads again; the member folds C's into its own contribution and refuses Q's (poisoned).
+# Every member loses every other request for its weights, so each download asks again.
 # A and B stake the (test swarm's) bond: the owner that screens P's part as fraud challenges P's
 # proof in the ledger with the bundle of sealed parts it screened, and every node fetches the
 # bundle, runs the screen again and slashes P.
@@ -23,17 +24,20 @@ COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 2x64 --t
 nano_of() { echo "${1:-0}" | awk -F. '{ printf "%d\n", $1 * 1000000000 + $2 }'; }
 for n in a b p c q; do new_wallet "$TMP_ROOT/$n" >/dev/null; done
 
+# every member loses every other request for its weights (NEUROSHARD_TEST_CHEAT=drop-weights-get):
+# the downloads below must ask again
+export NEUROSHARD_TEST_CHEAT=drop-weights-get
 # shellcheck disable=SC2086
 start_node "$TMP_ROOT/a" $COMMON || exit 1
 PID_a=$NODE_PID API_a=$API
 SEED=$(curl -s "http://$API_a/api/stats" | json_field listen)
 for n in b p; do
-    [ $n = p ] && export NEUROSHARD_TEST_CHEAT=poison
+    [ $n = p ] && export NEUROSHARD_TEST_CHEAT=poison,drop-weights-get
     # shellcheck disable=SC2086
     start_node "$TMP_ROOT/$n" $COMMON --bootstrap "$SEED" || exit 1
-    unset NEUROSHARD_TEST_CHEAT
     eval "PID_$n=\$NODE_PID API_$n=\$API"
 done
+unset NEUROSHARD_TEST_CHEAT
 
 for n in c q; do
     [ $n = q ] && export NEUROSHARD_TEST_CHEAT=poison
@@ -142,6 +146,13 @@ ID_c=$(curl -s "http://$API_c/api/stats" | json_field node_id | cut -c1-16)
 ID_q=$(curl -s "http://$API_q/api/stats" | json_field node_id | cut -c1-16)
 check "  ... by name" sh -c "grep -q 'contribution of $ID_c… (weight' '$TMP_ROOT'/a.log '$TMP_ROOT'/b.log '$TMP_ROOT'/p.log && grep -q 'contribution of $ID_q… is refused' '$TMP_ROOT'/a.log '$TMP_ROOT'/b.log '$TMP_ROOT'/p.log"
 check "  ... and no contributor counts as a member of the rounds" cohort_of_three
+reasks=0
+for n in c q; do
+    eval "api=\$API_$n"
+    v=$(status_of "$api" | sed -n 's/.*"async":{\([^}]*\)}.*/\1/p' | json_field reasks)
+    reasks=$((reasks + ${v:-0}))
+done
+check "  ... asking again for the weights whose request a member lost ($reasks times)" test "$reasks" -gt 0
 
 for n in c q; do # the contributors are done: fewer processes for the slow builds
     eval "pid=\$PID_$n"
