@@ -786,7 +786,9 @@ static void answer_training_status(node *n, ns_api_request *req)
         "layers", (int)s.layers, "hidden", (int)s.hidden, "vocab", (int)s.vocab, "params",
         (json_int_t)s.params, "memory", "estimate_bytes", (json_int_t)s.memory_estimate_bytes,
         "peak_rss_bytes", (json_int_t)peak_rss_bytes(), "queued_steps", (int)s.queued, "role",
-        "solo (genesis, N = 1)", "error", s.error);
+        ns_swarm_async(n->swarm) ? "asynchronous contributor (T5: too slow for a pipeline)"
+                                 : "solo (genesis, N = 1)",
+        "error", s.error);
     ns_train_pipe_status ps;
     ns_trainer_pipe_status(n->trainer, &ps);
     if (ps.on && ps.stages > 1) {
@@ -1400,6 +1402,10 @@ static int node_start(node *n)
         NS_LOG_W("swarm", "NEUROSHARD_TEST_DROP_PIPE=%u: every %u-th pipeline frame is lost",
                  sc.test_drop_every, sc.test_drop_every);
     }
+    const char *layer_ms = getenv("NEUROSHARD_TEST_LAYER_MS");
+    if (layer_ms != NULL && atoi(layer_ms) > 0)
+        sc.test_layer_ms = (uint32_t)atoi(layer_ms);
+    sc.diloco = n->diloco;
     train_config(n, &sc.train);
     int src = ns_swarm_start(&n->swarm, &sc);
     if (src != NS_OK)

@@ -988,10 +988,19 @@ static void start_round(ns_diloco *d)
     uint8_t(*ids)[NS_NODE_ID_BYTES] = malloc((DILOCO_PEERS_MAX + 1) * NS_NODE_ID_BYTES);
     size_t m = ids != NULL ? cohort_members(d, ids, d->req_round) : 0;
     ns_trainer *t = *d->cfg.trainer;
-    if (m <= 1 || t == NULL) { /* alone: the inner weights stand */
+    if (m <= 1 || t == NULL) { /* no other member: the inner weights stand... */
         free(ids);
         d->rounds_alone++;
-        if (t != NULL)
+        if (t == NULL)
+            return;
+        uint64_t accepted = d->async_accepted;
+        if (d->sub_count > 0)
+            fold_contributions(d);
+        /* ...unless asynchronous contributors sent work: with them this member is the round's
+         * cohort, and it takes the outer step with their weighted mean */
+        if (d->async_accepted > accepted)
+            ns_trainer_sync_result(t, d->req_round, d->req_delta, d->req_n);
+        else
             ns_trainer_sync_result(t, d->req_round, NULL, 0);
         return;
     }
@@ -1237,6 +1246,15 @@ void ns_diloco_stop(ns_diloco *d)
     d->closing = true;
     pthread_mutex_unlock(&d->mu);
     uv_close((uv_handle_t *)&d->async, free_on_close);
+}
+
+void ns_diloco_set_async(ns_diloco *d, bool async)
+{
+    if (d == NULL || d->cfg.async == async)
+        return;
+    d->cfg.async = async;
+    d->resync = d->joining = d->fresh_join = false;
+    hello_soon(d);
 }
 
 json_t *ns_diloco_json(ns_diloco *d)

@@ -432,6 +432,7 @@ void ns_ckpt_serve(ns_net *net, const char *data_dir, const uint8_t *peer, const
 /* ---- the swarm: capacity, the quorum and the pipeline's frames (swarm.c) --------------------- */
 
 typedef struct ns_swarm ns_swarm;
+typedef struct ns_diloco ns_diloco;
 typedef struct ns_swarm_config {
     ns_uv_env *uvenv;
     ns_net *net;
@@ -444,10 +445,15 @@ typedef struct ns_swarm_config {
     ns_trainer **trainer;     /* the daemon's: set when the quorum forms */
     uint32_t test_drop_every; /* tests only (NEUROSHARD_TEST_DROP_PIPE): lose every n-th
                                  pipeline frame this node sends, as a dropping link would */
+    uint32_t test_layer_ms;   /* tests only (NEUROSHARD_TEST_LAYER_MS): the self-benchmark's
+                                 time of a layer, as a slow machine would measure it */
+    ns_diloco *diloco; /* the daemon's cohort sync (NULL: off): a T5 node's asynchronous role */
 } ns_swarm_config;
 NS_MUST_USE int ns_swarm_start(ns_swarm **out, const ns_swarm_config *cfg);
 void ns_swarm_stop(ns_swarm *s); /* NULL is a no-op; after the trainer stopped */
 json_t *ns_swarm_json(ns_swarm *s);
+/* Whether this node's trainer is the whole model trained asynchronously (S2: a T5 node). */
+bool ns_swarm_async(const ns_swarm *s);
 
 /* ---- DiLoCo's cohort sync (diloco.c) ----------------------------------------------------- */
 
@@ -471,6 +477,9 @@ typedef struct ns_diloco_config {
 } ns_diloco_config;
 NS_MUST_USE int ns_diloco_start(ns_diloco **out, const ns_diloco_config *cfg);
 void ns_diloco_stop(ns_diloco *d); /* NULL is a no-op; after the trainer stopped */
+/* Makes this node an asynchronous contributor (or a member of the rounds again); only while no
+ * trainer runs, before the next one starts. */
+void ns_diloco_set_async(ns_diloco *d, bool async);
 /* The trainer's sync callback (ns_train_config.sync with sync_arg = the ns_diloco). */
 void ns_diloco_request(void *arg, uint64_t round, const float *delta, size_t n, double weight,
                        const uint8_t w0_hash[NS_SHA256_BYTES], uint32_t layer_first,

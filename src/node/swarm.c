@@ -43,8 +43,13 @@
  * it trains the whole model solo. The stages keep the plan's layers through restarts (INFO and
  * RESTORE carry them), and a free node follows only a stage whose layers it holds.
  *
- * Not yet here (issue 7): the quorum core's sessions and renewal, measured latencies for the
- * planner, multipath.
+ * Contribution modes (S2). A node whose self-benchmark says T5 is too slow for any pipeline: it
+ * neither proposes, accepts nor follows a quorum, and peers leave it out of theirs. Where its
+ * memory holds the whole model and cohort sync is on, it trains the whole model as an
+ * asynchronous contributor (diloco.c) instead.
+ *
+ * Not yet here (issue 7): the quorum core's own 30 s heartbeats (the 5 s capacity beats count
+ * S5's missed beats), measured latencies for the planner, hot standbys.
  */
 #include <assert.h>
 #include <errno.h>
@@ -133,6 +138,9 @@ struct ns_swarm {
     int bench_rc;
     uint64_t bench_us, layer_latency_us;
     ns_tier tier;
+    /* S2's contribution modes: a node too slow to pipeline (T5) trains the whole model as an
+     * asynchronous contributor (async_mode) where its memory holds it (whole_fits) */
+    bool async_mode, whole_fits, async_said;
     /* pool mode: the model's shape, the layers this node holds, the pool as it last saw it */
     bool pool_mode;
     ns_arch arch;
@@ -262,6 +270,12 @@ static uint64_t oldest_checkpoint(const ns_swarm *s)
 static uint32_t own_layer_us(const ns_swarm *s)
 {
     return s->layer_latency_us > UINT32_MAX ? UINT32_MAX : (uint32_t)s->layer_latency_us;
+}
+
+/* Whether this node may be a pipeline stage: its tier is T1-T4 (S2), or not measured yet. */
+static bool can_pipeline(const ns_swarm *s)
+{
+    return !s->async_mode && (s->layer_latency_us == 0 || ns_tier_can_pipeline(s->tier));
 }
 
 static void capacity_body(const ns_swarm *s, uint8_t b[SWARM_CAPACITY_BYTES])
@@ -681,6 +695,8 @@ static bool pool_peer(const ns_swarm *s, const peer_cap *p, uint64_t now)
  * the pool of its model. */
 static bool wants_same(const ns_swarm *s, const peer_cap *p, uint64_t now)
 {
+    if (!ns_tier_can_pipeline(peer_tier(p)))
+        return false; /* a T5 node trains asynchronously, never in a pipeline (S2) */
     if (s->pool_mode)
         return pool_peer(s, p, now) && !p->in_quorum;
     return now - p->seen_ms <= SWARM_FRESH_MS && !p->in_quorum && !p->pool &&
@@ -813,6 +829,8 @@ static void maybe_propose_pool(ns_swarm *s)
 
 static void maybe_propose(ns_swarm *s)
 {
+    if (!can_pipeline(s))
+        return;
     if (s->pool_mode)
         maybe_propose_pool(s);
     else
@@ -1032,6 +1050,11 @@ static void on_propose_pool(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
 
 static void on_propose(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
 {
+    if (!can_pipeline(s)) {
+        answer_proposal(s, peer, "this node's tier cannot pipeline (T5: asynchronous only)", NULL,
+                        NULL, 0, 0);
+        return;
+    }
     if (f->body_len >= 1 && f->body[0] == SWARM_POOL_LAYOUT)
         on_propose_pool(s, peer, f);
     else
@@ -1259,6 +1282,8 @@ static void set_replica_of(ns_swarm *s, uint32_t pick)
 static bool can_follow(const ns_swarm *s, uint32_t st)
 {
     const ns_pool_range *r = &s->followed_ranges[st];
+    if (!can_pipeline(s))
+        return false; /* a replica is a stage in waiting */
     return !s->pool_mode ||
            (r->layer_first >= s->held.layer_first && r->layer_last <= s->held.layer_last);
 }
@@ -2062,6 +2087,53 @@ static void on_async(uv_async_t *h)
     drain(h->data);
 }
 
+/* S2's contribution modes: a node whose self-benchmark puts it in T5 is too slow for any
+ * pipeline (it neither proposes, accepts nor follows a quorum, and its peers leave it out). Where
+ * its memory holds the whole model and cohort sync is on, it trains the whole model as an
+ * asynchronous contributor (S7: download a member's weights, train H steps, submit Δ, download
+ * again); else it says once why it does not train. */
+static void maybe_train_async(ns_swarm *s)
+{
+    if (s->async_mode || s->layer_latency_us == 0 || ns_tier_can_pipeline(s->tier) ||
+        *s->cfg.trainer != NULL || s->in_quorum || s->cfg.model_layers == 0)
+        return;
+    if (!s->whole_fits || s->cfg.diloco == NULL) {
+        if (!s->async_said)
+            NS_LOG_W("swarm",
+                     "tier %s cannot pipeline and this node does not train asynchronously: %s",
+                     ns_tier_name(s->tier),
+                     s->cfg.diloco == NULL ? "cohort sync is off (--sync-every off)"
+                                           : "its memory does not hold the whole model");
+        s->async_said = true;
+        return;
+    }
+    if (s->reserved || s->proposing)
+        return; /* promised before the benchmark said T5: the proposal times out first */
+    ns_train_config tc = s->cfg.train;
+    tc.stage = 0;
+    tc.stages = 1;
+    tc.layer_first = 0;
+    tc.layer_last = s->cfg.model_layers;
+    tc.sync_async = true;
+    ns_diloco_set_async(s->cfg.diloco, true);
+    if (s->knows_quorum)
+        set_replica_of(s, SWARM_NO_STAGE);
+    char err[NS_ERR_TEXT_SIZE];
+    if (ns_trainer_start(s->cfg.trainer, &tc, err, sizeof err) != NS_OK) {
+        NS_LOG_E("swarm", "asynchronous training could not start: %s", err);
+        ns_diloco_set_async(s->cfg.diloco, false);
+        s->async_said = true;
+        return;
+    }
+    s->async_mode = true;
+    NS_LOG_I("swarm",
+             "tier %s is too slow for a pipeline: this node trains the whole model as an "
+             "asynchronous contributor of its cohort (S2, S7)",
+             ns_tier_name(s->tier));
+    send_capacity(s, NULL);
+    publish_capacity(s);
+}
+
 static void bench_work(uv_work_t *w)
 {
     ns_swarm *s = w->data;
@@ -2082,12 +2154,18 @@ static void bench_done(uv_work_t *w, int status)
         NS_LOG_W("swarm", "the self-benchmark failed: %s", ns_strerror(s->bench_rc));
         return;
     }
+    if (s->cfg.test_layer_ms != 0) {
+        NS_LOG_W("swarm", "NEUROSHARD_TEST_LAYER_MS=%u: the self-benchmark measured %.2f ms",
+                 s->cfg.test_layer_ms, (double)s->bench_us / 1000.0);
+        s->bench_us = (uint64_t)s->cfg.test_layer_ms * 1000;
+    }
     s->layer_latency_us = s->bench_us;
     s->tier = ns_tier_for_latency_us(s->bench_us);
     NS_LOG_I("swarm", "self-benchmark: one layer's forward takes %.2f ms: tier %s%s",
              (double)s->bench_us / 1000.0, ns_tier_name(s->tier),
              ns_tier_can_pipeline(s->tier) ? "" : " (asynchronous training only)");
     publish_capacity(s);
+    maybe_train_async(s);
 }
 
 static void bench_fired(void *arg, uint64_t now)
@@ -2124,6 +2202,7 @@ static void heartbeat_fired(void *arg, uint64_t now)
         send_info(s);
     maybe_fetch(s);
     check_members(s);
+    maybe_train_async(s);
     s->heartbeat_timer =
         ns_env_timer(&s->cfg.uvenv->env, now + SWARM_HEARTBEAT_MS, heartbeat_fired, s);
 }
@@ -2175,6 +2254,15 @@ int ns_swarm_start(ns_swarm **out, const ns_swarm_config *cfg)
     ns_net_set_app(cfg->net, NS_NET_APP_SWARM, on_frame, on_link, on_link_down, s);
     s->heartbeat_timer = ns_env_timer(&cfg->uvenv->env, now_ms(s) + 1000, heartbeat_fired, s);
     s->tier = NS_TIER_T3; /* until the self-benchmark says */
+    if (cfg->quorum_size != 1 && cfg->model_layers > 0) {
+        ns_train_config whole = cfg->train;
+        whole.stage = 0;
+        whole.stages = 1;
+        whole.layer_first = 0;
+        whole.layer_last = cfg->model_layers;
+        char err[NS_ERR_TEXT_SIZE];
+        s->whole_fits = ns_trainer_check(&whole, err, sizeof err) == NS_OK;
+    }
     s->bench_timer = ns_env_timer(&cfg->uvenv->env, now_ms(s), bench_fired, s);
     if (cfg->quorum_size > 1)
         NS_LOG_I("swarm", "waiting for %u nodes with model %ux%u to form a pipeline",
@@ -2314,7 +2402,19 @@ json_t *ns_swarm_json(ns_swarm *s)
                                       (json_int_t)s->replica_step));
     json_object_set_new(o, "layer_latency_us", json_integer((json_int_t)s->layer_latency_us));
     json_object_set_new(o, "mode", json_string(s->pool_mode ? "pool" : "fixed"));
+    /* S2's contribution mode */
+    json_object_set_new(o, "contribution",
+                        json_string(s->async_mode      ? "async"
+                                    : s->in_quorum     ? "pipeline"
+                                    : !can_pipeline(s) ? "none (T5, and no asynchronous training)"
+                                    : s->knows_quorum  ? "replica"
+                                                       : "waiting for a quorum"));
     if (s->pool_mode)
         pool_json(s, o);
     return o;
+}
+
+bool ns_swarm_async(const ns_swarm *s)
+{
+    return s != NULL && s->async_mode;
 }
