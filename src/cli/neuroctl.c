@@ -728,6 +728,14 @@ static void print_pipeline(json_t *j)
     }
     bool pool = q != NULL && json_is_string(json_object_get(q, "mode")) &&
                 strcmp(json_string_value(json_object_get(q, "mode")), "pool") == 0;
+    const char *mode = q != NULL ? json_string_value(json_object_get(q, "contribution")) : NULL;
+    if (mode != NULL && strcmp(mode, "async") == 0) {
+        const char *tier = json_string_value(json_object_get(q, "tier"));
+        printf("contribution  asynchronous: tier %s is too slow for a pipeline, so this node "
+               "trains the whole model and submits its updates to its cohort\n",
+               tier != NULL ? tier : "?");
+        return;
+    }
     if (q == NULL || !json_is_true(json_object_get(q, "in_quorum"))) {
         json_t *held = pool ? json_object_get(q, "held") : NULL;
         json_t *seen = pool ? json_object_get(q, "pool") : NULL;

@@ -1405,6 +1405,9 @@ static int node_start(node *n)
     const char *layer_ms = getenv("NEUROSHARD_TEST_LAYER_MS");
     if (layer_ms != NULL && atoi(layer_ms) > 0)
         sc.test_layer_ms = (uint32_t)atoi(layer_ms);
+    const char *pong_ms = getenv("NEUROSHARD_TEST_PONG_DELAY_MS");
+    if (pong_ms != NULL && atoi(pong_ms) > 0)
+        sc.test_pong_delay_ms = (uint32_t)atoi(pong_ms);
     sc.diloco = n->diloco;
     train_config(n, &sc.train);
     int src = ns_swarm_start(&n->swarm, &sc);

@@ -447,6 +447,8 @@ typedef struct ns_swarm_config {
                                  pipeline frame this node sends, as a dropping link would */
     uint32_t test_layer_ms;   /* tests only (NEUROSHARD_TEST_LAYER_MS): the self-benchmark's
                                  time of a layer, as a slow machine would measure it */
+    uint32_t test_pong_delay_ms; /* tests only (NEUROSHARD_TEST_PONG_DELAY_MS): answers to
+                                    round-trip pings held back, as on a long link */
     ns_diloco *diloco; /* the daemon's cohort sync (NULL: off): a T5 node's asynchronous role */
 } ns_swarm_config;
 NS_MUST_USE int ns_swarm_start(ns_swarm **out, const ns_swarm_config *cfg);

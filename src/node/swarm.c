@@ -6,7 +6,8 @@
  * size it wants, the model it trains, for failover its newest and oldest checkpoints and the
  * replica it keeps, and the self-benchmark's time of a layer, which the planner splits by). When
  * `quorum_size` nodes that want the same quorum and model are known and free, the one with the
- * smallest id proposes: the quorum_size smallest ids, in id order, the layers split so that the
+ * smallest id proposes: itself and the quorum_size - 1 free nodes nearest to it by the round
+ * trips it measured (S5: minimise latency), in id order, the layers split so that the
  * slowest stage is fastest (ns_pipe_split; the first holds the embedding and reads the data, the
  * last holds the head). A member that is free and finds the plan valid for itself accepts (one that
  * is not says so); when every member accepted, the proposer says start and each starts its stage.
@@ -49,7 +50,7 @@
  * asynchronous contributor (diloco.c) instead.
  *
  * Not yet here (issue 7): the quorum core's own 30 s heartbeats (the 5 s capacity beats count
- * S5's missed beats), measured latencies for the planner, hot standbys.
+ * S5's missed beats), measured latencies for the pool-mode planner, hot standbys.
  */
 #include <assert.h>
 #include <errno.h>
@@ -83,6 +84,8 @@
 #define SWARM_NO_STAGE           0xff
 #define SWARM_REASONS_MAX        16    /* kinds of refused proposals and restarts counted */
 #define SWARM_PROPOSE_MS         10000 /* a proposal's answers (and a member's wait to start) */
+#define SWARM_MEASURE_MS         (2 * SWARM_HEARTBEAT_MS) /* a proposer's wait for round trips */
+#define SWARM_LATE_PONGS         (2 * SWARM_PEERS_MAX)    /* NEUROSHARD_TEST_PONG_DELAY_MS's */
 #define SWARM_BENCH_MS           (10 * 60 * 1000)
 #define SWARM_PUBLISH_MS         (10 * 60 * 1000) /* layer-holder and quorum records, again */
 #define SWARM_HOLDER_RECORDS_MAX 256              /* layers a node announces itself under */
@@ -127,8 +130,17 @@ typedef struct outbox_item {
     uint8_t bytes[]; /* the body, then the tensor */
 } outbox_item;
 
+/* tests only (NEUROSHARD_TEST_PONG_DELAY_MS): a PONG held back, as a long link would */
+typedef struct late_pong {
+    struct ns_swarm *s;
+    uint64_t timer; /* 0: a free slot */
+    uint8_t peer[NS_NODE_ID_BYTES];
+    uint8_t body[8];
+} late_pong;
+
 struct ns_swarm {
     ns_swarm_config cfg;
+    late_pong late_pongs[SWARM_LATE_PONGS];
     peer_cap peers[SWARM_PEERS_MAX];
     size_t peer_count;
     uint64_t heartbeat_timer, retry_timer, bench_timer;
@@ -173,6 +185,9 @@ struct ns_swarm {
     /* formation in two phases: the proposer waits for every accept, then says start */
     bool proposing, reserved;
     uint64_t proposed_ms, reserved_ms;
+    uint64_t measure_since_ms; /* fixed size: when the proposer first had enough free peers */
+    bool proposing_said;       /* its choice was logged, for proposing_said_n free nodes */
+    size_t proposing_said_n;
     uint8_t plan[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
     ns_pool_range plan_ranges[SWARM_MEMBERS_MAX]; /* in pool mode; else stage_layers' split */
     uint8_t plan_proposer[NS_NODE_ID_BYTES];
@@ -384,15 +399,42 @@ static void send_pings(ns_swarm *s)
             NS_LOG_D("swarm", "a ping not sent: the link went away");
 }
 
+static void send_pong(ns_swarm *s, const uint8_t *peer, const uint8_t body[8])
+{
+    ns_frame pong = {.type = NS_FRAME_SWARM_PONG, .body = body, .body_len = 8};
+    if (ns_net_send_frame(s->cfg.net, peer, &pong) != NS_OK)
+        NS_LOG_D("swarm", "a pong not sent: the link went away");
+}
+
+static void late_pong_fired(void *arg, uint64_t now)
+{
+    (void)now;
+    late_pong *lp = arg;
+    lp->timer = 0;
+    send_pong(lp->s, lp->peer, lp->body);
+}
+
 static void on_ping(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
 {
     if (f->body_len != 8 || f->tensor.dtype != NS_DTYPE_NONE) {
         s->refused_malformed++;
         return;
     }
-    ns_frame pong = {.type = NS_FRAME_SWARM_PONG, .body = f->body, .body_len = 8};
-    if (ns_net_send_frame(s->cfg.net, peer, &pong) != NS_OK)
-        NS_LOG_D("swarm", "a pong not sent: the link went away");
+    late_pong *lp = NULL;
+    for (size_t i = 0; s->cfg.test_pong_delay_ms != 0 && i < SWARM_LATE_PONGS; i++)
+        if (s->late_pongs[i].timer == 0)
+            lp = &s->late_pongs[i];
+    if (lp == NULL) {
+        send_pong(s, peer, f->body);
+        return;
+    }
+    lp->s = s;
+    memcpy(lp->peer, peer, NS_NODE_ID_BYTES);
+    memcpy(lp->body, f->body, 8);
+    lp->timer = ns_env_timer(&s->cfg.uvenv->env, now_ms(s) + s->cfg.test_pong_delay_ms,
+                             late_pong_fired, lp);
+    if (lp->timer == 0)
+        send_pong(s, peer, f->body);
 }
 
 static void on_pong(ns_swarm *s, const uint8_t *peer, const ns_frame *f)
@@ -727,7 +769,25 @@ static void send_proposal(ns_swarm *s, const uint8_t *body, size_t len,
     quorum_id_of(s, s->plan, ranges, n, s->plan_id);
 }
 
-/* The smallest free node proposes the quorum of the quorum_size smallest. */
+/* A free peer as the fixed-size proposer ranks it: by the round trip it measured (none yet
+ * last), then by id. */
+typedef struct near_peer {
+    uint64_t rtt_us;
+    uint8_t id[NS_NODE_ID_BYTES];
+} near_peer;
+
+static int cmp_near(const void *a, const void *b)
+{
+    const near_peer *x = a, *y = b;
+    if (x->rtt_us != y->rtt_us)
+        return x->rtt_us < y->rtt_us ? -1 : 1;
+    return memcmp(x->id, y->id, NS_NODE_ID_BYTES);
+}
+
+/* The smallest free node proposes a quorum of itself and the quorum_size - 1 free peers nearest
+ * to it (S5: minimise latency), by the round trips it measured; it waits up to SWARM_MEASURE_MS
+ * for those it has not measured yet. Every free node sees the smallest free node, so only one
+ * proposes; the members, in id order, have it first. */
 static void maybe_propose_fixed(ns_swarm *s)
 {
     uint32_t want = s->cfg.quorum_size;
@@ -740,8 +800,10 @@ static void maybe_propose_fixed(ns_swarm *s)
     for (size_t i = 0; i < s->peer_count; i++)
         if (wants_same(s, &s->peers[i], now))
             memcpy(ids[n++], s->peers[i].id, NS_NODE_ID_BYTES);
-    if (n < want)
+    if (n < want) {
+        s->measure_since_ms = 0;
         return;
+    }
     /* nodes that know a quorum stay its replicas (S3: two holders of every layer) until there
      * are enough free nodes for another quorum and replicas besides */
     if (s->knows_quorum && n < 2 * (size_t)want)
@@ -749,6 +811,32 @@ static void maybe_propose_fixed(ns_swarm *s)
     qsort(ids, n, NS_NODE_ID_BYTES, cmp_id);
     if (memcmp(ids[0], s->cfg.key->node_id, NS_NODE_ID_BYTES) != 0 || s->proposing || s->reserved)
         return; /* a smaller node proposes, or a proposal is out */
+    near_peer near[SWARM_PEERS_MAX];
+    size_t unmeasured = 0;
+    for (size_t i = 1; i < n; i++) {
+        const peer_cap *p = peer_of(s, ids[i], false);
+        near[i - 1].rtt_us = p != NULL && p->rtt_us != 0 ? p->rtt_us : UINT64_MAX;
+        unmeasured += near[i - 1].rtt_us == UINT64_MAX;
+        memcpy(near[i - 1].id, ids[i], NS_NODE_ID_BYTES);
+    }
+    if (s->measure_since_ms == 0)
+        s->measure_since_ms = now;
+    if (unmeasured > 0 && now - s->measure_since_ms < SWARM_MEASURE_MS)
+        return; /* the round trips first (a PING every heartbeat); more nodes may come too */
+    qsort(near, n - 1, sizeof near[0], cmp_near);
+    for (uint32_t i = 1; i < want; i++)
+        memcpy(ids[i], near[i - 1].id, NS_NODE_ID_BYTES);
+    qsort(ids, want, NS_NODE_ID_BYTES, cmp_id);
+    if (!s->proposing_said || n != s->proposing_said_n) { /* once per pool size */
+        uint64_t chosen = near[want - 2].rtt_us, farthest = near[n - 2].rtt_us;
+        NS_LOG_I("swarm",
+                 "proposing a quorum of %u: this node and the %u nearest of %zu free peers "
+                 "(round trips up to %.1f ms; the farthest %.1f ms; -1: not measured)",
+                 want, want - 1, n - 1, chosen == UINT64_MAX ? -1.0 : (double)chosen / 1000.0,
+                 farthest == UINT64_MAX ? -1.0 : (double)farthest / 1000.0);
+        s->proposing_said = true;
+        s->proposing_said_n = n;
+    }
     uint8_t body[1 + 4 + SWARM_MEMBERS_MAX * NS_NODE_ID_BYTES];
     body[0] = (uint8_t)want;
     put_u16(body + 1, s->cfg.model_layers);
@@ -2312,6 +2400,9 @@ void ns_swarm_stop(ns_swarm *s)
         ns_env_timer_cancel(&s->cfg.uvenv->env, s->retry_timer);
     if (s->bench_timer != 0)
         ns_env_timer_cancel(&s->cfg.uvenv->env, s->bench_timer);
+    for (size_t i = 0; i < SWARM_LATE_PONGS; i++)
+        if (s->late_pongs[i].timer != 0)
+            ns_env_timer_cancel(&s->cfg.uvenv->env, s->late_pongs[i].timer);
     pthread_mutex_lock(&s->mu);
     s->closing = true;
     pthread_mutex_unlock(&s->mu);

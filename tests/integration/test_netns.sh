@@ -7,12 +7,16 @@
 #     ns B (10.77.0.2) --veth-- + br0 (bridge ns)  packet in either direction waits the
 #     ns C (10.77.0.3) --veth-- +                  link's latency and shares its rate
 #
+#     ns D (10.77.0.4) --veth-- +
+#
 # The links: A 20 ms / 200 Mbit/s, B 50 ms / 100 Mbit/s, C 80 ms / 50 Mbit/s (so A to C is
-# 100 ms one way). Each daemon listens for peers on its namespace's address, B and C bootstrap
-# from A, all ask for a quorum of three (--quorum-size 3) and train a tiny model as a pipeline.
-# Checks: the quorum forms, the finisher reaches $STEPS (5) steps with finite losses, and
-# `neuroctl quorum` lists the three members. Then the same pipeline runs on loopback in the
-# test's own namespace and the time a step took on each is printed, as information only.
+# 100 ms one way), D 150 ms / 20 Mbit/s. Each daemon listens for peers on its namespace's address,
+# the others bootstrap from A, all ask for a quorum of three (--quorum-size 3) and train a tiny
+# model as a pipeline. Checks: three of the four form the quorum, and they are the smallest id
+# (the proposer) and the two nodes nearest to it by the round trips it measured (S5: minimise
+# latency); the finisher reaches $STEPS (5) steps with finite losses, and `neuroctl quorum` lists
+# the three members. Then the same pipeline of A, B and C runs on loopback in the test's own
+# namespace and the time a step took on each is printed, as information only.
 #
 # Each daemon's API stays on 127.0.0.1 inside its namespace, so curl and neuroctl run under
 # `ip netns exec` too. Everything this test makes lives in namespaces named after its PID;
@@ -28,11 +32,12 @@ STEPS=5
 NETEM_OFF=${NETNS_WITHOUT_NETEM:-0}
 SUBNET=10.77.0
 PORT=8420
-NODES="a b c"
+NODES="a b c d"
 NS_BR=nsd-$$-br
-# shellcheck disable=SC2034 # NS_c is read through ns_of
-NS_a=nsd-$$-a NS_b=nsd-$$-b NS_c=nsd-$$-c
-ADDR_a=$SUBNET.1 ADDR_b=$SUBNET.2 ADDR_c=$SUBNET.3
+# shellcheck disable=SC2034 # NS_c and NS_d are read through ns_of
+NS_a=nsd-$$-a NS_b=nsd-$$-b NS_c=nsd-$$-c NS_d=nsd-$$-d
+# shellcheck disable=SC2034
+ADDR_a=$SUBNET.1 ADDR_b=$SUBNET.2 ADDR_c=$SUBNET.3 ADDR_d=$SUBNET.4
 NS_LIST=""
 
 skip() {
@@ -81,6 +86,7 @@ link_of() {
     a) DELAY=20 RATE=200 ;;
     b) DELAY=50 RATE=100 ;;
     c) DELAY=80 RATE=50 ;;
+    d) DELAY=150 RATE=20 ;;
     esac
 }
 
@@ -180,10 +186,13 @@ start_ns_node() {
 status_of() { # status_of NODE (of the current run: $P is its variable prefix)
     eval "in_ns \"\$${P}NS_$1\" curl -s \"http://\$${P}API_$1/training_status\""
 }
+# in_quorum: three of the nodes are in a quorum; MEMBERS names them
 in_quorum() {
+    MEMBERS=""
     for n in $NODES; do
-        case "$(status_of "$n")" in *'"in_quorum":true'*) ;; *) return 1 ;; esac
+        case "$(status_of "$n")" in *'"in_quorum":true'*) MEMBERS="$MEMBERS$n" ;; esac
     done
+    [ ${#MEMBERS} -eq 3 ]
 }
 steps_done() { [ "$(status_of "$FIN" | json_field step)" -ge "$STEPS" ] 2>/dev/null; }
 # losses_finite CSV: the first $STEPS rows of train.csv each have a finite number for a loss.
@@ -244,9 +253,25 @@ if [ "$api_a" != "$(api_of b)" ]; then
         test "$(ip netns exec "$NS_b" curl -s -m 2 -o /dev/null -w '%{http_code}' "http://$api_a/healthz")" = 000
 fi
 
-check "three nodes in three namespaces form a quorum" wait_for 360 in_quorum
+check "three of the four nodes in their namespaces form a quorum" wait_for 360 in_quorum
 T_Q=$(($(date +%s) - T0))
 echo "# quorum formed ${T_Q}s after the first daemon started"
+# the proposer is the smallest id; the others are the two whose links are shortest (the round
+# trip from the proposer to X is 2 x (its link's delay + X's), so the order of the links' delays)
+proposer=""
+small=""
+for n in $NODES; do
+    id=$(in_ns "$(ns_of "$n")" curl -s "http://$(api_of "$n")/api/stats" | json_field node_id)
+    if [ -z "$small" ] || [ "$(printf '%s\n%s\n' "$id" "$small" | LC_ALL=C sort | head -1)" = "$id" ]; then
+        small=$id proposer=$n
+    fi
+done
+expected=$proposer
+for n in $NODES; do # a b c d are in the order of their links' delays
+    [ "$n" = "$proposer" ] || [ ${#expected} -ge 3 ] || expected="$expected$n"
+done
+expected=$(echo "$expected" | fold -w1 | sort | tr -d '\n')
+check "  ... the proposer ($proposer, the smallest id) and the two nodes nearest to it: $expected (members: $MEMBERS)" test "$MEMBERS" = "$expected"
 check "  ... one of them is the finisher" wait_for 60 find_finisher
 [ -n "$FIN" ] || exit 1
 
@@ -273,6 +298,7 @@ stop_nodes 1
 
 # ---- the same pipeline on loopback, for the comparison (information only) -------------------
 P=L
+NODES="a b c"
 for n in $NODES; do new_wallet "$TMP_ROOT/l$n" >/dev/null; done
 SEED=""
 started=1

@@ -37,6 +37,8 @@ trains_async() { [ "$(quorum_field "$API_s" contribution)" = async ]; }
 check "  ... so it trains asynchronously instead of waiting for a pipeline" wait_for 60 trains_async
 check "  ... and says so in /training_status" contains "$(status_of "$API_s")" '"role":"asynchronous contributor'
 check "  ... and in its log" grep -q "trains the whole model as an asynchronous contributor" "$TMP_ROOT/s.log"
+out=$("$CTL" --data-dir "$TMP_ROOT/s" quorum 2>&1)
+check "  ... and neuroctl quorum" contains "$out" "contribution  asynchronous: tier T5"
 
 downloaded() { [ "$(async_field "$API_s" downloads)" -ge 2 ] 2>/dev/null; }
 check "it downloads the member's weights, trains and downloads again" wait_for 600 downloaded
