@@ -1164,8 +1164,9 @@ static size_t pool_view(const ns_swarm *s, ns_pool_node *nodes)
     uint64_t now = now_ms(s);
     for (size_t i = 0; i < s->peer_count; i++) {
         const peer_cap *p = &s->peers[i];
-        if (!pool_peer(s, p, now) || memcmp(p->id, s->cfg.key->node_id, NS_NODE_ID_BYTES) == 0)
-            continue;
+        if (!pool_peer(s, p, now) || memcmp(p->id, s->cfg.key->node_id, NS_NODE_ID_BYTES) == 0 ||
+            !ns_tier_can_pipeline(peer_tier(p)))
+            continue; /* a T5 node holds no layers for pipelines (S2) */
         nodes[n] = (ns_pool_node){.memory_mb = p->memory_mb,
                                   .tier = peer_tier(p),
                                   .layer_first = p->held.layer_first,
@@ -1181,6 +1182,17 @@ static size_t pool_view(const ns_swarm *s, ns_pool_node *nodes)
  * promised to one, keeps the layers it trains. */
 static void pool_update(ns_swarm *s)
 {
+    if (!can_pipeline(s)) { /* T5: no pipeline needs its layers, so the pool counts none */
+        if (s->held.layer_first < s->held.layer_last) {
+            NS_LOG_I("swarm",
+                     "tier %s cannot pipeline: this node gives its layers %u..%u back "
+                     "to the pool",
+                     ns_tier_name(s->tier), s->held.layer_first, s->held.layer_last);
+            s->held = (ns_pool_range){0, 0};
+            publish_capacity(s);
+        }
+        return;
+    }
     ns_pool_node nodes[SWARM_POOL_NODES_MAX];
     ns_pool_range out[SWARM_POOL_NODES_MAX];
     size_t n = pool_view(s, nodes);

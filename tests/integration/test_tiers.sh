@@ -5,14 +5,15 @@
 # over 1 s; NEUROSHARD_TEST_LAYER_MS=1500 makes it measure so): too slow for any pipeline. So no
 # quorum forms: F never enlists S and keeps waiting, and S trains the whole model as an
 # asynchronous contributor (S7) instead: it downloads M's weights, trains, submits its update,
-# which M folds into its own, and downloads again.
+# which M folds into its own, and downloads again. P is as slow, in pool mode (--quorum-size auto):
+# it holds no layers in the pool and trains asynchronously too.
 
 . "$(dirname "$0")/lib.sh"
 
 TXT=$TMP_ROOT/text
 text_dir "$TXT"
 COMMON="--listen 127.0.0.1:0 --lan-discovery off --dataset $TXT --model 2x64 --threads 1 --train on --sync-every 8 --sync-timeout-s 5 --checkpoint-every 8"
-for n in m s f; do new_wallet "$TMP_ROOT/$n" >/dev/null; done
+for n in m s f p; do new_wallet "$TMP_ROOT/$n" >/dev/null; done
 
 # shellcheck disable=SC2086
 start_node "$TMP_ROOT/m" $COMMON || exit 1
@@ -21,8 +22,11 @@ SEED=$(curl -s "http://$API_m/api/stats" | json_field listen)
 export NEUROSHARD_TEST_LAYER_MS=1500
 # shellcheck disable=SC2086
 start_node "$TMP_ROOT/s" $COMMON --quorum-size 2 --bootstrap "$SEED" || exit 1
-unset NEUROSHARD_TEST_LAYER_MS
 PID_s=$NODE_PID API_s=$API
+# shellcheck disable=SC2086
+start_node "$TMP_ROOT/p" $COMMON --quorum-size auto --bootstrap "$SEED" || exit 1
+PID_p=$NODE_PID API_p=$API
+unset NEUROSHARD_TEST_LAYER_MS
 # shellcheck disable=SC2086
 start_node "$TMP_ROOT/f" $COMMON --quorum-size 2 --bootstrap "$SEED" || exit 1
 PID_f=$NODE_PID API_f=$API
@@ -50,7 +54,12 @@ check "the other node wants a pipeline of two but never enlists the T5 node" tes
 check "  ... nobody joined a quorum" sh -c "! grep -q 'joined quorum' '$TMP_ROOT/s.log' '$TMP_ROOT/f.log'"
 check "  ... and the T5 node never proposed or accepted one" test "$(quorum_field "$API_s" in_quorum)" = false
 
-for n in s f m; do
+pool_async() { [ "$(quorum_field "$API_p" contribution)" = async ] && [ "$(async_field "$API_p" downloads)" -ge 1 ] 2>/dev/null; }
+check "in pool mode a T5 node trains asynchronously too" wait_for 120 pool_async
+held=$(status_of "$API_p" | sed -n 's/.*"held":{\([^}]*\)}.*/\1/p')
+check "  ... and holds no layers in the pool ($held)" test "$(echo "$held" | json_field layer_last)" = 0
+
+for n in s f p m; do
     eval "pid=\$PID_$n"
     kill -TERM "$pid"
     wait_exit "$pid" 60
