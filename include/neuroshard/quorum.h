@@ -90,6 +90,18 @@ typedef struct ns_quorum_proposal {
 NS_MUST_USE int ns_quorum_plan(const ns_quorum_candidate *candidates, size_t n, uint32_t layers,
                                uint32_t head_milli, uint64_t session_start_ms,
                                ns_quorum_proposal *out);
+/* The plan that node `self` proposes, minimising latency (S5) without losing agreement on who
+ * proposes. Every node plans the same candidates with every latency taken as 0 (their
+ * announcements are what all nodes share), and the smallest member of that plan is the one to
+ * propose: *proposes says whether that is `self`. The proposer then plans again over itself and
+ * the candidates whose ids are larger than its own, each with the latency it measured to them
+ * (latency_ms; its own is taken as 0), so that it stays the smallest member, which is whom the
+ * members expect to propose. *out is that plan when it includes `self`, else the shared one.
+ * Errors as ns_quorum_plan's (NS_ENOENT: no cover at all); NS_ENOMEM for the candidates' copy. */
+NS_MUST_USE int ns_quorum_plan_near(const ns_quorum_candidate *candidates, size_t n,
+                                    const uint8_t self[NS_ID_BYTES], uint32_t layers,
+                                    uint32_t head_milli, uint64_t session_start_ms,
+                                    ns_quorum_proposal *out, bool *proposes);
 /* The quorum id of the proposal's members and session start. */
 void ns_quorum_id(const ns_quorum_proposal *p, uint8_t out[NS_SHA256_BYTES]);
 /* True when every tier can pipeline and all lie within two adjacent tiers. */

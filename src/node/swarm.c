@@ -36,8 +36,9 @@
  * fixed size: every heartbeat the node runs ns_pool_assign over itself and the fresh pool-mode
  * peers of its model, each with the range it announced (sticky), and holds its own answer: the
  * layers its memory fits where holders are scarcest (ns_pool_surplus parts two nodes that took
- * the same layers at once). A free node plans over the free holders (ns_quorum_plan: a full
- * cover of compatible tiers, the fewest members); the smallest id of the plan proposes it, with
+ * the same layers at once). A free node plans over the free holders (ns_quorum_plan_near: a full
+ * cover of compatible tiers, the fewest members, as every node computes it; its smallest member
+ * then picks, among the larger ids, the holders nearest to it); that member proposes it, with
  * each member's layers, and a member accepts only what its own view of the pool confirms: every
  * member a fresh pool-mode peer that holds the layers it is named for, a contiguous cover, tiers
  * that can pipeline together, a stage its memory fits. A plan of one member is this node alone:
@@ -50,7 +51,7 @@
  * asynchronous contributor (diloco.c) instead.
  *
  * Not yet here (issue 7): the quorum core's own 30 s heartbeats (the 5 s capacity beats count
- * S5's missed beats), measured latencies for the pool-mode planner, hot standbys.
+ * S5's missed beats), hot standbys.
  */
 #include <assert.h>
 #include <errno.h>
@@ -85,7 +86,8 @@
 #define SWARM_REASONS_MAX        16    /* kinds of refused proposals and restarts counted */
 #define SWARM_PROPOSE_MS         10000 /* a proposal's answers (and a member's wait to start) */
 #define SWARM_MEASURE_MS         (2 * SWARM_HEARTBEAT_MS) /* a proposer's wait for round trips */
-#define SWARM_LATE_PONGS         (2 * SWARM_PEERS_MAX)    /* NEUROSHARD_TEST_PONG_DELAY_MS's */
+#define SWARM_UNMEASURED_MS      500 /* the one-way latency of a peer not measured yet (S6) */
+#define SWARM_LATE_PONGS         (2 * SWARM_PEERS_MAX) /* NEUROSHARD_TEST_PONG_DELAY_MS's */
 #define SWARM_BENCH_MS           (10 * 60 * 1000)
 #define SWARM_PUBLISH_MS         (10 * 60 * 1000) /* layer-holder and quorum records, again */
 #define SWARM_HOLDER_RECORDS_MAX 256              /* layers a node announces itself under */
@@ -185,7 +187,7 @@ struct ns_swarm {
     /* formation in two phases: the proposer waits for every accept, then says start */
     bool proposing, reserved;
     uint64_t proposed_ms, reserved_ms;
-    uint64_t measure_since_ms; /* fixed size: when the proposer first had enough free peers */
+    uint64_t measure_since_ms; /* when this node first could propose (to wait for round trips) */
     bool proposing_said;       /* its choice was logged, for proposing_said_n free nodes */
     size_t proposing_said_n;
     uint8_t plan[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
@@ -846,11 +848,12 @@ static void maybe_propose_fixed(ns_swarm *s)
 }
 
 /* The planner's candidates: this node and the free pool-mode peers of its model that hold
- * layers, each with the tier and range it announced. Latency stays 0 here although round trips
- * are measured: each node plans from its own view and the smallest id of its plan proposes, so
- * views that differ by latency could leave every node waiting for another to propose. */
-static size_t pool_candidates(const ns_swarm *s, ns_quorum_candidate *c)
+ * layers, each with the tier and range it announced and the latency this node measured to it
+ * (half the round trip; SWARM_UNMEASURED_MS while none is measured, counted in *unmeasured for
+ * the ids above this node's, the only ones its plan may take). */
+static size_t pool_candidates(const ns_swarm *s, ns_quorum_candidate *c, size_t *unmeasured)
 {
+    *unmeasured = 0;
     size_t n = 0;
     c[n++] = (ns_quorum_candidate){.node = {.memory_mb = s->cfg.memory_mb,
                                             .tier = s->tier,
@@ -863,32 +866,51 @@ static size_t pool_candidates(const ns_swarm *s, ns_quorum_candidate *c)
         const peer_cap *p = &s->peers[i];
         if (!wants_same(s, p, now) || p->held.layer_first >= p->held.layer_last)
             continue;
+        uint64_t one_way_ms = (p->rtt_us + 1000) / 2000;
         c[n] = (ns_quorum_candidate){.node = {.memory_mb = p->memory_mb,
                                               .tier = peer_tier(p),
                                               .layer_first = p->held.layer_first,
                                               .layer_last = p->held.layer_last},
+                                     .latency_ms = p->rtt_us == 0       ? SWARM_UNMEASURED_MS
+                                                   : one_way_ms > 60000 ? 60000
+                                                                        : (uint32_t)one_way_ms,
                                      .layer_us = p->layer_us};
+        *unmeasured += p->rtt_us == 0 && cmp_id(p->id, s->cfg.key->node_id) > 0;
         memcpy(c[n++].node.id, p->id, NS_NODE_ID_BYTES);
     }
     NS_ASSERT(n <= SWARM_POOL_NODES_MAX);
     return n;
 }
 
-/* Pool mode: plans over the free holders; the smallest id of a full cover proposes it, with
- * each member's layers. A cover of this node alone is solo training. */
+/* Pool mode: plans over the free holders; the smallest member of the plan every node computes
+ * alike proposes, with each member's layers, after choosing among the holders with ids above its
+ * own those nearest to it (ns_quorum_plan_near; S5: minimise latency). A cover of this node alone
+ * is solo training. */
 static void maybe_propose_pool(ns_swarm *s)
 {
     if (s->in_quorum || s->proposing || s->reserved || s->held.layer_first >= s->held.layer_last)
         return;
     ns_quorum_candidate cands[SWARM_POOL_NODES_MAX];
-    size_t n = pool_candidates(s, cands);
+    size_t unmeasured;
+    size_t n = pool_candidates(s, cands, &unmeasured);
     ns_quorum_proposal plan;
+    bool proposes = false;
     /* every node plans from the same announcements, so the smallest member of the plan knows it
      * is the one to propose (the layer times announced move only the boundaries, never who is
      * in the plan) */
-    if (ns_quorum_plan(cands, n, s->cfg.model_layers, head_milli(s), 0, &plan) != NS_OK ||
-        plan.member_count > SWARM_MEMBERS_MAX)
+    if (ns_quorum_plan_near(cands, n, s->cfg.key->node_id, s->cfg.model_layers, head_milli(s), 0,
+                            &plan, &proposes) != NS_OK ||
+        plan.member_count > SWARM_MEMBERS_MAX) {
+        s->measure_since_ms = 0;
         return; /* no full cover among the free holders yet */
+    }
+    if (!proposes)
+        return; /* a smaller member proposes */
+    uint64_t now = now_ms(s);
+    if (s->measure_since_ms == 0)
+        s->measure_since_ms = now;
+    if (plan.member_count > 1 && unmeasured > 0 && now - s->measure_since_ms < SWARM_MEASURE_MS)
+        return; /* the round trips first (a PING every heartbeat) */
     uint8_t ids[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
     ns_pool_range ranges[SWARM_MEMBERS_MAX];
     for (uint32_t i = 0; i < plan.member_count; i++) {

@@ -212,6 +212,64 @@ int ns_quorum_plan(const ns_quorum_candidate *candidates, size_t n, uint32_t lay
     return NS_OK;
 }
 
+static bool has_member(const ns_quorum_proposal *p, const uint8_t id[NS_ID_BYTES])
+{
+    for (uint32_t i = 0; i < p->member_count; i++)
+        if (memcmp(p->members[i].id, id, NS_ID_BYTES) == 0)
+            return true;
+    return false;
+}
+
+int ns_quorum_plan_near(const ns_quorum_candidate *candidates, size_t n,
+                        const uint8_t self[NS_ID_BYTES], uint32_t layers, uint32_t head_milli,
+                        uint64_t session_start_ms, ns_quorum_proposal *out, bool *proposes)
+{
+    NS_ASSERT(self != NULL && out != NULL && proposes != NULL);
+    *proposes = false;
+    if (n > NS_QUORUM_CANDIDATES_MAX)
+        return NS_ETOOBIG;
+    if (n > 0 && candidates == NULL)
+        return NS_EINVAL;
+    ns_quorum_candidate *c = malloc((n > 0 ? n : 1) * sizeof *c);
+    if (c == NULL)
+        return NS_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        c[i] = candidates[i];
+        c[i].latency_ms = 0; /* what every node knows alike */
+    }
+    int rc = ns_quorum_plan(c, n, layers, head_milli, session_start_ms, out);
+    const uint8_t *smallest = NULL;
+    for (uint32_t i = 0; rc == NS_OK && i < out->member_count; i++)
+        if (smallest == NULL || memcmp(out->members[i].id, smallest, NS_ID_BYTES) < 0)
+            smallest = out->members[i].id;
+    if (rc != NS_OK || memcmp(smallest, self, NS_ID_BYTES) != 0) {
+        free(c);
+        return rc;
+    }
+    *proposes = true;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        int order = memcmp(candidates[i].node.id, self, NS_ID_BYTES);
+        if (order < 0)
+            continue;
+        c[m] = candidates[i];
+        if (order == 0)
+            c[m].latency_ms = 0;
+        m++;
+    }
+    ns_quorum_proposal *near = malloc(sizeof *near);
+    if (near == NULL) {
+        free(c);
+        return NS_ENOMEM;
+    }
+    if (ns_quorum_plan(c, m, layers, head_milli, session_start_ms, near) == NS_OK &&
+        has_member(near, self))
+        *out = *near;
+    free(near);
+    free(c);
+    return NS_OK;
+}
+
 void ns_quorum_id(const ns_quorum_proposal *p, uint8_t out[NS_SHA256_BYTES])
 {
     NS_ASSERT(p->member_count <= NS_QUORUM_MEMBERS_MAX);

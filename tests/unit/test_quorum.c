@@ -118,6 +118,75 @@ static void test_plan_prefers_the_lowest_latency_sum(void **state)
     assert_member(&p.members[0], F, 0, 8);
 }
 
+/* Pool mode: every node plans without latencies and the shared plan's smallest member proposes;
+ * it then takes, among itself and the larger ids, the holders nearest to it. */
+static void test_plan_near_is_the_shared_proposers_with_its_latencies(void **state)
+{
+    (void)state;
+    /* shared plan: B holds 0..4 (before D by id), A 4..8 (before C): {B, A}, proposed by A.
+     * A measured B at 40 ms, D at 2, C at 50: it proposes D and itself. */
+    ns_quorum_candidate pool[] = {cand(A, NS_TIER_T1, 4, 8, 0), cand(B, NS_TIER_T1, 0, 4, 40),
+                                  cand(C, NS_TIER_T1, 4, 8, 50), cand(D, NS_TIER_T1, 0, 4, 2)};
+    ns_quorum_proposal p;
+    bool proposes = false;
+    assert_int_equal(ns_quorum_plan(pool, 4, LAYERS, 0, T0_MS, &p), NS_OK);
+    assert_member(&p.members[0], D, 0, 4); /* the latencies alone would say so too */
+    uint8_t self[NS_ID_BYTES];
+    id_of(self, A);
+    assert_int_equal(ns_quorum_plan_near(pool, 4, self, LAYERS, 0, T0_MS, &p, &proposes), NS_OK);
+    assert_true(proposes);
+    assert_int_equal(p.member_count, 2);
+    assert_member(&p.members[0], D, 0, 4);
+    assert_member(&p.members[1], A, 4, 8);
+    /* every other node sees A propose: B, C and D do not */
+    for (uint8_t tag = B; tag <= D; tag++) {
+        id_of(self, tag);
+        assert_int_equal(ns_quorum_plan_near(pool, 4, self, LAYERS, 0, T0_MS, &p, &proposes),
+                         NS_OK);
+        assert_false(proposes);
+        assert_member(&p.members[0], B, 0, 4); /* the shared plan */
+        assert_member(&p.members[1], A, 4, 8);
+    }
+    /* the same from any order of the announcements */
+    ns_quorum_candidate shuffled[] = {pool[3], pool[1], pool[0], pool[2]};
+    id_of(self, A);
+    assert_int_equal(ns_quorum_plan_near(shuffled, 4, self, LAYERS, 0, T0_MS, &p, &proposes),
+                     NS_OK);
+    assert_true(proposes);
+    assert_member(&p.members[0], D, 0, 4);
+    /* no cover at all */
+    assert_int_equal(ns_quorum_plan_near(pool, 1, self, LAYERS, 0, T0_MS, &p, &proposes),
+                     NS_ENOENT);
+    assert_false(proposes);
+}
+
+/* The proposer never takes a smaller id than its own, even a nearer one: its peers expect the
+ * plan's smallest member to propose. */
+static void test_plan_near_keeps_the_proposer_the_smallest(void **state)
+{
+    (void)state;
+    /* shared plan: {D 0..4, B 4..8} (two members beat A + C + B), proposed by B. B measured A
+     * and C at 1 ms, D at 50: with every id it would pick {A, C, B}, which A would have to
+     * propose; it keeps to ids from its own up: {D, B}. */
+    ns_quorum_candidate pool[] = {cand(A, NS_TIER_T1, 0, 2, 1), cand(B, NS_TIER_T1, 4, 8, 0),
+                                  cand(C, NS_TIER_T1, 2, 4, 1), cand(D, NS_TIER_T1, 0, 4, 50)};
+    ns_quorum_proposal p;
+    assert_int_equal(ns_quorum_plan(pool, 4, LAYERS, 0, T0_MS, &p), NS_OK);
+    assert_int_equal(p.member_count, 3);
+    assert_member(&p.members[0], A, 0, 2);
+    bool proposes = false;
+    uint8_t self[NS_ID_BYTES];
+    id_of(self, B);
+    assert_int_equal(ns_quorum_plan_near(pool, 4, self, LAYERS, 0, T0_MS, &p, &proposes), NS_OK);
+    assert_true(proposes);
+    assert_int_equal(p.member_count, 2);
+    assert_member(&p.members[0], D, 0, 4);
+    assert_member(&p.members[1], B, 4, 8);
+    id_of(self, A);
+    assert_int_equal(ns_quorum_plan_near(pool, 4, self, LAYERS, 0, T0_MS, &p, &proposes), NS_OK);
+    assert_false(proposes);
+}
+
 /* The members are chosen as above; where neighbours' holdings overlap, the boundary goes where
  * the slowest stage is fastest: by layer counts for equal nodes, by speed for unequal ones, with
  * the head at the finisher. */
@@ -751,6 +820,8 @@ int main(void)
         cmocka_unit_test(test_plan_without_full_cover_is_enoent),
         cmocka_unit_test(test_plan_keeps_tiers_within_two_adjacent),
         cmocka_unit_test(test_plan_prefers_the_lowest_latency_sum),
+        cmocka_unit_test(test_plan_near_is_the_shared_proposers_with_its_latencies),
+        cmocka_unit_test(test_plan_near_keeps_the_proposer_the_smallest),
         cmocka_unit_test(test_plan_splits_the_layers_by_speed),
         cmocka_unit_test(test_plan_ties_go_to_the_lowest_id),
         cmocka_unit_test(test_plan_is_the_same_for_any_input_order),
