@@ -103,8 +103,18 @@ typedef enum ns_cohort_refusal {
     NS_COHORT_REFUSE_DUPLICATE = 5,
     NS_COHORT_REFUSE_BAD_BLOB = 6, /* does not decode to the chunk's length, or NaN/Inf */
     NS_COHORT_REFUSE_BASE = 7,     /* the sender's w0 hash differs from this node's */
-    NS_COHORT_REFUSE_COUNT_ = 8
+    /* an owner's RESULT more than NS_COHORT_RESULT_MAGNITUDE_MAX times this member's own input
+     * to that chunk: no honest aggregate of the group is (a mean is no longer than the longest
+     * of its inputs), so the owner lied, and the chunk is taken as zero, as for a lost RESULT */
+    NS_COHORT_REFUSE_RESULT_BOUND = 8,
+    NS_COHORT_REFUSE_COUNT_ = 9
 } ns_cohort_refusal;
+
+/* The bound of NS_COHORT_REFUSE_RESULT_BOUND: a member's own input to a chunk is measured by its
+ * norm there, or, where that is smaller, by its whole input's root mean square over the chunk's
+ * length (a chunk of its own that happens to be near zero does not make an honest result look
+ * long). */
+#define NS_COHORT_RESULT_MAGNITUDE_MAX 100.0
 
 const char *ns_cohort_refusal_text(ns_cohort_refusal why);
 

@@ -66,6 +66,7 @@ typedef struct slot {
     size_t evidence_len[NS_SYNC_GROUP_MAX];
     bool has_result[NS_SYNC_GROUP_MAX];
     double result_weight[NS_SYNC_GROUP_MAX];
+    double input_rms; /* of vec at the phase's start: RESULTs are bounded by it */
 } slot;
 
 struct ns_cohort {
@@ -105,6 +106,7 @@ static const char *const refusal_texts[NS_COHORT_REFUSE_COUNT_] = {
     [NS_COHORT_REFUSE_DUPLICATE] = "duplicate",
     [NS_COHORT_REFUSE_BAD_BLOB] = "blob does not decode",
     [NS_COHORT_REFUSE_BASE] = "base weights differ",
+    [NS_COHORT_REFUSE_RESULT_BOUND] = "result beyond its bound",
 };
 
 const char *ns_cohort_refusal_text(ns_cohort_refusal why)
@@ -736,14 +738,32 @@ static int take_part(ns_cohort *c, slot *s, uint32_t from_pos, const header *h, 
     return NS_OK;
 }
 
+static double norm2(const float *v, size_t n)
+{
+    double sum = 0.0;
+    for (size_t i = 0; i < n; i++)
+        sum += (double)v[i] * v[i];
+    return sqrt(sum);
+}
+
 /* The chunk's old bytes are this phase's input, already sent: a blob that fails to decode
- * zeroes them, which is what the chunk holds if no good RESULT comes either. */
+ * zeroes them, which is what the chunk holds if no good RESULT comes either; so does a result
+ * beyond its bound (NS_COHORT_REFUSE_RESULT_BOUND). */
 static int take_result(slot *s, const header *h, ns_cohort_refusal *why)
 {
     if (s->has_result[h->chunk])
         return refuse(why, NS_COHORT_REFUSE_DUPLICATE);
-    if (ns_compress_decode(h->blob, h->blob_len, s->vec + h->first, (size_t)h->length) != NS_OK)
+    float *v = s->vec + h->first;
+    size_t len = (size_t)h->length;
+    double own = norm2(v, len), rms_len = s->input_rms * sqrt((double)len);
+    double bound = NS_COHORT_RESULT_MAGNITUDE_MAX * (own > rms_len ? own : rms_len);
+    if (ns_compress_decode(h->blob, h->blob_len, v, len) != NS_OK)
         return refuse(why, NS_COHORT_REFUSE_BAD_BLOB);
+    double got = norm2(v, len);
+    if (!(got <= bound) && bound > 0.0) {
+        memset(v, 0, len * sizeof *v);
+        return refuse(why, NS_COHORT_REFUSE_RESULT_BOUND);
+    }
     s->has_result[h->chunk] = true;
     s->result_weight[h->chunk] = h->weight;
     s->results_count++;
@@ -876,6 +896,7 @@ static void begin_phase(ns_cohort *c, uint32_t phase)
         memset(s->has_part, 0, sizeof s->has_part);
         memset(s->has_result, 0, sizeof s->has_result);
         free_evidence(s);
+        s->input_rms = c->n > 0 ? norm2(s->vec, c->n) / sqrt((double)c->n) : 0.0;
         for (uint32_t j = 0; j < s->size; j++)
             send_part(c, s, j);
     }

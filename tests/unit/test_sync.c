@@ -180,6 +180,7 @@ typedef struct node {
     ns_cohort_report report;
     bool silent;     /* every message it sends is lost */
     bool no_results; /* its RESULTs are lost */
+    float inflate;   /* a lying owner: its RESULTs carry its aggregate times this (0: honest) */
     uint64_t bytes_sent_seen, bytes_delivered;
     int verdicts;
     int verdicts_from[NODES_MAX];
@@ -247,6 +248,26 @@ static void net_send(void *arg, const uint8_t to[NS_ID_BYTES], const uint8_t *ms
     uint8_t *copy = malloc(len);
     assert_non_null(copy);
     memcpy(copy, msg, len);
+    if (self->inflate != 0.0f && msg[OFF_TYPE] == TYPE_RESULT) { /* the same header, a new blob */
+        uint64_t length;
+        memcpy(&length, msg + OFF_FIRST + 8, 8);
+        float v[N_MAX];
+        assert_true(length <= N_MAX);
+        assert_int_equal(ns_compress_decode(msg + HEADER, len - HEADER, v, length), NS_OK);
+        for (size_t i = 0; i < length; i++)
+            v[i] *= self->inflate;
+        ns_compress_config cc;
+        ns_compress_config_default(&cc);
+        cc.density = 1.0;
+        uint8_t *blob;
+        size_t blob_len;
+        assert_int_equal(ns_compress_encode(&cc, v, length, NULL, &blob, &blob_len), NS_OK);
+        copy = realloc(copy, HEADER + blob_len);
+        assert_non_null(copy);
+        memcpy(copy + HEADER, blob, blob_len);
+        len = HEADER + blob_len;
+        free(blob);
+    }
     t->queue[t->tail++] =
         (queued){.from = self->index, .to = (uint32_t)dest, .msg = copy, .len = len};
 }
@@ -659,6 +680,56 @@ static void test_cohort_takes_zero_for_an_owner_that_dies_before_its_result(void
             assert_true(t->nodes[i].agg[k] == 0.0f);
     }
     assert_near_mean(t, 1, NULL, 0.02); /* the owner itself heard every result */
+    net_free(t);
+}
+
+/* An owner that sends its aggregate times 1000 (every member's part was honest, so the screen
+ * cannot see it): each member refuses the RESULT as beyond its bound and takes the chunk as zero,
+ * as for a lost one; the other chunks are the mean, and all agree. One times 2 passes: the bound
+ * is against gross lies, which would wreck the weights, not a proof of honesty. */
+static void test_cohort_refuses_an_owners_result_beyond_its_bound(void **state)
+{
+    (void)state;
+    net *t = net_new(4, 64, &plain);
+    t->nodes[1].inflate = 1000.0f;
+    t->hold = true;
+    start_all(t, 1);
+    uint64_t refused = 0;
+    while (t->head < t->tail) {
+        queued q = t->queue[t->head++];
+        int rc = deliver(t, q.from, q.to, q.msg, q.len);
+        if (q.from == 1 && q.msg[OFF_TYPE] == TYPE_RESULT) {
+            assert_int_equal(rc, NS_EINVAL);
+            refused++;
+        } else {
+            assert_int_equal(rc, NS_OK);
+        }
+        free(q.msg);
+    }
+    assert_int_equal(refused, 3);
+    for (uint32_t i = 0; i < 4; i++)
+        if (i != 1)
+            assert_int_equal(ns_cohort_refusals(t->nodes[i].c, NS_COHORT_REFUSE_RESULT_BOUND), 1);
+    ns_fake_env_advance(&t->fake, 2 * TIMEOUT_MS);
+    bool skip[4] = {false, true, false, false};
+    assert_all_agree(t, skip);
+    for (uint32_t i = 0; i < 4; i++) {
+        if (i == 1)
+            continue;
+        assert_int_equal(t->nodes[i].report.missing_chunks, 1);
+        for (size_t k = 0; k < 64; k++) {
+            double want = k >= 16 && k < 32 ? 0.0 : weighted_mean_at(t, k, NULL);
+            assert_true(fabs((double)t->nodes[i].agg[k] - want) <= 0.02);
+        }
+    }
+    net_free(t);
+
+    t = net_new(4, 64, &plain); /* twice as long: within the bound, taken */
+    t->nodes[1].inflate = 2.0f;
+    start_all(t, 1);
+    pump(t);
+    assert_all_agree(t, skip);
+    assert_int_equal(ns_cohort_refusals(t->nodes[0].c, NS_COHORT_REFUSE_RESULT_BOUND), 0);
     net_free(t);
 }
 
@@ -1248,6 +1319,7 @@ int main(void)
         cmocka_unit_test(test_cohort_error_feedback_delivers_what_top_k_left_behind),
         cmocka_unit_test(test_cohort_finishes_without_a_silent_member_after_the_timeouts),
         cmocka_unit_test(test_cohort_takes_zero_for_an_owner_that_dies_before_its_result),
+        cmocka_unit_test(test_cohort_refuses_an_owners_result_beyond_its_bound),
         cmocka_unit_test(test_cohort_refuses_malformed_and_truncated_messages),
         cmocka_unit_test(test_cohort_refuses_rounds_already_done),
         cmocka_unit_test(test_cohort_refuses_rounds_beyond_the_next),
