@@ -71,27 +71,22 @@
 #include "neuroshard/swarm.h"
 #include "node_internal.h"
 
-#define SWARM_HEARTBEAT_MS      5000
-#define SWARM_FRESH_MS          (4 * SWARM_HEARTBEAT_MS) /* S5: stale after 4 missed */
-#define SWARM_DEGRADED_MS       (2 * SWARM_HEARTBEAT_MS) /* S5: degraded after 2 missed */
-#define SWARM_PEERS_MAX         64
-#define SWARM_MEMBERS_MAX       16
-#define SWARM_RETRY_MS          50
-#define SWARM_CAPACITY_BYTES    47 /* version 3; version 2 was 43, without the layer time */
-#define SWARM_CAPACITY_V2_BYTES 43
-#define SWARM_DEAD_MS           500   /* a member's link down this long: it is gone */
-#define SWARM_FETCH_STALL_MS    10000 /* a checkpoint pull that makes no progress is dropped */
-#define SWARM_PENDING_MAX       128 /* frames of a newer generation held until this node is there */
-#define SWARM_NO_STAGE          0xff
-#define SWARM_REASONS_MAX       16    /* kinds of refused proposals and restarts counted */
-#define SWARM_PROPOSE_MS        10000 /* a proposal's answers (and a member's wait to start) */
-#define SWARM_MEASURE_MS        (2 * SWARM_HEARTBEAT_MS) /* a proposer's wait for round trips */
-#define SWARM_UNMEASURED_MS     500 /* the one-way latency of a peer not measured yet (S6) */
-/* A node proposes nothing until every peer it links to has had a heartbeat to announce itself
- * (CAPACITY, and QUORUM_INFO from members): started with the first heartbeat's view, the last
- * of several nodes started together would see only each other as free, know no quorum, and
- * form a second one beside the quorum it should follow. */
-#define SWARM_SETTLE_MS          (SWARM_HEARTBEAT_MS + 1000)
+#define SWARM_HEARTBEAT_MS       5000
+#define SWARM_FRESH_MS           (4 * SWARM_HEARTBEAT_MS) /* S5: stale after 4 missed */
+#define SWARM_DEGRADED_MS        (2 * SWARM_HEARTBEAT_MS) /* S5: degraded after 2 missed */
+#define SWARM_PEERS_MAX          64
+#define SWARM_MEMBERS_MAX        16
+#define SWARM_RETRY_MS           50
+#define SWARM_CAPACITY_BYTES     47 /* version 3; version 2 was 43, without the layer time */
+#define SWARM_CAPACITY_V2_BYTES  43
+#define SWARM_DEAD_MS            500   /* a member's link down this long: it is gone */
+#define SWARM_FETCH_STALL_MS     10000 /* a checkpoint pull that makes no progress is dropped */
+#define SWARM_PENDING_MAX        128 /* frames of a newer generation held until this node is there */
+#define SWARM_NO_STAGE           0xff
+#define SWARM_REASONS_MAX        16    /* kinds of refused proposals and restarts counted */
+#define SWARM_PROPOSE_MS         10000 /* a proposal's answers (and a member's wait to start) */
+#define SWARM_MEASURE_MS         (2 * SWARM_HEARTBEAT_MS) /* a proposer's wait for round trips */
+#define SWARM_UNMEASURED_MS      500 /* the one-way latency of a peer not measured yet (S6) */
 #define SWARM_LATE_PONGS         (2 * SWARM_PEERS_MAX) /* NEUROSHARD_TEST_PONG_DELAY_MS's */
 #define SWARM_BENCH_MS           (10 * 60 * 1000)
 #define SWARM_PUBLISH_MS         (10 * 60 * 1000) /* layer-holder and quorum records, again */
@@ -147,7 +142,6 @@ typedef struct late_pong {
 
 struct ns_swarm {
     ns_swarm_config cfg;
-    uint64_t started_ms;
     late_pong late_pongs[SWARM_LATE_PONGS];
     peer_cap peers[SWARM_PEERS_MAX];
     size_t peer_count;
@@ -793,9 +787,9 @@ static int cmp_near(const void *a, const void *b)
 }
 
 /* The smallest free node proposes a quorum of itself and the quorum_size - 1 free peers nearest
- * to it (S5: minimise latency), by the round trips it measured; it waits up to SWARM_MEASURE_MS
- * for those it has not measured yet. Every free node sees the smallest free node, so only one
- * proposes; the members, in id order, have it first. */
+ * to it (S5: minimise latency), by the round trips it measured; with more free peers than it
+ * needs it waits up to SWARM_MEASURE_MS for those it has not measured yet. Every free node sees
+ * the smallest free node, so only one proposes; the members, in id order, have it first. */
 static void maybe_propose_fixed(ns_swarm *s)
 {
     uint32_t want = s->cfg.quorum_size;
@@ -829,8 +823,10 @@ static void maybe_propose_fixed(ns_swarm *s)
     }
     if (s->measure_since_ms == 0)
         s->measure_since_ms = now;
-    if (unmeasured > 0 && now - s->measure_since_ms < SWARM_MEASURE_MS)
-        return; /* the round trips first (a PING every heartbeat); more nodes may come too */
+    /* with a choice to make, the round trips first (a PING every heartbeat); without one, at once:
+     * waiting would let nodes that started later, with partial views, propose beside it */
+    if (unmeasured > 0 && n > want && now - s->measure_since_ms < SWARM_MEASURE_MS)
+        return;
     qsort(near, n - 1, sizeof near[0], cmp_near);
     for (uint32_t i = 1; i < want; i++)
         memcpy(ids[i], near[i - 1].id, NS_NODE_ID_BYTES);
@@ -915,8 +911,9 @@ static void maybe_propose_pool(ns_swarm *s)
     uint64_t now = now_ms(s);
     if (s->measure_since_ms == 0)
         s->measure_since_ms = now;
-    if (plan.member_count > 1 && unmeasured > 0 && now - s->measure_since_ms < SWARM_MEASURE_MS)
-        return; /* the round trips first (a PING every heartbeat) */
+    if (plan.member_count > 1 && unmeasured > 0 && n > plan.member_count &&
+        now - s->measure_since_ms < SWARM_MEASURE_MS)
+        return; /* a choice to make: the round trips first (a PING every heartbeat) */
     uint8_t ids[SWARM_MEMBERS_MAX][NS_NODE_ID_BYTES];
     ns_pool_range ranges[SWARM_MEMBERS_MAX];
     for (uint32_t i = 0; i < plan.member_count; i++) {
@@ -945,7 +942,7 @@ static void maybe_propose_pool(ns_swarm *s)
 
 static void maybe_propose(ns_swarm *s)
 {
-    if (!can_pipeline(s) || now_ms(s) - s->started_ms < SWARM_SETTLE_MS)
+    if (!can_pipeline(s))
         return;
     if (s->pool_mode)
         maybe_propose_pool(s);
@@ -2379,7 +2376,6 @@ int ns_swarm_start(ns_swarm **out, const ns_swarm_config *cfg)
     s->async.data = s;
     s->fetch.fd = -1;
     s->replica_of = SWARM_NO_STAGE;
-    s->started_ms = now_ms(s);
     ns_net_set_app(cfg->net, NS_NET_APP_SWARM, on_frame, on_link, on_link_down, s);
     s->heartbeat_timer = ns_env_timer(&cfg->uvenv->env, now_ms(s) + 1000, heartbeat_fired, s);
     s->tier = NS_TIER_T3; /* until the self-benchmark says */
