@@ -104,7 +104,7 @@ check "the initiator's replica pulls a checkpoint of the new generation" wait_fo
 t_stop=$(date +%s)
 kill -STOP "$PID_i"
 gen3() { case "$(status_of "$API_f")" in *'"generation":3'*) return 0 ;; esac; return 1; }
-check "a stalled initiator is replaced by its replica" wait_for 90 gen3
+check "a stalled initiator is replaced by its replica" wait_for 180 gen3
 echo "# replaced $(($(date +%s) - t_stop)) s after it stopped (its heartbeats go stale after 20 s)"
 raised=0
 for n in $NODES; do
